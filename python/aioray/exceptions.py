@@ -1,0 +1,127 @@
+"""Exceptions of aioray, named as in Ray so `except ray.exceptions.X` keeps working.
+
+Catch :class:`RayError` for anything aioray raises on its own behalf; an error
+raised by your task arrives as :class:`RayTaskError` *and* as your own
+exception class, so ``except ValueError`` works across process boundaries.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ActorDiedError",
+    "GetTimeoutError",
+    "NodeDiedError",
+    "ObjectExistsError",
+    "ObjectLostError",
+    "ObjectStoreFullError",
+    "OwnerDiedError",
+    "RayActorError",
+    "RayError",
+    "RayTaskError",
+    "TaskCancelledError",
+    "WorkerCrashedError",
+]
+
+
+class RayError(Exception):
+    """Base class of every error aioray raises itself."""
+
+
+class RayTaskError(RayError):
+    """A task or actor method raised; the message carries the remote traceback.
+
+    Instances raised by ``get``/``await`` are also instances of the user's own
+    exception class (see :meth:`as_instanceof_cause`).
+    """
+
+    def __init__(self, function_name: str = "", traceback_str: str = "", cause: BaseException | None = None):
+        self.function_name = function_name
+        self.traceback_str = traceback_str
+        self.cause = cause
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        head = f"{type(self.cause).__name__}" if self.cause is not None else "RayTaskError"
+        where = f" in {self.function_name}" if self.function_name else ""
+        return f"{head}{where}: the remote call failed.\n{self.traceback_str}".rstrip()
+
+    def __reduce__(self):
+        return (type(self), (self.function_name, self.traceback_str, self.cause))
+
+    def as_instanceof_cause(self) -> RayTaskError:
+        """This error as an instance of both ``RayTaskError`` and the cause's class."""
+        cause = self.cause
+        if cause is None or isinstance(cause, RayTaskError):
+            return self
+        cause_cls = type(cause)
+        try:
+            cls = _dual_class(cause_cls)
+            err = cls.__new__(cls)
+            # Keep the cause's own state (args, attributes) so handlers see what they expect.
+            err.__dict__.update(getattr(cause, "__dict__", {}))
+            err.args = (self._message(),)
+            err.function_name = self.function_name
+            err.traceback_str = self.traceback_str
+            err.cause = cause
+            return err
+        except TypeError:
+            return self
+
+
+_dual_classes: dict[type, type] = {}
+
+
+def _dual_class(cause_cls: type) -> type:
+    cls = _dual_classes.get(cause_cls)
+    if cls is None:
+
+        def __str__(self: RayTaskError) -> str:
+            return self._message()
+
+        cls = type(
+            f"RayTaskError({cause_cls.__name__})",
+            (RayTaskError, cause_cls),
+            {"__str__": __str__, "__module__": cause_cls.__module__},
+        )
+        _dual_classes[cause_cls] = cls
+    return cls
+
+
+class GetTimeoutError(RayError, TimeoutError):
+    """``get``/``wait``/``await`` did not finish within its timeout."""
+
+
+class RayActorError(RayError):
+    """The actor behind a handle died or could not be created."""
+
+
+class ActorDiedError(RayActorError):
+    """The actor is dead: killed, crashed past its restarts, or its constructor raised."""
+
+
+class WorkerCrashedError(RayError):
+    """The worker process running the task died (after every retry was used)."""
+
+
+class ObjectLostError(RayError):
+    """Every copy of the object is gone and it cannot be reconstructed."""
+
+
+class OwnerDiedError(ObjectLostError):
+    """The process that owned the object died, so the object cannot be reached."""
+
+
+class ObjectStoreFullError(RayError):
+    """The node's object store cannot hold the object; free objects or give it more memory."""
+
+
+class ObjectExistsError(RayError):
+    """An object with this id is already in the store."""
+
+
+class TaskCancelledError(RayError):
+    """The task was cancelled before it produced a result."""
+
+
+class NodeDiedError(RayError):
+    """The node the work ran on died."""
