@@ -65,7 +65,7 @@ impl<'a> Heap<'a> {
     }
 
     fn hdr(&mut self, off: u64) -> &mut BlockHeader {
-        debug_assert!(off + BLOCK_HEADER <= self.state.region_len && off % BLOCK_HEADER == 0);
+        debug_assert!(off + BLOCK_HEADER <= self.state.region_len && off.is_multiple_of(BLOCK_HEADER));
         // SAFETY: off is a block offset inside the region (checked in debug
         // builds), 64-byte aligned, and the region is exclusively ours (see `new`).
         unsafe { &mut *(self.base.add(off as usize) as *mut BlockHeader) }
@@ -147,7 +147,7 @@ impl<'a> Heap<'a> {
     /// Allocates a block of at least `need` bytes (a [`block_size_for`] value);
     /// returns its offset, or `None` when no free block is large enough.
     pub fn alloc(&mut self, need: u64) -> Option<u64> {
-        debug_assert!(need >= MIN_BLOCK && need % BLOCK_HEADER == 0);
+        debug_assert!(need >= MIN_BLOCK && need.is_multiple_of(BLOCK_HEADER));
         let off = self.find(need)?;
         self.unlink_free(off);
         let size = self.hdr(off).size;

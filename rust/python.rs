@@ -50,7 +50,13 @@ struct PyObjectStore {
 impl PyObjectStore {
     #[staticmethod]
     #[pyo3(signature = (name, capacity, *, max_objects=None, populate=false))]
-    fn _create_segment(py: Python<'_>, name: String, capacity: u64, max_objects: Option<u64>, populate: bool) -> PyResult<Self> {
+    fn _create_segment(
+        py: Python<'_>,
+        name: String,
+        capacity: u64,
+        max_objects: Option<u64>,
+        populate: bool,
+    ) -> PyResult<Self> {
         let opts = CreateOptions { max_objects, populate };
         let store = py.detach(|| Store::create(&name, capacity, opts)).map_err(|e| to_py(py, e))?;
         Ok(PyObjectStore { store: Arc::new(store), name })

@@ -48,9 +48,8 @@ impl Segment {
     pub fn create(name: &str, len: usize) -> Result<Self> {
         let cname = shm_name(name)?;
         // SAFETY: cname is a valid NUL-terminated string.
-        let fd = unsafe {
-            libc::shm_open(cname.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_RDWR, 0o600)
-        };
+        let fd =
+            unsafe { libc::shm_open(cname.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_RDWR, 0o600) };
         if fd < 0 {
             return Err(StoreError::last_os("shm_open"));
         }

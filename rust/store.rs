@@ -186,7 +186,9 @@ impl Store {
         // SAFETY: the segment is at least a header long and page aligned.
         let header = unsafe { &*(seg.as_ptr() as *const Header) };
         if header.ready.load(Ordering::Acquire) != 1 || header.magic != MAGIC || header.version != VERSION {
-            return Err(StoreError::BadSegment(format!("{name} has no initialised store of version {VERSION}")));
+            return Err(StoreError::BadSegment(format!(
+                "{name} has no initialised store of version {VERSION}"
+            )));
         }
         if header.segment_len != seg.len() as u64 {
             return Err(StoreError::BadSegment(format!("{name} has the wrong length")));
@@ -428,7 +430,9 @@ impl Store {
     /// last process unmaps it. Later operations in this process fail with `Destroyed`.
     pub fn destroy(&self) -> Result<()> {
         if !self.creator {
-            return Err(StoreError::InvalidArgument("only the process that created a store may destroy it".into()));
+            return Err(StoreError::InvalidArgument(
+                "only the process that created a store may destroy it".into(),
+            ));
         }
         if !self.destroyed.swap(true, Ordering::Relaxed) {
             self.seg.unlink()?;
@@ -700,7 +704,13 @@ impl Locked<'_> {
         while cur != NIL {
             let (evictable, next, size, block_size, id) = {
                 let en = self.entry(cur);
-                (en.flags & FLAG_PINNED == 0 && en.readers == 0, en.lru_next, en.size, en.block_size, en.id().to_vec())
+                (
+                    en.flags & FLAG_PINNED == 0 && en.readers == 0,
+                    en.lru_next,
+                    en.size,
+                    en.block_size,
+                    en.id().to_vec(),
+                )
             };
             if evictable {
                 let (slot, _) = self.find(&id).expect("an LRU entry is indexed");
@@ -720,7 +730,8 @@ impl Locked<'_> {
         let mut freed = 0;
         for e in 0..self.header().max_objects as u32 {
             let en = self.entry(e);
-            if en.state == STATE_CREATED && en.flags & FLAG_DELETE_PENDING == 0 && !pid_alive(en.creator_pid) {
+            if en.state == STATE_CREATED && en.flags & FLAG_DELETE_PENDING == 0 && !pid_alive(en.creator_pid)
+            {
                 en.readers = 0;
                 let bytes = en.block_size;
                 let id = en.id().to_vec();
@@ -871,7 +882,7 @@ impl Locked<'_> {
             let sane = en.state <= STATE_SEALED
                 && en.id_len as usize >= 1
                 && en.id_len as usize <= MAX_ID_LEN
-                && en.block % BLOCK_HEADER == 0
+                && en.block.is_multiple_of(BLOCK_HEADER)
                 && en.block_size >= block_size_for(en.size)
                 && en.block.checked_add(en.block_size).is_some_and(|end| end <= region);
             if sane {
