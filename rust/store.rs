@@ -128,7 +128,7 @@ unsafe impl Send for ObjectRef {}
 /// Options of [`Store::create`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CreateOptions {
-    /// Size of the object table; by default one entry per 16 KiB of capacity (4,096 to 1,048,576).
+    /// Size of the object table; by default one entry per 64 KiB of capacity (4,096 to 1,048,576).
     pub max_objects: Option<u64>,
     /// Fault in every page now instead of on first use.
     pub populate: bool,
@@ -201,7 +201,7 @@ impl Store {
         if capacity == 0 || capacity > 1 << 46 {
             return Err(StoreError::InvalidArgument(format!("capacity {capacity} must be 1 byte to 64 TiB")));
         }
-        let max_objects = opts.max_objects.unwrap_or((capacity / 16384).clamp(4096, 1 << 20));
+        let max_objects = opts.max_objects.unwrap_or((capacity / 65536).clamp(4096, 1 << 20));
         if max_objects == 0 || max_objects >= NIL as u64 {
             return Err(StoreError::InvalidArgument(format!("max_objects {max_objects} out of range")));
         }

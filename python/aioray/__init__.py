@@ -1,8 +1,28 @@
-"""aioray: an asyncio-native distributed task and actor framework in the design of Ray Core."""
+"""aioray: an asyncio-native distributed task and actor framework in the design of Ray Core.
+
+Async: ``async with aioray.Cluster() as cluster: ref = f.remote(x); await ref``.
+Sync, Ray-compatible: ``import aioray as ray; ray.init(); ray.get(f.remote(x))``.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 
 from aioray import exceptions
+from aioray._private.api import (
+    available_resources,
+    cluster_resources,
+    get,
+    init,
+    is_initialized,
+    nodes,
+    put,
+    remote,
+    shutdown,
+    wait,
+)
+from aioray._private.cluster import Cluster, connect
+from aioray._private.object_ref import ObjectRef
+from aioray._private.remote_function import RemoteFunction
+from aioray._private.runtime_context import get_runtime_context
 from aioray.exceptions import (
     ActorDiedError,
     GetTimeoutError,
@@ -24,16 +44,31 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "ActorDiedError",
+    "Cluster",
     "GetTimeoutError",
     "NodeDiedError",
     "ObjectLostError",
+    "ObjectRef",
     "ObjectStoreFullError",
     "OwnerDiedError",
     "RayActorError",
     "RayError",
     "RayTaskError",
+    "RemoteFunction",
     "TaskCancelledError",
     "WorkerCrashedError",
     "__version__",
+    "available_resources",
+    "cluster_resources",
+    "connect",
     "exceptions",
+    "get",
+    "get_runtime_context",
+    "init",
+    "is_initialized",
+    "nodes",
+    "put",
+    "remote",
+    "shutdown",
+    "wait",
 ]

@@ -50,7 +50,7 @@ class ObjectStore:
         """Creates a new segment ``name`` holding ``capacity`` payload bytes.
 
         The calling process owns it and must :meth:`destroy` it. ``max_objects``
-        sizes the object table (default: one entry per 16 KiB of capacity,
+        sizes the object table (default: one entry per 64 KiB of capacity,
         4,096 to 1,048,576); ``populate=True`` faults every page in now.
         Raises ``OSError`` if the name exists.
         """

@@ -1,0 +1,1 @@
+"""Internals of aioray: no stable API here; import from `aioray` instead."""

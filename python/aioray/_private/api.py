@@ -1,0 +1,170 @@
+"""The Ray-compatible synchronous API: ``import aioray as ray`` and a Ray Core script runs unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any, overload
+
+from aioray._private import worker_api
+from aioray._private.object_ref import ObjectRef, global_worker
+from aioray._private.remote_function import RemoteFunction
+from aioray._private.resources import ResourceSet
+from aioray._proto.aioray import v1 as pb
+
+
+class InitContext:
+    """What ``init`` returns: the cluster's address, usable as a context manager that shuts down."""
+
+    def __init__(self, conn: worker_api.Connection) -> None:
+        self.address_info = {"address": conn.gcs_address, "node_id": conn.core.node_id.hex()}
+
+    def __getitem__(self, key: str) -> Any:
+        return self.address_info[key]
+
+    def __enter__(self) -> InitContext:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        shutdown()
+
+
+def init(
+    address: str | None = None,
+    *,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    resources: dict[str, float] | None = None,
+    object_store_memory: int | None = None,
+    namespace: str | None = None,
+    ignore_reinit_error: bool = False,
+    **_ignored: Any,
+) -> InitContext:
+    """Starts an embedded local cluster (no `address`) or connects to one ("HOST:PORT" or "auto")."""
+    conn = worker_api.init(
+        address,
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        resources=resources,
+        object_store_memory=object_store_memory,
+        namespace=namespace,
+        ignore_reinit_error=ignore_reinit_error,
+    )
+    return InitContext(conn)
+
+
+def shutdown() -> None:
+    """Disconnects and stops the processes ``init`` started. Safe to call twice."""
+    worker_api.shutdown()
+
+
+def is_initialized() -> bool:
+    return worker_api.current() is not None
+
+
+@overload
+def remote(fn: Callable[..., Any], /) -> RemoteFunction: ...
+@overload
+def remote(**options: Any) -> Callable[[Callable[..., Any]], RemoteFunction]: ...
+def remote(*args: Any, **options: Any) -> Any:
+    """``@remote`` or ``@remote(num_cpus=..., num_returns=..., ...)`` on a function."""
+
+    def wrap(target: Any) -> Any:
+        if isinstance(target, type):
+            raise TypeError(
+                f"@remote on class {target.__name__}: actors are not available in this version of aioray"
+            )
+        if not callable(target):
+            raise TypeError(f"@remote needs a function, got {type(target).__name__}")
+        return RemoteFunction(target, options)
+
+    if len(args) == 1 and not options and callable(args[0]):
+        return wrap(args[0])
+    if args:
+        raise TypeError("use @remote or @remote(option=value, ...)")
+    return wrap
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and (not isinstance(timeout, int | float) or timeout < 0):
+        raise ValueError(f"timeout must be None or a non-negative number of seconds, got {timeout!r}")
+
+
+def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:
+    """The value(s) of one ref or a list of refs; raises the task's error, or GetTimeoutError."""
+    _check_timeout(timeout)
+    core = global_worker()
+    if isinstance(refs, ObjectRef):
+        return core.get([refs], timeout)[0]
+    if not isinstance(refs, list | tuple):
+        raise TypeError(f"get() takes an ObjectRef or a list of them, got {type(refs).__name__}")
+    for r in refs:
+        if not isinstance(r, ObjectRef):
+            raise TypeError(f"get() takes ObjectRefs, got {type(r).__name__} in the list")
+    return core.get(list(refs), timeout)
+
+
+def put(value: Any) -> ObjectRef:
+    """Stores `value` in the cluster; returns its ref (the caller owns it)."""
+    return global_worker().put(value)
+
+
+def wait(
+    refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: float | None = None, fetch_local: bool = True
+) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Splits `refs` into (ready, not ready) once `num_returns` are ready or `timeout` passes.
+
+    Both lists keep the input order.
+    """
+    _check_timeout(timeout)
+    if isinstance(refs, ObjectRef) or not isinstance(refs, list | tuple):
+        raise TypeError("wait() takes a list of ObjectRefs")
+    return global_worker().wait(list(refs), num_returns, timeout)
+
+
+def _gcs_call(call: Callable[[pb.GcsStub], Any], timeout: float = 10) -> Any:
+    conn = worker_api.require()
+
+    async def run() -> Any:
+        return await call(conn.core.gcs_stub())
+
+    return asyncio.run_coroutine_threadsafe(run(), conn.loop).result(timeout)
+
+
+def nodes() -> list[dict[str, Any]]:
+    """Every node that ever joined, with Ray's keys."""
+    view = _gcs_call(lambda gcs: gcs.get_cluster_view(pb.Empty(), timeout=10))
+    out = []
+    for n in view.nodes:
+        host, _, port = n.address.rpartition(":")
+        out.append(
+            {
+                "NodeID": n.node_id.hex(),
+                "Alive": n.alive,
+                "NodeManagerAddress": host,
+                "NodeManagerPort": int(port) if port.isdigit() else 0,
+                "Resources": dict(n.total.amounts),
+                "ObjectStoreSocketName": n.store_name,
+                "IsHead": n.is_head,
+            }
+        )
+    return out
+
+
+def _sum_resources(field: str) -> dict[str, float]:
+    view = _gcs_call(lambda gcs: gcs.get_cluster_view(pb.Empty(), timeout=10))
+    total = ResourceSet()
+    for n in view.nodes:
+        if n.alive:
+            total = total + ResourceSet(getattr(n, field).amounts)
+    return total.to_dict()
+
+
+def cluster_resources() -> dict[str, float]:
+    """Total resources of the live nodes."""
+    return _sum_resources("total")
+
+
+def available_resources() -> dict[str, float]:
+    """Resources of the live nodes not held by running tasks (as last reported, ~50 ms behind)."""
+    return _sum_resources("available")

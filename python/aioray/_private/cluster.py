@@ -1,0 +1,103 @@
+"""The asyncio API: ``async with aioray.Cluster() as cluster:``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from aioray._private import worker_api
+from aioray._private.object_ref import ObjectRef
+
+
+class Cluster:
+    """An embedded local cluster (no `address`) or a connection to one, for asyncio code.
+
+    ``await cluster.remote(f, *args)`` submits and awaits; ``await cluster.put/get/wait``;
+    refs returned by ``f.remote()`` can be awaited directly. Leaving the
+    ``async with`` block shuts down what it started.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        num_cpus: float | None = None,
+        num_gpus: float | None = None,
+        resources: dict[str, float] | None = None,
+        object_store_memory: int | None = None,
+        namespace: str | None = None,
+    ) -> None:
+        self._kwargs = {
+            "num_cpus": num_cpus,
+            "num_gpus": num_gpus,
+            "resources": resources,
+            "object_store_memory": object_store_memory,
+            "namespace": namespace,
+        }
+        self._address = address
+        self._conn: worker_api.Connection | None = None
+
+    async def start(self) -> Cluster:
+        self._conn = await asyncio.to_thread(worker_api.init, self._address, **self._kwargs)  # type: ignore[arg-type]
+        return self
+
+    async def __aenter__(self) -> Cluster:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        if self._conn is not None:
+            self._conn = None
+            await asyncio.to_thread(worker_api.shutdown)
+
+    @property
+    def address(self) -> str:
+        return self._require().gcs_address
+
+    def _require(self) -> worker_api.Connection:
+        if self._conn is None or worker_api.current() is not self._conn:
+            raise RuntimeError("this Cluster is not started (use `async with aioray.Cluster() as cluster:`)")
+        return self._conn
+
+    async def remote(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Submits `fn` (a remote function, or a plain function) and awaits its result."""
+        from aioray._private.remote_function import RemoteFunction
+
+        self._require()
+        if not isinstance(fn, RemoteFunction):
+            fn = RemoteFunction(fn, {})
+        refs = fn.remote(*args, **kwargs)
+        if isinstance(refs, list):
+            return await self.get(refs)
+        if refs is None:
+            return None
+        return await refs
+
+    async def put(self, value: Any) -> ObjectRef:
+        conn = self._require()
+        return conn.core.put(value)
+
+    async def get(self, refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:
+        conn = self._require()
+        single = isinstance(refs, ObjectRef)
+        ref_list = [refs] if single else list(refs)  # type: ignore[list-item]
+        fut = asyncio.run_coroutine_threadsafe(conn.core.get_async(ref_list, timeout), conn.loop)
+        values = await asyncio.wrap_future(fut)
+        return values[0] if single else values
+
+    async def wait(
+        self, refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: float | None = None
+    ) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        conn = self._require()
+        fut = asyncio.run_coroutine_threadsafe(
+            conn.core.wait_async(list(refs), num_returns, timeout), conn.loop
+        )
+        return await asyncio.wrap_future(fut)
+
+
+async def connect(address: str, *, namespace: str | None = None) -> Cluster:
+    """Connects to a running cluster ("HOST:PORT" or "auto"); `await cluster.shutdown()` disconnects."""
+    return await Cluster(address, namespace=namespace).start()

@@ -1,0 +1,582 @@
+"""The core worker: the part of every driver and worker process that owns objects and submits tasks.
+
+It runs on one asyncio loop (the driver starts it on a background thread; a
+worker process runs it on its main thread) and serves the CoreWorker gRPC
+service. User threads call in through the thread-safe methods here; values
+that are already local (inline, or in this node's store) are read without a
+hop through the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import threading
+from collections.abc import Coroutine, Iterable, Sequence
+from typing import Any, TypeVar
+
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from aioray._private import object_ref as object_ref_mod
+from aioray._private import rpc, serialization, task_spec
+from aioray._private.executor import Executor
+from aioray._private.functions import FunctionManager
+from aioray._private.ids import IdGenerator, object_id
+from aioray._private.object_ref import ObjectRef
+from aioray._private.ownership import ObjectValue, OwnershipTable, Released
+from aioray._private.resources import ResourceSet
+from aioray._private.submitter import PendingTask, TaskSubmitter
+from aioray._proto.aioray import v1 as pb
+from aioray._store import ObjectStore
+from aioray.exceptions import GetTimeoutError, ObjectLostError, OwnerDiedError, RayTaskError
+
+log = logging.getLogger("aioray.core_worker")
+
+T = TypeVar("T")
+INLINE_LIMIT = 100 * 1024  # values up to this size travel inline and live in the owner's memory
+
+
+class CoreWorker(pb.CoreWorkerBase):
+    def __init__(
+        self,
+        *,
+        is_driver: bool,
+        worker_id: bytes,
+        node: pb.NodeInfo,
+        gcs_address: str,
+        token: str,
+        job_id: bytes,
+        loop: asyncio.AbstractEventLoop,
+        namespace: str = "",
+    ) -> None:
+        self.is_driver = is_driver
+        self.worker_id = worker_id
+        self.node_id = node.node_id
+        self.raylet_address = node.address
+        self.gcs_address = gcs_address
+        self.token = token
+        self.job_id = job_id
+        self.namespace = namespace
+        self.loop = loop
+        self.loop_thread_id: int | None = None
+        self.address = ""
+        self.inline_limit = INLINE_LIMIT
+        self.channels = rpc.ChannelPool(token)
+        self.store = ObjectStore.attach(node.store_name)
+        self.ids = IdGenerator(worker_id)
+        self.refs = OwnershipTable("", self._on_release)
+        self.functions = FunctionManager(self)
+        self.submitter = TaskSubmitter(self)
+        self.executor: Executor | None = None if is_driver else Executor(self)
+        self.node_addresses: dict[bytes, str] = {node.node_id: node.address}
+        self._futures: dict[bytes, asyncio.Future[ObjectValue]] = {}
+        self._fetches: dict[bytes, asyncio.Task[ObjectValue]] = {}
+        self._frees: dict[str, list[bytes]] = {}
+        self._unborrows: dict[str, list[bytes]] = {}
+        self._lends: dict[tuple[str, str], list[bytes]] = {}
+        self._borrow_senders: dict[str, asyncio.Lock] = {}
+        self._flush_scheduled = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._server: Any = None
+        self.closed = False
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self, host: str = "127.0.0.1") -> None:
+        self.loop_thread_id = threading.get_ident()
+        self._server, port = await rpc.start_server([self], host, 0, self.token)
+        self.address = f"{host}:{port}"
+        self.refs.address = self.address
+
+    async def close(self) -> None:
+        self.closed = True
+        self.submitter.close()
+        for t in list(self._tasks):
+            t.cancel()
+        if self._server is not None:
+            self._server.close()
+        self.channels.close()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and not self.closed:
+            log.warning("background task failed: %r", task.exception())
+
+    def in_loop_thread(self) -> bool:
+        return threading.get_ident() == self.loop_thread_id
+
+    def run_sync(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Runs `coro` on the core loop from another thread and waits for it."""
+        if self.in_loop_thread():
+            coro.close()
+            raise RuntimeError(
+                "a blocking aioray call was made on aioray's event loop; use `await` (e.g. `await ref`) instead"
+            )
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            if fut.done():
+                raise  # the coroutine's own timeout error
+            fut.cancel()
+            raise GetTimeoutError(f"timed out after {timeout}s") from None
+
+    def gcs_stub(self) -> pb.GcsStub:
+        """The GCS stub; only on the core loop (grpclib channels belong to their loop)."""
+        return self.channels.stub(self.gcs_address, pb.GcsStub)
+
+    def raylet_for(self, node_id: bytes) -> str:
+        return self.node_addresses.get(node_id, self.raylet_address)
+
+    # -- submission (any thread) -----------------------------------------------------------------
+    def submit_task(
+        self,
+        fn: Any,
+        name: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        *,
+        num_returns: int,
+        resources: ResourceSet,
+        max_retries: int,
+        retry_exceptions: bool | tuple[type[BaseException], ...],
+    ) -> list[ObjectRef]:
+        fid, pickled = self.functions.function_id(fn)
+        task_id = self.ids.task_id()
+        wire_args: list[tuple[Any, ...]] = []
+        deps: list[tuple[int, bytes, str]] = []
+        arg_refs: list[tuple[bytes, str]] = []
+        all_args = [*args, *kwargs.values()]
+        for i, arg in enumerate(all_args):
+            if isinstance(arg, ObjectRef):
+                deps.append((i, arg.binary(), arg.owner_address))
+                arg_refs.append((arg.binary(), arg.owner_address))
+                wire_args.append((task_spec.ARG_INLINE, b""))
+                continue
+            try:
+                frame = serialization.serialize(arg)
+            except serialization.SerializationError as e:
+                where = (
+                    f"argument {i}" if i < len(args) else f"keyword argument {list(kwargs)[i - len(args)]!r}"
+                )
+                raise TypeError(f"{name}: {where} cannot be sent to a worker: {e}") from None
+            arg_refs.extend((r.binary(), r.owner_address) for r in frame.contained_refs)
+            if frame.size <= self.inline_limit:
+                wire_args.append((task_spec.ARG_INLINE, frame.to_bytes()))
+            else:
+                # A large argument goes through the store like a put, kept alive by the task.
+                ref = self._put_frame(frame)
+                deps.append((i, ref.binary(), self.address))
+                arg_refs.append((ref.binary(), self.address))
+                wire_args.append((task_spec.ARG_INLINE, b""))
+        return_ids = [object_id(task_id, i + 1) for i in range(num_returns)]
+        refs = [ObjectRef(oid, self.address) for oid in return_ids]
+        spec = task_spec.TaskSpec(
+            task_id, fid, name, wire_args, tuple(kwargs), num_returns, self.address, self.job_id, return_ids
+        )
+        self.refs.add_submitted(arg_refs)
+        pending = PendingTask(
+            spec, resources, max_retries, retry_exceptions, [oid for oid, _ in arg_refs], deps
+        )
+        self.loop.call_soon_threadsafe(self._submit_on_loop, pending, fid, pickled)
+        return refs
+
+    def _submit_on_loop(self, pending: PendingTask, fid: bytes, pickled: bytes) -> None:
+        if not self.functions.is_exported(fid):
+            self.functions.export(fid, pickled)
+            if not pending.deps:
+                self.spawn(self._export_then_submit(pending, fid))
+                return
+        self.submitter.submit(pending)
+
+    async def _export_then_submit(self, pending: PendingTask, fid: bytes) -> None:
+        try:
+            await self.functions.wait_exported(fid)
+        except Exception as e:
+            self.submitter.fail_task(pending, e)
+            return
+        self.submitter.submit(pending)
+
+    # -- objects: put ----------------------------------------------------------------------------
+    def put(self, value: Any) -> ObjectRef:
+        if isinstance(value, ObjectRef):
+            raise TypeError("put() of an ObjectRef is not allowed: pass the ref itself, or put its value")
+        return self._put_frame(serialization.serialize(value))
+
+    def _put_frame(self, frame: serialization.Frame) -> ObjectRef:
+        oid = self.ids.put_id()
+        ref = ObjectRef(oid, self.address)
+        inner = tuple((r.binary(), r.owner_address) for r in frame.contained_refs)
+        if frame.size <= self.inline_limit:
+            value = ObjectValue(frame.to_bytes())
+        else:
+            self.write_to_store(oid, frame)
+            value = ObjectValue(None, self.node_id, self.raylet_address, frame.size)
+        self.refs.set_value(oid, value, inner)
+        return ref
+
+    def write_to_store(self, oid: bytes, frame: serialization.Frame) -> None:
+        """Writes a primary copy into this node's store, pinned until the owner frees it."""
+        buf = self.store.create(oid, frame.size)
+        try:
+            frame.write_into(memoryview(buf))
+        except BaseException:
+            buf.release()
+            self.store.delete(oid)
+            raise
+        self.store.seal(oid)
+        self.store.pin(oid)
+        buf.release()
+
+    # -- objects: values -------------------------------------------------------------------------
+    def set_result(self, oid: bytes, value: ObjectValue, inner: tuple[tuple[bytes, str], ...]) -> None:
+        """On the loop: a task's return value arrived."""
+        if not self.refs.set_value(oid, value, inner, inner_registered=True):
+            # Nobody wants it any more: free it at once.
+            self._released([(oid, self.address, value, True, False)])
+            return
+        fut = self._futures.pop(oid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(value)
+
+    async def wait_value(self, oid: bytes, owner: str, timeout: float | None) -> ObjectValue:
+        """On the loop: the object's value (location), waiting for it to exist."""
+        entry = self.refs.get(oid)
+        if entry is not None and entry.value is not None:
+            return entry.value
+        if owner == self.address:
+            if entry is None:
+                raise ObjectLostError(f"object {oid.hex()} was freed: no reference to it was left")
+            fut = self._futures.get(oid)
+            if fut is None:
+                fut = self._futures[oid] = self.loop.create_future()
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        fetch = self._fetches.get(oid)
+        if fetch is None:
+            fetch = self._fetches[oid] = self.loop.create_task(self._fetch_from_owner(oid, owner))
+            fetch.add_done_callback(lambda _: self._fetches.pop(oid, None))
+        return await asyncio.wait_for(asyncio.shield(fetch), timeout)
+
+    async def _fetch_from_owner(self, oid: bytes, owner: str) -> ObjectValue:
+        stub = self.channels.stub(owner, pb.CoreWorkerStub)
+        try:
+            reply = await stub.get_object(pb.GetObjectRequest(object_id=oid))
+        except rpc.CONNECTION_ERRORS as e:
+            raise OwnerDiedError(f"the owner of object {oid.hex()} ({owner}) is unreachable: {e}") from None
+        if reply.status == pb.GetObjectReplyStatus.FREED:
+            raise ObjectLostError(f"object {oid.hex()} was already freed by its owner")
+        if reply.inline_value:
+            value = ObjectValue(reply.inline_value)
+        else:
+            self.node_addresses.setdefault(reply.node_id, reply.node_address)
+            value = ObjectValue(None, reply.node_id, reply.node_address, reply.size)
+        entry = self.refs.get(oid)
+        if entry is not None:
+            entry.value = value
+        return value
+
+    def materialize(self, oid: bytes, value: ObjectValue) -> Any:
+        """The Python value; raises the stored error. Any thread."""
+        if value.inline is not None:
+            result, is_error = serialization.deserialize(value.inline)
+        else:
+            buf = self.store.get(oid)
+            if buf is None:
+                buf = self.fetch_to_local_store(oid, value.node_id or b"")
+            if buf is None:
+                raise ObjectLostError(
+                    f"object {oid.hex()} is not in this node's store and no copy could be fetched"
+                )
+            result, is_error = serialization.deserialize(buf)
+        if is_error:
+            if isinstance(result, RayTaskError):
+                raise result.as_instanceof_cause()
+            raise result
+        return result
+
+    def fetch_to_local_store(self, oid: bytes, node_id: bytes) -> Any:
+        """A read buffer of an object held by another node's store (None if it cannot be had).
+
+        Objects live in the store of the node that made them; every process of
+        a single-node cluster reads that store directly, so there is nothing to
+        fetch unless the node differs.
+        """
+        if node_id == self.node_id:
+            return None
+        raise ObjectLostError(
+            f"object {oid.hex()} lives on node {node_id.hex()[:12]}, and this cluster cannot move objects "
+            "between nodes"
+        )
+
+    # -- objects: get / wait (blocking, any non-loop thread) ------------------------------------
+    def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
+        values: list[ObjectValue | None] = [self.refs.value(r.binary()) for r in refs]
+        missing = [i for i, v in enumerate(values) if v is None]
+        if missing:
+            blocked = self._set_blocked(True)
+            try:
+                fetched = self.run_sync(self._wait_values([refs[i] for i in missing], timeout), timeout=None)
+            finally:
+                if blocked:
+                    self._set_blocked(False)
+            for i, v in zip(missing, fetched, strict=True):
+                values[i] = v
+        return [self.materialize(r.binary(), v) for r, v in zip(refs, values, strict=True)]  # type: ignore[arg-type]
+
+    async def _wait_values(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[ObjectValue]:
+        try:
+            return list(
+                await asyncio.wait_for(
+                    asyncio.gather(*(self.wait_value(r.binary(), r.owner_address, None) for r in refs)),
+                    timeout,
+                )
+            )
+        except TimeoutError:
+            raise GetTimeoutError(
+                f"get timed out after {timeout}s waiting for {len(refs)} object(s)"
+            ) from None
+
+    async def get_async(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
+        values = await self._wait_values(refs, timeout)
+        return [self.materialize(r.binary(), v) for r, v in zip(refs, values, strict=True)]
+
+    def get_future(self, ref: ObjectRef) -> concurrent.futures.Future[Any]:
+        out: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        value = self.refs.value(ref.binary())
+        if value is not None:
+            try:
+                out.set_result(self.materialize(ref.binary(), value))
+            except BaseException as e:
+                out.set_exception(e)
+            return out
+
+        async def resolve() -> Any:
+            return (await self.get_async([ref], None))[0]
+
+        return asyncio.run_coroutine_threadsafe(resolve(), self.loop)
+
+    async def wait_async(
+        self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None
+    ) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        if num_returns < 0 or num_returns > len(refs):
+            raise ValueError(
+                f"num_returns={num_returns} must be between 0 and the number of refs ({len(refs)})"
+            )
+        if len(set(refs)) != len(refs):
+            raise ValueError("wait() got the same ObjectRef more than once")
+        pending = {
+            asyncio.ensure_future(self.wait_value(r.binary(), r.owner_address, None)): r
+            for r in refs
+            if self.refs.value(r.binary()) is None
+        }
+        ready_ids = {r.binary() for r in refs if self.refs.value(r.binary()) is not None}
+        try:
+            loop = self.loop
+            deadline = None if timeout is None else loop.time() + timeout
+            while len(ready_ids) < num_returns and pending:
+                remaining = None if deadline is None else max(0.0, deadline - loop.time())
+                done, _ = await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    break
+                for f in done:
+                    ready_ids.add(pending.pop(f).binary())
+        finally:
+            for f in pending:
+                f.cancel()
+        ready = [r for r in refs if r.binary() in ready_ids][: max(num_returns, 0)]
+        chosen = {r.binary() for r in ready}
+        return ready, [r for r in refs if r.binary() not in chosen]
+
+    def wait(
+        self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None
+    ) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        blocked = self._set_blocked(True)
+        try:
+            return self.run_sync(self.wait_async(refs, num_returns, timeout))
+        finally:
+            if blocked:
+                self._set_blocked(False)
+
+    def _set_blocked(self, blocked: bool) -> bool:
+        """Lends (or takes back) the running task's CPU while it blocks; True if it applied."""
+        if self.executor is None:
+            return False
+        lease_id = self.executor.context.lease_id
+        if lease_id is None:
+            return False
+        request = pb.BlockedRequest(lease_id=lease_id, blocked=blocked)
+
+        async def notify() -> None:
+            stub = self.channels.stub(self.raylet_address, pb.RayletStub)
+            await stub.notify_blocked(request, timeout=10)
+
+        with contextlib.suppress(Exception):
+            self.run_sync(notify(), timeout=15)
+        return True
+
+    # -- reference counting: releases and borrows ------------------------------------------------
+    def _on_release(self, released: list[Released]) -> None:
+        if self.closed:
+            return
+        if self.in_loop_thread():
+            self._released(released)
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop is closed at exit
+                self.loop.call_soon_threadsafe(self._released, released)
+
+    def _released(self, released: Iterable[Released]) -> None:
+        for oid, owner, value, owned, registered in released:
+            self._futures.pop(oid, None)
+            if owned:
+                if value is not None and value.inline is None and value.node_address:
+                    self._frees.setdefault(value.node_address, []).append(oid)
+            elif registered:
+                self._unborrows.setdefault(owner, []).append(oid)
+        self._schedule_flush()
+
+    def lend_refs(self, inner: list[tuple[bytes, str]], borrower: str) -> None:
+        """Refs inside a value sent to `borrower`: register it as their borrower (task thread)."""
+        mine = [oid for oid, owner in inner if owner == self.address]
+        if mine:
+            self.refs.add_borrower(mine, borrower)
+        others = [(oid, owner) for oid, owner in inner if owner != self.address and owner != borrower]
+        if others:
+            with self.refs._lock:
+                for oid, owner in others:
+                    self._lends.setdefault((owner, borrower), []).append(oid)
+
+    def has_pending_registrations(self) -> bool:
+        return bool(self._lends) or bool(self.refs._pending_registrations)
+
+    async def flush_registrations(self) -> None:
+        """Sends borrow registrations and waits until every owner acknowledged them."""
+        sends = []
+        for owner, oids in self.refs.take_registrations().items():
+            sends.append(self._send_borrow(owner, self.address, add=oids))
+        with self.refs._lock:
+            lends, self._lends = self._lends, {}
+        for (owner, borrower), oids in lends.items():
+            sends.append(self._send_borrow(owner, borrower, add=oids))
+        if sends:
+            await asyncio.gather(*sends, return_exceptions=True)
+
+    async def _send_borrow(
+        self,
+        owner: str,
+        borrower: str,
+        add: list[bytes] = (),
+        remove: list[bytes] = (),  # type: ignore[assignment]
+    ) -> None:
+        # One sender per owner keeps adds and removes of the same ref in order.
+        lock = self._borrow_senders.setdefault(owner, asyncio.Lock())
+        async with lock:
+            stub = self.channels.stub(owner, pb.CoreWorkerStub)
+            update = pb.BorrowerUpdate(borrower_address=borrower, add=list(add), remove=list(remove))
+            try:
+                await stub.update_borrowers(update, timeout=30)
+            except rpc.CONNECTION_ERRORS:
+                pass  # the owner is gone, and its objects with it
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        frees, self._frees = self._frees, {}
+        for raylet, oids in frees.items():
+            stub = self.channels.stub(raylet, pb.RayletStub)
+            self.spawn(_quietly(stub.free_objects(pb.ObjectIds(ids=oids), timeout=30)))
+        unborrows, self._unborrows = self._unborrows, {}
+        for owner, oids in unborrows.items():
+            self.spawn(self._send_borrow(owner, self.address, remove=oids))
+
+    # -- the CoreWorker service ------------------------------------------------------------------
+    async def get_object(self, get_object_request: pb.GetObjectRequest) -> pb.GetObjectReply:
+        oid = get_object_request.object_id
+        if oid not in self.refs:
+            return pb.GetObjectReply(status=pb.GetObjectReplyStatus.FREED)
+        timeout = get_object_request.timeout or None
+        try:
+            value = await self.wait_value(oid, self.address, timeout)
+        except TimeoutError:
+            return pb.GetObjectReply(status=pb.GetObjectReplyStatus.TIMEOUT)
+        except ObjectLostError:
+            return pb.GetObjectReply(status=pb.GetObjectReplyStatus.FREED)
+        if value.inline is not None:
+            return pb.GetObjectReply(status=pb.GetObjectReplyStatus.READY, inline_value=value.inline)
+        return pb.GetObjectReply(
+            status=pb.GetObjectReplyStatus.READY,
+            node_id=value.node_id or b"",
+            node_address=value.node_address or "",
+            size=value.size,
+        )
+
+    async def update_borrowers(self, borrower_update: pb.BorrowerUpdate) -> pb.Empty:
+        if borrower_update.add:
+            self.refs.add_borrower(borrower_update.add, borrower_update.borrower_address)
+        if borrower_update.remove:
+            self.refs.remove_borrower(borrower_update.remove, borrower_update.borrower_address)
+        return pb.Empty()
+
+    async def push_tasks(self, blob_iterator: Any) -> Any:
+        executor = self.executor
+        if executor is None:
+            raise GRPCError(Status.FAILED_PRECONDITION, "a driver does not execute tasks")
+        outbox: asyncio.Queue[task_spec.Result | None] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for blob in blob_iterator:
+                    lease_id, wire_specs = serialization.loads_plain(blob.data)
+                    specs = [task_spec.TaskSpec.from_wire(t) for t in wire_specs]
+                    executor.submit(specs, lease_id, outbox.put_nowait)
+            finally:
+                outbox.put_nowait(None)
+
+        # The owner ends its side only once every result arrived (it returns the lease
+        # when nothing is in flight), so the end of its stream is the end of ours.
+        reader = self.loop.create_task(read())
+        try:
+            while (item := await outbox.get()) is not None:
+                batch = [item]
+                while not outbox.empty():
+                    nxt = outbox.get_nowait()
+                    if nxt is None:
+                        yield pb.Blob(data=serialization.dumps_plain(batch))
+                        return
+                    batch.append(nxt)
+                yield pb.Blob(data=serialization.dumps_plain(batch))
+        finally:
+            reader.cancel()
+
+    async def exit(self, empty: pb.Empty) -> pb.Empty:
+        self.loop.call_later(0.05, _exit_process)
+        return pb.Empty()
+
+
+def _exit_process() -> None:
+    import os
+
+    os._exit(0)
+
+
+async def _quietly(coro: Coroutine[Any, Any, Any]) -> None:
+    with contextlib.suppress(Exception):
+        await coro
+
+
+def connect(core: CoreWorker) -> None:
+    object_ref_mod.set_global_worker(core)
+
+
+__all__ = ["INLINE_LIMIT", "CoreWorker", "connect"]

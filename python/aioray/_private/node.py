@@ -1,0 +1,149 @@
+"""Starting and stopping the processes of a node: the GCS (head only) and the raylet."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+from aioray._private import process, rpc
+from aioray._private.process import Child
+
+START_TIMEOUT_S = 60.0
+DEFAULT_STORE_CAP = 4 << 30
+
+
+def default_object_store_memory() -> int:
+    """30% of the machine's memory (Ray's default), at most 4 GiB, and no more than /dev/shm holds."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        total = 8 << 30
+    size = min(int(total * 0.3), DEFAULT_STORE_CAP)
+    with contextlib.suppress(OSError):
+        st = os.statvfs("/dev/shm")
+        size = min(size, int(st.f_bavail * st.f_frsize * 0.9))
+    return size
+
+
+def node_resources(
+    num_cpus: float | None, num_gpus: float | None, resources: dict[str, float] | None
+) -> dict[str, float]:
+    amounts = dict(resources or {})
+    for reserved in ("CPU", "GPU"):
+        if reserved in amounts:
+            raise ValueError(f"use num_{reserved.lower()}s=..., not resources={{'{reserved}': ...}}")
+    amounts["CPU"] = float(os.cpu_count() or 1) if num_cpus is None else float(num_cpus)
+    if num_gpus:
+        amounts["GPU"] = float(num_gpus)
+    return amounts
+
+
+def session_dir() -> str:
+    base = os.path.join(tempfile.gettempdir(), "aioray")
+    os.makedirs(base, mode=0o700, exist_ok=True)
+    return base
+
+
+@dataclass
+class NodeProcesses:
+    """The processes this Python process started for one node."""
+
+    gcs_address: str
+    raylet_address: str
+    node_id: str
+    token: str
+    children: list[Child] = field(default_factory=list)
+
+    def stop(self) -> None:
+        # The raylet first: it stops its workers and removes its store segment.
+        for child in self.children:
+            child.stop()
+        leftover = f"/dev/shm/aioray-{self.node_id[:16]}"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(leftover)  # only if the raylet died before it could remove it
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "gcs_address": self.gcs_address,
+            "raylet_address": self.raylet_address,
+            "node_id": self.node_id,
+            "pids": [c.proc.pid for c in self.children],
+        }
+
+
+def start_node(
+    *,
+    head: bool,
+    gcs_address: str | None = None,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    resources: dict[str, float] | None = None,
+    object_store_memory: int | None = None,
+    token: str | None = None,
+    lifeline: bool = True,
+    detach: bool = False,
+    log_dir: str | None = None,
+) -> NodeProcesses:
+    """Starts a node's processes; on the head also the GCS. Returns once both serve."""
+    token = token if token is not None else secrets.token_hex(16)
+    amounts = node_resources(num_cpus, num_gpus, resources)
+    store_memory = object_store_memory or default_object_store_memory()
+    if store_memory < 1 << 20:
+        raise ValueError(f"object_store_memory={store_memory} is too small: give the store at least 1 MiB")
+    env = dict(os.environ)
+    env[process.TOKEN_ENV] = token
+    children: list[Child] = []
+    logs = log_dir or session_dir()
+
+    def log_path(name: str) -> str | None:
+        return os.path.join(logs, f"{name}.log") if detach else None
+
+    try:
+        gcs = None
+        if head:
+            gcs_port = port or rpc.free_port(host)
+            gcs_address = f"{host}:{gcs_port}"
+            gcs = Child.spawn(
+                "GCS",
+                ["-m", "aioray._private.gcs", "--host", host, "--port", str(gcs_port)],
+                env,
+                lifeline=lifeline,
+                detach=detach,
+                log_path=log_path(f"gcs-{gcs_port}"),
+            )
+            children.append(gcs)
+        if gcs_address is None:
+            raise ValueError("a worker node needs the head's address")
+        argv = [
+            "-m",
+            "aioray._private.raylet",
+            "--host",
+            host,
+            "--gcs-address",
+            gcs_address,
+            "--resources",
+            json.dumps(amounts),
+            "--object-store-memory",
+            str(store_memory),
+        ]
+        if head:
+            argv.append("--head")
+        raylet = Child.spawn(
+            "raylet", argv, env, lifeline=lifeline, detach=detach, log_path=log_path("raylet")
+        )
+        children.insert(0, raylet)  # stopped first
+        if gcs is not None:
+            gcs.wait_ready(START_TIMEOUT_S)
+        info = json.loads(raylet.wait_ready(START_TIMEOUT_S))
+    except BaseException:
+        for child in children:
+            child.kill()
+        raise
+    return NodeProcesses(gcs_address, info["address"], info["node_id"], token, children)

@@ -1,0 +1,93 @@
+"""ObjectRef: a future of a value that lives in its owner's process or in a node's store.
+
+Creating an ObjectRef counts as a local reference in the owner's ownership
+table (or, in another process, as a borrow); dropping the last one frees the
+object. Refs hash and compare by id, pickle (the receiver becomes a
+borrower), and can be awaited from any event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+from aioray._private import serialization
+
+if TYPE_CHECKING:
+    from aioray._private.core_worker import CoreWorker
+
+# The process's connected core worker, set by core_worker.connect().
+_worker: CoreWorker | None = None
+
+
+def set_global_worker(worker: CoreWorker | None) -> None:
+    global _worker
+    _worker = worker
+
+
+def global_worker() -> CoreWorker:
+    if _worker is None:
+        raise RuntimeError(
+            "aioray is not initialised: call aioray.init() or use `async with aioray.Cluster()`"
+        )
+    return _worker
+
+
+class ObjectRef:
+    """A reference to a remote object: ``await ref`` or ``aioray.get(ref)`` for its value."""
+
+    __slots__ = ("__weakref__", "_counted", "_id", "_owner")
+
+    def __init__(self, object_id: bytes, owner: str, *, _count: bool = True) -> None:
+        self._id = object_id
+        self._owner = owner
+        self._counted = False
+        if _count and _worker is not None:
+            _worker.refs.add_local(object_id, owner)
+            self._counted = True
+
+    def binary(self) -> bytes:
+        return self._id
+
+    def hex(self) -> str:
+        return self._id.hex()
+
+    @property
+    def owner_address(self) -> str:
+        return self._owner
+
+    def task_id(self) -> bytes:
+        return self._id[:16]
+
+    def __hash__(self) -> int:
+        return hash(self._id)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ObjectRef) and other._id == self._id
+
+    def __repr__(self) -> str:
+        return f"ObjectRef({self._id.hex()})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        serialization.note_contained_ref(self)
+        return (_rebuild, (self._id, self._owner))
+
+    def __del__(self) -> None:
+        if self._counted and _worker is not None:
+            _worker.refs.remove_local(self._id)
+
+    def future(self) -> concurrent.futures.Future[Any]:
+        """A concurrent.futures.Future of the value (or its error)."""
+        return global_worker().get_future(self)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return asyncio.wrap_future(self.future()).__await__()
+
+
+def _rebuild(object_id: bytes, owner: str) -> ObjectRef:
+    ref = ObjectRef(object_id, owner)
+    if _worker is not None:
+        _worker.refs.note_deserialized(object_id, owner)
+    return ref

@@ -1,0 +1,116 @@
+"""gRPC plumbing: authenticated servers and a pool of authenticated channels.
+
+Every RPC carries the cluster's auth token in the ``x-aioray-token`` metadata;
+a server refuses a call with a wrong or missing token (UNAUTHENTICATED) before
+the handler runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import socket
+from collections.abc import Callable, Collection
+from typing import Any, TypeVar
+
+from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.events import RecvRequest, SendRequest, listen
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+from grpclib.server import Server
+
+__all__ = ["CONNECTION_ERRORS", "ChannelPool", "GRPCError", "Status", "start_server"]
+
+TOKEN_HEADER = "x-aioray-token"
+StubT = TypeVar("StubT")
+
+# Errors that mean "the peer is gone or unreachable" rather than "the call failed".
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    ConnectionError,
+    OSError,
+    StreamTerminatedError,
+    asyncio.IncompleteReadError,
+)
+
+
+class AuthError(ConnectionRefusedError):
+    """The peer refused our auth token: the address belongs to another cluster, or the token is wrong."""
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"address {address!r} is not of the form HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (for processes that must be told their port up front)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+async def _refuse(stream: Any) -> None:
+    raise GRPCError(Status.UNAUTHENTICATED, "missing or wrong aioray auth token")
+
+
+async def start_server(handlers: Collection[Any], host: str, port: int, token: str) -> tuple[Server, int]:
+    """Starts a grpclib server that checks the token; returns it and its bound port."""
+    server = Server(list(handlers))
+    expected = token.encode()
+
+    async def check_token(event: RecvRequest) -> None:
+        got = event.metadata.get(TOKEN_HEADER, "")
+        got_bytes = got.encode() if isinstance(got, str) else bytes(got)
+        if not hmac.compare_digest(got_bytes, expected):
+            event.method_func = _refuse
+
+    listen(server, RecvRequest, check_token)
+    await server.start(host, port, reuse_address=True)
+    sockets = server._server.sockets if server._server is not None else []
+    bound = sockets[0].getsockname()[1] if sockets else port
+    return server, int(bound)
+
+
+class ChannelPool:
+    """One channel per address, each adding the auth token to every request."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+        self._channels: dict[str, Channel] = {}
+
+    def channel(self, address: str) -> Channel:
+        ch = self._channels.get(address)
+        if ch is None:
+            host, port = split_address(address)
+            ch = Channel(host, port)
+            token = self._token
+
+            async def add_token(event: SendRequest) -> None:
+                event.metadata[TOKEN_HEADER] = token
+
+            listen(ch, SendRequest, add_token)
+            self._channels[address] = ch
+        return ch
+
+    def stub(self, address: str, stub_cls: Callable[[Channel], StubT]) -> StubT:
+        return stub_cls(self.channel(address))
+
+    def drop(self, address: str) -> None:
+        """Closes the channel to a peer that died, so a later call reconnects."""
+        ch = self._channels.pop(address, None)
+        if ch is not None:
+            ch.close()
+
+    def close(self) -> None:
+        for ch in self._channels.values():
+            ch.close()
+        self._channels.clear()
+
+
+def translate_error(err: BaseException, what: str) -> BaseException:
+    """A user-facing error for a failed RPC."""
+    if isinstance(err, GRPCError) and err.status == Status.UNAUTHENTICATED:
+        return AuthError(f"{what}: the peer refused the auth token (wrong cluster or wrong token)")
+    return err

@@ -1,0 +1,40 @@
+"""``aioray.get_runtime_context()``: who and where the calling code runs."""
+
+from __future__ import annotations
+
+from aioray._private import object_ref
+
+
+class RuntimeContext:
+    """Ids of the job, node, worker and (inside a task) task of the caller, as hex strings."""
+
+    def get_job_id(self) -> str:
+        return object_ref.global_worker().job_id.hex()
+
+    def get_node_id(self) -> str:
+        return object_ref.global_worker().node_id.hex()
+
+    def get_worker_id(self) -> str:
+        return object_ref.global_worker().worker_id.hex()
+
+    def get_task_id(self) -> str | None:
+        core = object_ref.global_worker()
+        if core.executor is None or core.executor.context.task_id is None:
+            return None
+        return core.executor.context.task_id.hex()
+
+    @property
+    def namespace(self) -> str:
+        return object_ref.global_worker().namespace
+
+    def get(self) -> dict[str, str | None]:
+        return {
+            "job_id": self.get_job_id(),
+            "node_id": self.get_node_id(),
+            "worker_id": self.get_worker_id(),
+            "task_id": self.get_task_id(),
+        }
+
+
+def get_runtime_context() -> RuntimeContext:
+    return RuntimeContext()

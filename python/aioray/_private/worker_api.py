@@ -1,0 +1,223 @@
+"""The process-wide connection to a cluster, behind both the sync (Ray) and async APIs."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import json
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from aioray._private import node as node_mod
+from aioray._private import object_ref, process, rpc
+from aioray._private.core_worker import CoreWorker, connect
+from aioray._private.ids import random_id
+from aioray._proto.aioray import v1 as pb
+
+CONNECT_RETRY_S = 30.0
+CLUSTER_FILE = "cluster.json"
+
+
+@dataclass
+class Connection:
+    core: CoreWorker
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+    node: node_mod.NodeProcesses | None
+    gcs_address: str
+    namespace: str
+
+
+_lock = threading.RLock()
+_connection: Connection | None = None
+
+
+def current() -> Connection | None:
+    return _connection
+
+
+def require() -> Connection:
+    if _connection is None:
+        raise RuntimeError(
+            "aioray is not initialised: call aioray.init() or use `async with aioray.Cluster()`"
+        )
+    return _connection
+
+
+def cluster_file() -> str:
+    return os.path.join(node_mod.session_dir(), CLUSTER_FILE)
+
+
+def read_cluster_file(address: str | None = None) -> dict[str, Any] | None:
+    with contextlib.suppress(OSError, ValueError):
+        with open(cluster_file()) as f:
+            info = json.load(f)
+        if address in (None, "auto") or info.get("gcs_address") == address:
+            return info
+    return None
+
+
+def init(
+    address: str | None = None,
+    *,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    resources: dict[str, float] | None = None,
+    object_store_memory: int | None = None,
+    namespace: str | None = None,
+    ignore_reinit_error: bool = False,
+    _token: str | None = None,
+) -> Connection:
+    global _connection
+    with _lock:
+        if _connection is not None:
+            if ignore_reinit_error:
+                return _connection
+            raise RuntimeError(
+                "aioray.init() was called twice: call aioray.shutdown() first, or pass ignore_reinit_error=True"
+            )
+        node = None
+        if address is None or address == "local":
+            node = node_mod.start_node(
+                head=True,
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                resources=resources,
+                object_store_memory=object_store_memory,
+            )
+            gcs_address, token = node.gcs_address, node.token
+        else:
+            if any(v is not None for v in (num_cpus, num_gpus, resources, object_store_memory)):
+                raise ValueError(
+                    "num_cpus, num_gpus, resources and object_store_memory only apply to a new cluster"
+                )
+            info = read_cluster_file(address)
+            if address == "auto":
+                if info is None:
+                    raise ConnectionError(
+                        "address='auto' found no running cluster: start one with `aioray start --head`"
+                    )
+                address = info["gcs_address"]
+            token = _token or os.environ.get(process.TOKEN_ENV) or (info or {}).get("token", "")
+            gcs_address = address
+        try:
+            _connection = _connect(gcs_address, token, node, namespace or "")
+        except BaseException:
+            if node is not None:
+                node.stop()
+            raise
+        return _connection
+
+
+def _connect(gcs_address: str, token: str, node: node_mod.NodeProcesses | None, namespace: str) -> Connection:
+    loop = process.new_event_loop()
+    ready = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.call_soon(ready.set)
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name="aioray-core", daemon=True)
+    thread.start()
+    ready.wait()
+    try:
+        core = asyncio.run_coroutine_threadsafe(
+            _start_core(loop, gcs_address, token, node, namespace), loop
+        ).result()
+    except BaseException:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        raise
+    connect(core)
+    return Connection(core, loop, thread, node, gcs_address, namespace)
+
+
+async def _start_core(
+    loop: asyncio.AbstractEventLoop,
+    gcs_address: str,
+    token: str,
+    node: node_mod.NodeProcesses | None,
+    namespace: str,
+) -> CoreWorker:
+    channels = rpc.ChannelPool(token)
+    gcs = channels.stub(gcs_address, pb.GcsStub)
+    deadline = loop.time() + CONNECT_RETRY_S
+    while True:
+        try:
+            view = await gcs.get_cluster_view(pb.Empty(), timeout=5)
+            break
+        except rpc.GRPCError as e:
+            channels.close()
+            raise rpc.translate_error(e, f"connecting to {gcs_address}") from None
+        except (*rpc.CONNECTION_ERRORS, TimeoutError) as e:
+            if loop.time() > deadline:
+                channels.close()
+                raise ConnectionError(
+                    f"could not reach the aioray cluster at {gcs_address} within {CONNECT_RETRY_S:.0f}s ({e}); "
+                    "is `aioray start --head` running there?"
+                ) from None
+            channels.drop(gcs_address)
+            await asyncio.sleep(0.2)
+    local = _pick_local_node(view.nodes, node)
+    if local is None:
+        channels.close()
+        raise ConnectionError(f"the cluster at {gcs_address} has no live node on this machine to attach to")
+    job = await gcs.register_job(
+        pb.RegisterJobRequest(driver_pid=os.getpid(), namespace=namespace), timeout=10
+    )
+    channels.close()
+    core = CoreWorker(
+        is_driver=True,
+        worker_id=random_id(16),
+        node=local,
+        gcs_address=gcs_address,
+        token=token,
+        job_id=job.job_id,
+        loop=loop,
+        namespace=namespace,
+    )
+    await core.start()
+    for n in view.nodes:
+        core.node_addresses[n.node_id] = n.address
+    return core
+
+
+def _pick_local_node(nodes: list[pb.NodeInfo], started: node_mod.NodeProcesses | None) -> pb.NodeInfo | None:
+    alive = [n for n in nodes if n.alive]
+    if started is not None:
+        for n in alive:
+            if n.node_id.hex() == started.node_id:
+                return n
+    for n in alive:
+        if os.path.exists(f"/dev/shm/{n.store_name}"):
+            return n
+    return None
+
+
+def shutdown() -> None:
+    global _connection
+    with _lock:
+        conn, _connection = _connection, None
+        if conn is None:
+            return
+        object_ref.set_global_worker(None)
+        core = conn.core
+
+        async def finish_job() -> None:
+            await core.gcs_stub().mark_job_finished(pb.JobId(job_id=core.job_id), timeout=2)
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(finish_job(), conn.loop).result(3)
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(core.close(), conn.loop).result(5)
+        conn.loop.call_soon_threadsafe(conn.loop.stop)
+        conn.thread.join(5)
+        if conn.node is not None:
+            conn.node.stop()
+
+
+atexit.register(shutdown)
