@@ -90,7 +90,8 @@ class ChannelPool:
             async def add_token(event: SendRequest) -> None:
                 event.metadata[TOKEN_HEADER] = token
 
-            listen(ch, SendRequest, add_token)
+            if token:  # an empty value is not valid metadata; the server refuses the call instead
+                listen(ch, SendRequest, add_token)
             self._channels[address] = ch
         return ch
 

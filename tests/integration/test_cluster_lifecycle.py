@@ -1,0 +1,112 @@
+"""Start-up, auth, shutdown and small-cluster behaviour of real clusters."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+import aioray
+from aioray._private import rpc
+from aioray._proto.aioray import v1 as pb
+
+
+def test_wrong_token_is_refused() -> None:
+    aioray.init(num_cpus=1, object_store_memory=64 << 20)
+    try:
+        from aioray._private import worker_api
+
+        address = worker_api.require().gcs_address
+
+        async def call(token: str) -> pb.ClusterView:
+            channels = rpc.ChannelPool(token)
+            try:
+                return await channels.stub(address, pb.GcsStub).get_cluster_view(pb.Empty(), timeout=5)
+            finally:
+                channels.close()
+
+        with pytest.raises(rpc.GRPCError) as info:
+            asyncio.run(call("not-the-token"))
+        assert info.value.status == rpc.Status.UNAUTHENTICATED
+        with pytest.raises(rpc.GRPCError):
+            asyncio.run(call(""))
+        assert len(asyncio.run(call(worker_api.require().core.token)).nodes) == 1
+    finally:
+        aioray.shutdown()
+
+
+def test_nested_tasks_do_not_deadlock_a_one_cpu_cluster() -> None:
+    aioray.init(num_cpus=1, object_store_memory=64 << 20)
+    try:
+
+        @aioray.remote
+        def leaf(x):
+            return x + 1
+
+        @aioray.remote
+        def middle(x):
+            return aioray.get(leaf.remote(x)) * 10
+
+        @aioray.remote
+        def top():
+            return sum(aioray.get([middle.remote(i) for i in range(3)]))
+
+        assert aioray.get(top.remote(), timeout=60) == (1 + 2 + 3) * 10
+    finally:
+        aioray.shutdown()
+
+
+def test_init_twice_and_shutdown_twice() -> None:
+    aioray.init(num_cpus=1, object_store_memory=64 << 20)
+    try:
+        with pytest.raises(RuntimeError, match="called twice"):
+            aioray.init()
+        aioray.init(ignore_reinit_error=True)
+    finally:
+        aioray.shutdown()
+    aioray.shutdown()
+    with pytest.raises(RuntimeError, match="not initialised"):
+        aioray.put(1)
+
+
+def test_store_too_small_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="too small"):
+        aioray.init(num_cpus=1, object_store_memory=1000)
+    assert not aioray.is_initialized()
+
+
+def test_object_bigger_than_the_store_fails_cleanly() -> None:
+    aioray.init(num_cpus=1, object_store_memory=4 << 20)
+    try:
+        with pytest.raises(aioray.ObjectStoreFullError, match="cannot fit"):
+            aioray.put(b"x" * (8 << 20))
+        assert aioray.get(aioray.put(b"small")) == b"small"
+    finally:
+        aioray.shutdown()
+
+
+def test_driver_exit_takes_the_cluster_with_it(tmp_path) -> None:
+    script = """
+import os, sys, aioray
+aioray.init(num_cpus=1, object_store_memory=64 << 20)
+@aioray.remote
+def pid():
+    return os.getpid()
+print(aioray.get(pid.remote()), aioray.nodes()[0]["ObjectStoreSocketName"], flush=True)
+os._exit(0)  # no shutdown: the children must notice on their own
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    worker_pid, segment = proc.stdout.split()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        alive = os.path.exists(f"/proc/{worker_pid}")
+        if not alive and not os.path.exists(f"/dev/shm/{segment}"):
+            break
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{worker_pid}"), "the worker outlived its driver"
+    assert not os.path.exists(f"/dev/shm/{segment}"), "the store segment outlived the cluster"
