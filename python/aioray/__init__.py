@@ -6,13 +6,16 @@ Sync, Ray-compatible: ``import aioray as ray; ray.init(); ray.get(f.remote(x))``
 
 from importlib.metadata import PackageNotFoundError, version
 
-from aioray import exceptions
+from aioray import exceptions, util
+from aioray._private.actor import ActorClass, ActorHandle, method
 from aioray._private.api import (
     available_resources,
     cluster_resources,
     get,
+    get_actor,
     init,
     is_initialized,
+    kill,
     nodes,
     put,
     remote,
@@ -43,7 +46,9 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = [
+    "ActorClass",
     "ActorDiedError",
+    "ActorHandle",
     "Cluster",
     "GetTimeoutError",
     "NodeDiedError",
@@ -63,12 +68,16 @@ __all__ = [
     "connect",
     "exceptions",
     "get",
+    "get_actor",
     "get_runtime_context",
     "init",
     "is_initialized",
+    "kill",
+    "method",
     "nodes",
     "put",
     "remote",
     "shutdown",
+    "util",
     "wait",
 ]

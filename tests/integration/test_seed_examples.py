@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-EXAMPLES_2_1_TO_2_8 = """
+EXAMPLES = """
 import aioray as ray
 import time
 
@@ -80,13 +80,39 @@ def task(dependency):
 val = ray.put("value")
 res = task.remote(dependency=val)
 assert ray.get(res) is None
+
+@ray.remote  # 2-9
+class DataTracker:
+    def __init__(self):
+        self._counts = 0
+
+    def increment(self):
+        self._counts += 1
+
+    def counts(self):
+        return self._counts
+
+@ray.remote  # 2-10
+def retrieve_tracker_task(item, tracker):
+    obj_store_data = ray.get(database_object_ref)
+    time.sleep(item / 10.)
+    tracker.increment.remote()
+    return item, obj_store_data[item]
+
+tracker = DataTracker.remote()
+
+data_references = [retrieve_tracker_task.remote(item, tracker) for item in range(8)]
+data = ray.get(data_references)
+print(data)
+print(ray.get(tracker.counts.remote()))
+assert ray.get(tracker.counts.remote()) == 8
 print("ALL EXAMPLES PASSED")
 """
 
 
 def test_learning_ray_chapter_2_examples() -> None:
     proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(EXAMPLES_2_1_TO_2_8)],
+        [sys.executable, "-c", textwrap.dedent(EXAMPLES)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, overload
 
 from aioray._private import worker_api
+from aioray._private.actor import DEFAULT_NAMESPACE, ActorClass, ActorHandle, HandleMeta
 from aioray._private.object_ref import ObjectRef, global_worker
 from aioray._private.remote_function import RemoteFunction
 from aioray._private.resources import ResourceSet
@@ -67,13 +68,11 @@ def remote(fn: Callable[..., Any], /) -> RemoteFunction: ...
 @overload
 def remote(**options: Any) -> Callable[[Callable[..., Any]], RemoteFunction]: ...
 def remote(*args: Any, **options: Any) -> Any:
-    """``@remote`` or ``@remote(num_cpus=..., num_returns=..., ...)`` on a function."""
+    """``@remote`` or ``@remote(num_cpus=..., ...)`` on a function (a task) or a class (an actor)."""
 
     def wrap(target: Any) -> Any:
         if isinstance(target, type):
-            raise TypeError(
-                f"@remote on class {target.__name__}: actors are not available in this version of aioray"
-            )
+            return ActorClass(target, options)
         if not callable(target):
             raise TypeError(f"@remote needs a function, got {type(target).__name__}")
         return RemoteFunction(target, options)
@@ -168,3 +167,37 @@ def cluster_resources() -> dict[str, float]:
 def available_resources() -> dict[str, float]:
     """Resources of the live nodes not held by running tasks (as last reported, ~50 ms behind)."""
     return _sum_resources("available")
+
+
+def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
+    """Kills an actor; later calls raise ActorDiedError. With no_restart=False it may restart."""
+    if not isinstance(actor, ActorHandle):
+        raise TypeError(f"kill() takes an actor handle, got {type(actor).__name__}")
+    core = global_worker()
+    core.run_sync(core.actors.kill(actor._actor_id, no_restart), timeout=30)
+
+
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    """The handle of the live actor called `name`; ValueError if there is none."""
+    import cloudpickle
+
+    from aioray._private import rpc
+
+    core = global_worker()
+    ns = namespace or core.namespace or DEFAULT_NAMESPACE
+
+    async def lookup() -> pb.ActorInfo:
+        return await core.gcs_stub().get_named_actor(
+            pb.NamedActorRequest(name=name, namespace=ns), timeout=10
+        )
+
+    try:
+        info = core.run_sync(lookup(), timeout=15)
+    except rpc.GRPCError as e:
+        if e.status == rpc.Status.NOT_FOUND:
+            raise ValueError(
+                f"Failed to look up actor with name {name!r} in namespace {ns!r}: no such live actor"
+            ) from None
+        raise
+    meta: HandleMeta = cloudpickle.loads(info.handle_meta)
+    return ActorHandle(info.actor_id, meta, None)

@@ -63,10 +63,19 @@ class Cluster:
         return self._conn
 
     async def remote(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Submits `fn` (a remote function, or a plain function) and awaits its result."""
+        """Submits `fn` and awaits its result; for an actor class, returns the handle once the actor is alive.
+
+        `fn` is a remote function, a plain function, or an actor class (``@remote`` or plain class).
+        Constructor errors surface here.
+        """
+        from aioray._private.actor import ActorClass
         from aioray._private.remote_function import RemoteFunction
 
         self._require()
+        if isinstance(fn, type):
+            fn = ActorClass(fn, {})
+        if isinstance(fn, ActorClass):
+            return await fn.remote(*args, **kwargs)._wait_ready()
         if not isinstance(fn, RemoteFunction):
             fn = RemoteFunction(fn, {})
         refs = fn.remote(*args, **kwargs)

@@ -22,6 +22,7 @@ from grpclib.exceptions import GRPCError
 
 from aioray._private import object_ref as object_ref_mod
 from aioray._private import rpc, serialization, task_spec
+from aioray._private.actor_submitter import ActorClient
 from aioray._private.executor import Executor
 from aioray._private.functions import FunctionManager
 from aioray._private.ids import IdGenerator, object_id
@@ -70,6 +71,8 @@ class CoreWorker(pb.CoreWorkerBase):
         self.refs = OwnershipTable("", self._on_release)
         self.functions = FunctionManager(self)
         self.submitter = TaskSubmitter(self)
+        self.actors = ActorClient(self)
+        self.actor_lifetimes: dict[bytes, bytes] = {}  # lifetime object id -> actor id (owned actors)
         self.executor: Executor | None = None if is_driver else Executor(self)
         self.node_addresses: dict[bytes, str] = {node.node_id: node.address}
         self._futures: dict[bytes, asyncio.Future[ObjectValue]] = {}
@@ -93,6 +96,7 @@ class CoreWorker(pb.CoreWorkerBase):
     async def close(self) -> None:
         self.closed = True
         self.submitter.close()
+        self.actors.close()
         for t in list(self._tasks):
             t.cancel()
         if self._server is not None:
@@ -137,6 +141,45 @@ class CoreWorker(pb.CoreWorkerBase):
         return self.node_addresses.get(node_id, self.raylet_address)
 
     # -- submission (any thread) -----------------------------------------------------------------
+    def prepare_args(
+        self, name: str, args: Sequence[Any], kwargs: dict[str, Any]
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[int, bytes, str]], list[tuple[bytes, str]]]:
+        """(wire args, top-level ref dependencies, every ref the call keeps alive).
+
+        The refs are counted as submitted here, before any temporary ObjectRef of
+        this call can be dropped; the caller removes the count when the call is done.
+        """
+        wire_args: list[tuple[Any, ...]] = []
+        deps: list[tuple[int, bytes, str]] = []
+        arg_refs: list[tuple[bytes, str]] = []
+        for i, arg in enumerate([*args, *kwargs.values()]):
+            if isinstance(arg, ObjectRef):
+                dep = (arg.binary(), arg.owner_address)
+            else:
+                try:
+                    frame = serialization.serialize(arg)
+                except serialization.SerializationError as e:
+                    where = (
+                        f"argument {i}"
+                        if i < len(args)
+                        else f"keyword argument {list(kwargs)[i - len(args)]!r}"
+                    )
+                    raise TypeError(f"{name}: {where} cannot be sent to a worker: {e}") from None
+                inner = [(r.binary(), r.owner_address) for r in frame.contained_refs]
+                self.refs.add_submitted(inner)
+                arg_refs.extend(inner)
+                if frame.size <= self.inline_limit:
+                    wire_args.append((task_spec.ARG_INLINE, frame.to_bytes()))
+                    continue
+                # A large argument goes through the store like a put, kept alive by the call.
+                ref = self._put_frame(frame)
+                dep = (ref.binary(), self.address)
+            self.refs.add_submitted([dep])
+            arg_refs.append(dep)
+            deps.append((i, *dep))
+            wire_args.append((task_spec.ARG_INLINE, b""))
+        return wire_args, deps, arg_refs
+
     def submit_task(
         self,
         fn: Any,
@@ -151,43 +194,80 @@ class CoreWorker(pb.CoreWorkerBase):
     ) -> list[ObjectRef]:
         fid, pickled = self.functions.function_id(fn)
         task_id = self.ids.task_id()
-        wire_args: list[tuple[Any, ...]] = []
-        deps: list[tuple[int, bytes, str]] = []
-        arg_refs: list[tuple[bytes, str]] = []
-        all_args = [*args, *kwargs.values()]
-        for i, arg in enumerate(all_args):
-            if isinstance(arg, ObjectRef):
-                deps.append((i, arg.binary(), arg.owner_address))
-                arg_refs.append((arg.binary(), arg.owner_address))
-                wire_args.append((task_spec.ARG_INLINE, b""))
-                continue
-            try:
-                frame = serialization.serialize(arg)
-            except serialization.SerializationError as e:
-                where = (
-                    f"argument {i}" if i < len(args) else f"keyword argument {list(kwargs)[i - len(args)]!r}"
-                )
-                raise TypeError(f"{name}: {where} cannot be sent to a worker: {e}") from None
-            arg_refs.extend((r.binary(), r.owner_address) for r in frame.contained_refs)
-            if frame.size <= self.inline_limit:
-                wire_args.append((task_spec.ARG_INLINE, frame.to_bytes()))
-            else:
-                # A large argument goes through the store like a put, kept alive by the task.
-                ref = self._put_frame(frame)
-                deps.append((i, ref.binary(), self.address))
-                arg_refs.append((ref.binary(), self.address))
-                wire_args.append((task_spec.ARG_INLINE, b""))
+        wire_args, deps, arg_refs = self.prepare_args(name, args, kwargs)
         return_ids = [object_id(task_id, i + 1) for i in range(num_returns)]
         refs = [ObjectRef(oid, self.address) for oid in return_ids]
         spec = task_spec.TaskSpec(
             task_id, fid, name, wire_args, tuple(kwargs), num_returns, self.address, self.job_id, return_ids
         )
-        self.refs.add_submitted(arg_refs)
         pending = PendingTask(
             spec, resources, max_retries, retry_exceptions, [oid for oid, _ in arg_refs], deps
         )
         self.loop.call_soon_threadsafe(self._submit_on_loop, pending, fid, pickled)
         return refs
+
+    def submit_actor_task(
+        self,
+        actor_id: bytes,
+        method: str,
+        name: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        *,
+        num_returns: int,
+        max_task_retries: int,
+    ) -> list[ObjectRef]:
+        task_id = self.ids.task_id()
+        wire_args, deps, arg_refs = self.prepare_args(name, args, kwargs)
+        return_ids = [object_id(task_id, i + 1) for i in range(num_returns)]
+        refs = [ObjectRef(oid, self.address) for oid in return_ids]
+        spec = task_spec.TaskSpec(
+            task_id, b"", name, wire_args, tuple(kwargs), num_returns, self.address, self.job_id, return_ids,
+            actor_id, method,
+        )  # fmt: skip
+        pending = PendingTask(
+            spec, ResourceSet(), max_task_retries, False, [oid for oid, _ in arg_refs], deps
+        )
+        self.loop.call_soon_threadsafe(self.actors.submit, pending)
+        return refs
+
+    def start_actor(
+        self,
+        cls: type,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        request: pb.CreateActorRequest,
+        *,
+        max_concurrency: int,
+        is_async: bool,
+        wait: bool,
+    ) -> tuple[bytes, ObjectRef | None, concurrent.futures.Future[pb.ActorInfo]]:
+        """Registers an actor with the GCS; returns its id, its lifetime ref and the GCS's answer."""
+        fid, pickled = self.functions.function_id(cls)
+        wire_args, deps, arg_refs = self.prepare_args(f"{cls.__name__}.__init__", args, kwargs)
+        spec = task_spec.ActorCreationSpec(
+            request.actor_id, fid, cls.__name__, wire_args, tuple(kwargs), max_concurrency, is_async,
+            self.address, self.job_id,
+        )  # fmt: skip
+        request.owner_address = self.address
+        request.job_id = self.job_id
+        # The actor lives while this object is referenced: by its handles here and wherever they are passed.
+        lifetime: ObjectRef | None = None
+        if not request.detached:
+            lifetime = self.put(request.actor_id)
+            self.actor_lifetimes[lifetime.binary()] = request.actor_id
+
+        async def create() -> pb.ActorInfo:
+            self.functions.export(fid, pickled)
+            try:
+                return await self.actors.create(request, deps, spec)
+            finally:
+                self.refs.remove_submitted([oid for oid, _ in arg_refs])
+
+        fut = asyncio.run_coroutine_threadsafe(create(), self.loop)
+        if wait:
+            fut.result(60)
+        return request.actor_id, lifetime, fut
 
     def _submit_on_loop(self, pending: PendingTask, fid: bytes, pickled: bytes) -> None:
         if not self.functions.is_exported(fid):
@@ -435,6 +515,9 @@ class CoreWorker(pb.CoreWorkerBase):
     def _released(self, released: Iterable[Released]) -> None:
         for oid, owner, value, owned, registered in released:
             self._futures.pop(oid, None)
+            actor_id = self.actor_lifetimes.pop(oid, None)
+            if actor_id is not None:  # the last handle of an actor we own is gone
+                self.spawn(self.actors.kill(actor_id, no_restart=True, only_if_not_detached=True))
             if owned:
                 if value is not None and value.inline is None and value.node_address:
                     self._frees.setdefault(value.node_address, []).append(oid)
@@ -558,6 +641,15 @@ class CoreWorker(pb.CoreWorkerBase):
                 yield pb.Blob(data=serialization.dumps_plain(batch))
         finally:
             reader.cancel()
+
+    async def create_actor(self, blob: pb.Blob) -> pb.Blob:  # the CoreWorker.CreateActor RPC
+        if self.executor is None:
+            raise GRPCError(Status.FAILED_PRECONDITION, "a driver does not host actors")
+        spec = task_spec.ActorCreationSpec(*serialization.loads_plain(blob.data))
+        outcome = await self.executor.create_actor(spec)
+        if self.has_pending_registrations():
+            await self.flush_registrations()
+        return pb.Blob(data=outcome)
 
     async def exit(self, empty: pb.Empty) -> pb.Empty:
         self.loop.call_later(0.05, _exit_process)

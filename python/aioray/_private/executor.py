@@ -1,4 +1,10 @@
-"""The executing side: a worker runs the tasks pushed to it, one at a time, on its task thread.
+"""The executing side: a worker runs the tasks pushed to it, and may host one actor.
+
+Plain tasks and the methods of a sync actor run one at a time on the task
+thread, in the order they arrived. A threaded actor (sync class,
+``max_concurrency > 1``) runs methods on a thread pool; an async actor runs
+them as coroutines on its own event loop, interleaving at ``await``, at most
+``max_concurrency`` at once.
 
 Arguments arrive inline or as ids in the node's store (read zero-copy); small
 return values go back inline in the result, larger ones are written to the
@@ -10,21 +16,27 @@ owner never frees an object a borrower still needs.
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import concurrent.futures
+import inspect
 import logging
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aioray._private import serialization, task_spec
-from aioray._private.task_spec import TaskSpec
+from aioray._private.task_spec import ActorCreationSpec, TaskSpec
 from aioray.exceptions import ObjectLostError, RayTaskError
 
 if TYPE_CHECKING:
     from aioray._private.core_worker import CoreWorker
 
 log = logging.getLogger("aioray.executor")
+Reply = Callable[[task_spec.Result], None]
+Outcome = tuple[bytes, int, list[tuple[Any, ...]]]
 
 
 class TaskContext(threading.local):
@@ -37,30 +49,50 @@ class Executor:
     def __init__(self, core: CoreWorker) -> None:
         self.core = core
         self.context = TaskContext()
-        self._queue: collections.deque[tuple[TaskSpec, bytes, Any]] = collections.deque()
+        self.actor: Any = None
+        self.actor_id: bytes | None = None
+        self.actor_name = ""
+        self._actor_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._actor_loop: asyncio.AbstractEventLoop | None = None
+        self._actor_slots: asyncio.Semaphore | None = None
+        self._queue: collections.deque[Callable[[], None]] = collections.deque()
         self._cv = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="aioray-task", daemon=True)
         self._thread.start()
 
-    def submit(self, specs: list[TaskSpec], lease_id: bytes, reply: Any) -> None:
-        """From the core loop: queue specs; `reply(results)` is called on the core loop."""
-        with self._cv:
-            for spec in specs:
-                self._queue.append((spec, lease_id, reply))
-            self._cv.notify()
-
+    # -- the task thread -----------------------------------------------------------------------
     def _run(self) -> None:
         while True:
             with self._cv:
                 while not self._queue:
                     self._cv.wait()
-                spec, lease_id, reply = self._queue.popleft()
-            start = time.perf_counter()
-            task_id, status, returns = self.execute(spec, lease_id)
-            result = (task_id, status, returns, time.perf_counter() - start)
-            self.core.loop.call_soon_threadsafe(self._send, result, spec, reply)
+                job = self._queue.popleft()
+            job()
 
-    def _send(self, result: task_spec.Result, spec: TaskSpec, reply: Any) -> None:
+    def _on_task_thread(self, job: Callable[[], None]) -> None:
+        with self._cv:
+            self._queue.append(job)
+            self._cv.notify()
+
+    def submit(self, specs: list[TaskSpec], lease_id: bytes, reply: Reply) -> None:
+        """From the core loop: run specs in order; `reply(result)` is called on the core loop."""
+        for spec in specs:
+            if spec.actor_id and self._actor_loop is not None:
+                self._run_async_method(spec, reply)
+            elif spec.actor_id and self._actor_pool is not None:
+                self._actor_pool.submit(self._run_and_reply, spec, lease_id, reply)
+            else:
+                self._on_task_thread(lambda spec=spec: self._run_and_reply(spec, lease_id, reply))
+
+    def _run_and_reply(self, spec: TaskSpec, lease_id: bytes, reply: Reply) -> None:
+        start = time.perf_counter()
+        task_id, status, returns = self.execute(spec, lease_id)
+        self._reply(reply, (task_id, status, returns, time.perf_counter() - start))
+
+    def _reply(self, reply: Reply, result: task_spec.Result) -> None:
+        self.core.loop.call_soon_threadsafe(self._send, result, reply)
+
+    def _send(self, result: task_spec.Result, reply: Reply) -> None:
         # Borrow registrations go out (and are acknowledged) before the result does.
         core = self.core
         if core.has_pending_registrations():
@@ -68,46 +100,60 @@ class Executor:
         else:
             reply(result)
 
-    async def _register_then_reply(self, result: task_spec.Result, reply: Any) -> None:
+    async def _register_then_reply(self, result: task_spec.Result, reply: Reply) -> None:
         await self.core.flush_registrations()
         reply(result)
 
-    def execute(self, spec: TaskSpec, lease_id: bytes) -> tuple[bytes, int, list[tuple[Any, ...]]]:
+    # -- running one task ----------------------------------------------------------------------
+    def _target(self, spec: TaskSpec) -> Callable[..., Any]:
+        if spec.actor_id:
+            if self.actor is None or spec.actor_id != self.actor_id:
+                raise RuntimeError(f"this worker hosts no actor {spec.actor_id.hex()}")
+            return getattr(self.actor, spec.method)
+        return self.core.functions.load(spec.function_id)
+
+    def execute(self, spec: TaskSpec, lease_id: bytes) -> Outcome:
         ctx = self.context
-        ctx.task_id, ctx.task_name, ctx.lease_id = spec.task_id, spec.name, lease_id
+        ctx.task_id, ctx.task_name, ctx.lease_id = spec.task_id, self.actor_name or spec.name, lease_id
         try:
             try:
-                fn = self.core.functions.load(spec.function_id)
-                args, kwargs = self._resolve_args(spec)
+                fn = self._target(spec)
+                args, kwargs = self.resolve_args(spec.args, spec.kwarg_names)
             except Exception as e:
                 err = RayTaskError(spec.name, traceback.format_exc(), e)
                 return self._error_result(spec, err, task_spec.SYSTEM_ERROR)
             try:
                 value = fn(*args, **kwargs)
             except Exception as e:
-                tb = _user_traceback(e)
-                return self._error_result(spec, RayTaskError(spec.name, tb, e), task_spec.APP_ERROR)
+                return self._error_result(
+                    spec, RayTaskError(spec.name, _user_traceback(e), e), task_spec.APP_ERROR
+                )
             del args, kwargs
-            try:
-                return (spec.task_id, task_spec.OK, self._store_returns(spec, value))
-            except Exception as e:
-                err = RayTaskError(spec.name, traceback.format_exc(), e)
-                return self._error_result(spec, err, task_spec.APP_ERROR)
+            return self._finish(spec, value)
         finally:
             ctx.task_id, ctx.task_name, ctx.lease_id = None, "", None
 
-    def _resolve_args(self, spec: TaskSpec) -> tuple[list[Any], dict[str, Any]]:
+    def _finish(self, spec: TaskSpec, value: Any) -> Outcome:
+        try:
+            return (spec.task_id, task_spec.OK, self._store_returns(spec, value))
+        except Exception as e:
+            err = RayTaskError(spec.name, traceback.format_exc(), e)
+            return self._error_result(spec, err, task_spec.APP_ERROR)
+
+    def resolve_args(
+        self, wire_args: list[tuple[Any, ...]], kwarg_names: tuple[str, ...]
+    ) -> tuple[list[Any], dict[str, Any]]:
         values = []
-        for arg in spec.args:
+        for arg in wire_args:
             if arg[0] == task_spec.ARG_INLINE:
                 value, _ = serialization.deserialize(arg[1])
             else:
                 _, oid, node_id, _size = arg
                 value = self._read_store_arg(oid, node_id)
             values.append(value)
-        n_kw = len(spec.kwarg_names)
+        n_kw = len(kwarg_names)
         if n_kw:
-            return values[:-n_kw], dict(zip(spec.kwarg_names, values[-n_kw:], strict=True))
+            return values[:-n_kw], dict(zip(kwarg_names, values[-n_kw:], strict=True))
         return values, {}
 
     def _read_store_arg(self, oid: bytes, node_id: bytes) -> Any:
@@ -122,6 +168,8 @@ class Executor:
     def _store_returns(self, spec: TaskSpec, value: Any) -> list[tuple[Any, ...]]:
         if spec.num_returns == 1:
             outputs = [value]
+        elif spec.num_returns == 0:
+            outputs = []
         else:
             if not isinstance(value, tuple | list) or len(value) != spec.num_returns:
                 raise ValueError(
@@ -143,7 +191,7 @@ class Executor:
                 returns.append((task_spec.RET_STORE, core.node_id, frame.size, inner))
         return returns
 
-    def _error_result(self, spec: TaskSpec, err: RayTaskError, status: int) -> tuple[bytes, int, list[Any]]:
+    def _error_result(self, spec: TaskSpec, err: RayTaskError, status: int) -> Outcome:
         try:
             frame = serialization.serialize(err, is_error=True).to_bytes()
         except serialization.SerializationError:
@@ -151,6 +199,88 @@ class Executor:
             plain = RayTaskError(spec.name, err.traceback_str, None)
             frame = serialization.serialize(plain, is_error=True).to_bytes()
         return (spec.task_id, status, [(task_spec.RET_INLINE, frame, [])] * spec.num_returns)
+
+    # -- actors --------------------------------------------------------------------------------
+    async def create_actor(self, spec: ActorCreationSpec) -> bytes:
+        """Runs the constructor on the task thread; b"" on success, else an error frame."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bytes] = loop.create_future()
+
+        def construct() -> None:
+            try:
+                cls = self.core.functions.load(spec.function_id)
+                args, kwargs = self.resolve_args(spec.args, spec.kwarg_names)
+                self.actor_id, self.actor_name = spec.actor_id, spec.class_name
+                self.actor = cls(*args, **kwargs)
+                outcome = b""
+            except Exception as e:
+                self.actor_id = None
+                err = RayTaskError(f"{spec.class_name}.__init__", _user_traceback(e), e)
+                try:
+                    outcome = serialization.serialize(err, is_error=True).to_bytes()
+                except serialization.SerializationError:
+                    plain = RayTaskError(f"{spec.class_name}.__init__", err.traceback_str, None)
+                    outcome = serialization.serialize(plain, is_error=True).to_bytes()
+            loop.call_soon_threadsafe(done.set_result, outcome)
+
+        self._on_task_thread(construct)
+        outcome = await done
+        if not outcome:
+            if spec.is_async:
+                self._start_actor_loop(spec.max_concurrency)
+            elif spec.max_concurrency > 1:
+                self._actor_pool = concurrent.futures.ThreadPoolExecutor(
+                    spec.max_concurrency, thread_name_prefix="aioray-actor"
+                )
+        return outcome
+
+    def _start_actor_loop(self, max_concurrency: int) -> None:
+        from aioray._private.process import new_event_loop
+
+        loop = new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            self._actor_slots = asyncio.Semaphore(max_concurrency)
+            loop.call_soon(ready.set)
+            loop.run_forever()
+
+        threading.Thread(target=run, name="aioray-actor-loop", daemon=True).start()
+        ready.wait()
+        self._actor_loop = loop
+
+    def _run_async_method(self, spec: TaskSpec, reply: Reply) -> None:
+        assert self._actor_loop is not None
+        # Coroutines start in arrival order: call_soon_threadsafe keeps it.
+        self._actor_loop.call_soon_threadsafe(
+            lambda: self._actor_loop.create_task(self._async_method(spec, reply))
+        )  # type: ignore[union-attr]
+
+    async def _async_method(self, spec: TaskSpec, reply: Reply) -> None:
+        assert self._actor_slots is not None
+        async with self._actor_slots:
+            start = time.perf_counter()
+            ctx = self.context
+            ctx.task_id, ctx.task_name = spec.task_id, self.actor_name
+            try:
+                fn = self._target(spec)
+                args, kwargs = self.resolve_args(spec.args, spec.kwarg_names)
+            except Exception as e:
+                outcome = self._error_result(
+                    spec, RayTaskError(spec.name, traceback.format_exc(), e), task_spec.SYSTEM_ERROR
+                )
+            else:
+                try:
+                    value = fn(*args, **kwargs)
+                    if inspect.isawaitable(value):
+                        value = await value
+                    outcome = self._finish(spec, value)
+                except Exception as e:
+                    outcome = self._error_result(
+                        spec, RayTaskError(spec.name, _user_traceback(e), e), task_spec.APP_ERROR
+                    )
+            self._reply(reply, (*outcome, time.perf_counter() - start))
 
 
 def _user_traceback(e: BaseException) -> str:

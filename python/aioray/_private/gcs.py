@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 
 from aioray._private import process, rpc
+from aioray._private.gcs_actors import ActorManager
 from aioray._proto.aioray import v1 as pb
 
 log = process.setup_logging("gcs")
@@ -34,6 +35,7 @@ class GcsService(pb.GcsBase):
         self._job_counter = 0
         self._subscribers: dict[str, set[asyncio.Queue[pb.PubMessage | None]]] = {}
         self._channels = rpc.ChannelPool(token)
+        self.actors = ActorManager(self, self._channels)
         self._health_task: asyncio.Task[None] | None = None
         self.stopped = asyncio.Event()
 
@@ -91,7 +93,32 @@ class GcsService(pb.GcsBase):
         return pb.RegisterJobReply(job_id=job_id)
 
     async def mark_job_finished(self, job_id: pb.JobId) -> pb.Empty:
-        self.jobs.pop(job_id.job_id, None)
+        job = self.jobs.pop(job_id.job_id, None)
+        if job is not None and job.driver_address:
+            self.actors.on_job_finished(job.driver_address)
+        return pb.Empty()
+
+    # -- actors --------------------------------------------------------------------------------
+    async def create_actor(self, create_actor_request: pb.CreateActorRequest) -> pb.ActorInfo:
+        return await self.actors.create(create_actor_request)
+
+    async def get_actor_info(self, get_actor_info_request: pb.GetActorInfoRequest) -> pb.ActorInfo:
+        return await self.actors.get_info(get_actor_info_request)
+
+    async def get_named_actor(self, named_actor_request: pb.NamedActorRequest) -> pb.ActorInfo:
+        return self.actors.named_actor(named_actor_request)
+
+    async def kill_actor(self, kill_actor_request: pb.KillActorRequest) -> pb.Empty:
+        actor = self.actors.actors.get(kill_actor_request.actor_id)
+        if actor is not None and not (kill_actor_request.only_if_not_detached and actor.info.detached):
+            self.actors.kill(actor, "it was killed", no_restart=kill_actor_request.no_restart)
+        return pb.Empty()
+
+    async def list_actors(self, empty: pb.Empty) -> pb.ActorList:
+        return pb.ActorList(actors=[a.info for a in self.actors.actors.values()])
+
+    async def report_worker_death(self, worker_death: pb.WorkerDeath) -> pb.Empty:
+        self.actors.on_worker_death(worker_death)
         return pb.Empty()
 
     # -- KV (also the function table: key "fn:<id>") -----------------------------------------------

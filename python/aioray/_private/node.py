@@ -44,7 +44,8 @@ def node_resources(
 
 
 def session_dir() -> str:
-    base = os.path.join(tempfile.gettempdir(), "aioray")
+    # Not "aioray": a folder of that name in /tmp would shadow the package for scripts run from /tmp.
+    base = os.path.join(tempfile.gettempdir(), "aioray-session")
     os.makedirs(base, mode=0o700, exist_ok=True)
     return base
 

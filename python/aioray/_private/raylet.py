@@ -43,6 +43,7 @@ class WorkerProc:
     )
     lease_id: bytes | None = None
     lifeline: int = -1  # write end of the worker's lifeline pipe
+    killed: bool = False  # we killed it on purpose: its exit is no news
 
 
 @dataclass(eq=False)
@@ -215,7 +216,15 @@ class Raylet(pb.RayletBase):
             for lease in [ls for ls in self.leases.values() if ls.owner == worker.address]:
                 self._return(lease, failed=False)
         if not self.stopping:
-            if code not in (0, None):
+            if worker.address:
+                death = pb.WorkerDeath(
+                    node_id=self.node_id,
+                    worker_id=worker.worker_id,
+                    address=worker.address,
+                    exit_code=code or 0,
+                )
+                self._spawn(self._report_death(death))
+            if code not in (0, None) and not worker.killed:
                 log.warning(
                     "worker %s (pid %d) exited with code %s",
                     worker.worker_id.hex()[:8],
@@ -224,6 +233,10 @@ class Raylet(pb.RayletBase):
                 )
             self._dispatch()
             self.schedule_report()
+
+    async def _report_death(self, death: pb.WorkerDeath) -> None:
+        with contextlib.suppress(Exception):
+            await self.channels.stub(self.gcs_address, pb.GcsStub).report_worker_death(death, timeout=10)
 
     async def register_worker(
         self, register_worker_request: pb.RegisterWorkerRequest
@@ -320,6 +333,7 @@ class Raylet(pb.RayletBase):
         self._release(lease)
         worker = lease.worker
         if failed or worker.proc.returncode is not None:
+            worker.killed = True
             with contextlib.suppress(ProcessLookupError):
                 worker.proc.kill()
         elif worker.worker_id in self.workers:

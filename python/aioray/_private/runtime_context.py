@@ -23,6 +23,13 @@ class RuntimeContext:
             return None
         return core.executor.context.task_id.hex()
 
+    def get_actor_id(self) -> str | None:
+        """The id of the actor the caller runs in, or None outside actors."""
+        core = object_ref.global_worker()
+        if core.executor is None or core.executor.actor_id is None:
+            return None
+        return core.executor.actor_id.hex()
+
     @property
     def namespace(self) -> str:
         return object_ref.global_worker().namespace

@@ -16,7 +16,7 @@ import collections
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from grpclib.const import Cardinality
 
@@ -52,11 +52,18 @@ class PendingTask:
     deps: list[tuple[int, bytes, str]] = field(default_factory=list)  # (arg index, oid, owner)
 
 
+class StreamSink(Protocol):
+    def on_results(self, lw: LeasedWorker, results: list[task_spec.Result]) -> None: ...
+    def on_worker_gone(self, lw: LeasedWorker) -> None: ...
+
+
 class LeasedWorker:
-    def __init__(self, pool: LeasePool, reply: pb.LeaseReply, raylet_address: str) -> None:
+    """One open PushTasks stream to a worker: a leased one, or an actor's."""
+
+    def __init__(self, pool: StreamSink, lease_id: bytes, address: str, raylet_address: str) -> None:
         self.pool = pool
-        self.lease_id = reply.lease_id
-        self.address = reply.worker_address
+        self.lease_id = lease_id
+        self.address = address
         self.raylet_address = raylet_address
         self.in_flight: dict[bytes, PendingTask] = {}
         self.outbox: asyncio.Queue[list[PendingTask] | None] = asyncio.Queue()
@@ -169,7 +176,7 @@ class LeasePool:
                 self._fail_queue(WorkerCrashedError(f"could not lease a worker from raylet {address}: {e}"))
                 return
             if reply.status == pb.LeaseReplyStatus.GRANTED:
-                lw = LeasedWorker(self, reply, address)
+                lw = LeasedWorker(self, reply.lease_id, reply.worker_address, address)
                 self.leases.append(lw)
                 lw.task = asyncio.get_running_loop().create_task(lw.run(core.channels))
                 self.requests.discard(asyncio.current_task())  # type: ignore[arg-type]
@@ -269,6 +276,12 @@ class TaskSubmitter:
             return
         self._queue(p)
 
+    def retry(self, p: PendingTask) -> None:
+        if p.spec.actor_id:
+            self.core.actors.retry(p)
+        else:
+            self._queue(p)
+
     def _queue(self, p: PendingTask) -> None:
         # One queue per (shape, function), as Ray's scheduling keys: run times differ by function.
         key = (p.shape, p.spec.function_id)
@@ -282,7 +295,7 @@ class TaskSubmitter:
         _, status, returns, _ = result
         if status == task_spec.APP_ERROR and p.retries_left > 0 and self._retryable(p, returns[0]):
             p.retries_left -= 1
-            self._queue(p)
+            self.retry(p)
             return
         values = []
         inner_all: list[tuple[tuple[bytes, str], ...]] = []
@@ -296,7 +309,8 @@ class TaskSubmitter:
                 inner_all.append(tuple(inner))
         self.complete(p, values, inner_all)
 
-    def _retryable(self, p: PendingTask, ret: tuple[Any, ...]) -> bool:
+    @staticmethod
+    def _retryable(p: PendingTask, ret: tuple[Any, ...]) -> bool:
         if p.retry_exceptions is False:
             return False
         if p.retry_exceptions is True:

@@ -30,6 +30,8 @@ class TaskSpec:
     owner: str
     job_id: bytes
     return_ids: list[bytes] = field(default_factory=list)
+    actor_id: bytes = b""  # set for actor method calls
+    method: str = ""
 
     def to_wire(self) -> tuple[Any, ...]:
         return (
@@ -42,6 +44,8 @@ class TaskSpec:
             self.owner,
             self.job_id,
             self.return_ids,
+            self.actor_id,
+            self.method,
         )
 
     @classmethod
@@ -51,3 +55,18 @@ class TaskSpec:
 
 # A result on the wire: (task id, status, [return...], run time in seconds) where a return is a RET_* tuple.
 Result = tuple[bytes, int, list[tuple[Any, ...]], float]
+
+
+@dataclass(slots=True, eq=False)
+class ActorCreationSpec:
+    """What a worker needs to become an actor."""
+
+    actor_id: bytes
+    function_id: bytes  # the class, exported like a function
+    class_name: str
+    args: list[tuple[Any, ...]]
+    kwarg_names: tuple[str, ...]
+    max_concurrency: int
+    is_async: bool
+    owner: str
+    job_id: bytes

@@ -166,21 +166,27 @@ async def _start_core(
     if local is None:
         channels.close()
         raise ConnectionError(f"the cluster at {gcs_address} has no live node on this machine to attach to")
-    job = await gcs.register_job(
-        pb.RegisterJobRequest(driver_pid=os.getpid(), namespace=namespace), timeout=10
-    )
-    channels.close()
     core = CoreWorker(
         is_driver=True,
         worker_id=random_id(16),
         node=local,
         gcs_address=gcs_address,
         token=token,
-        job_id=job.job_id,
+        job_id=b"",
         loop=loop,
         namespace=namespace,
     )
     await core.start()
+    try:
+        request = pb.RegisterJobRequest(
+            driver_address=core.address, driver_pid=os.getpid(), namespace=namespace
+        )
+        core.job_id = (await gcs.register_job(request, timeout=10)).job_id
+    except BaseException:
+        await core.close()
+        raise
+    finally:
+        channels.close()
     for n in view.nodes:
         core.node_addresses[n.node_id] = n.address
     return core

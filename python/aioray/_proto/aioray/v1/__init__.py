@@ -31,6 +31,13 @@ class GetObjectReplyStatus(betterproto.Enum):
     FREED = 2
 
 
+class ActorInfoState(betterproto.Enum):
+    PENDING = 0
+    ALIVE = 1
+    RESTARTING = 2
+    DEAD = 3
+
+
 class LeaseReplyStatus(betterproto.Enum):
     GRANTED = 0
     SPILLBACK = 1
@@ -220,6 +227,76 @@ class SubscribeRequest(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class CreateActorRequest(betterproto.Message):
+    actor_id: bytes = betterproto.bytes_field(1)
+    spec: bytes = betterproto.bytes_field(2)
+    handle_meta: bytes = betterproto.bytes_field(3)
+    name: str = betterproto.string_field(4)
+    namespace: str = betterproto.string_field(5)
+    detached: bool = betterproto.bool_field(6)
+    get_if_exists: bool = betterproto.bool_field(7)
+    owner_address: str = betterproto.string_field(8)
+    job_id: bytes = betterproto.bytes_field(9)
+    resources: "ResourceMap" = betterproto.message_field(10)
+    max_restarts: int = betterproto.int32_field(11)
+
+
+@dataclass(eq=False, repr=False)
+class ActorInfo(betterproto.Message):
+    actor_id: bytes = betterproto.bytes_field(1)
+    state: "ActorInfoState" = betterproto.enum_field(2)
+    address: str = betterproto.string_field(3)
+    node_id: bytes = betterproto.bytes_field(4)
+    num_restarts: int = betterproto.int32_field(5)
+    death_cause: bytes = betterproto.bytes_field(6)
+    name: str = betterproto.string_field(7)
+    namespace: str = betterproto.string_field(8)
+    handle_meta: bytes = betterproto.bytes_field(9)
+    detached: bool = betterproto.bool_field(10)
+    owner_address: str = betterproto.string_field(11)
+    worker_id: bytes = betterproto.bytes_field(12)
+
+
+@dataclass(eq=False, repr=False)
+class GetActorInfoRequest(betterproto.Message):
+    actor_id: bytes = betterproto.bytes_field(1)
+    wait_settled: bool = betterproto.bool_field(2)
+    """
+    Answer only once the actor is ALIVE or DEAD and its restart count is at least this.
+    """
+
+    min_restarts: int = betterproto.int32_field(3)
+    timeout: float = betterproto.double_field(4)
+
+
+@dataclass(eq=False, repr=False)
+class NamedActorRequest(betterproto.Message):
+    name: str = betterproto.string_field(1)
+    namespace: str = betterproto.string_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class KillActorRequest(betterproto.Message):
+    actor_id: bytes = betterproto.bytes_field(1)
+    no_restart: bool = betterproto.bool_field(2)
+    only_if_not_detached: bool = betterproto.bool_field(3)
+    """Only if it is not detached: the owner's last handle went away."""
+
+
+@dataclass(eq=False, repr=False)
+class ActorList(betterproto.Message):
+    actors: List["ActorInfo"] = betterproto.message_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class WorkerDeath(betterproto.Message):
+    node_id: bytes = betterproto.bytes_field(1)
+    worker_id: bytes = betterproto.bytes_field(2)
+    address: str = betterproto.string_field(3)
+    exit_code: int = betterproto.int32_field(4)
+
+
+@dataclass(eq=False, repr=False)
 class LeaseRequest(betterproto.Message):
     resources: "ResourceMap" = betterproto.message_field(1)
     owner_address: str = betterproto.string_field(2)
@@ -332,6 +409,23 @@ class CoreWorkerStub(betterproto.ServiceStub):
             "/aioray.v1.CoreWorker/Exit",
             empty,
             Empty,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def create_actor(
+        self,
+        blob: "Blob",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Blob":
+        return await self._unary_unary(
+            "/aioray.v1.CoreWorker/CreateActor",
+            blob,
+            Blob,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -594,6 +688,108 @@ class GcsStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def create_actor(
+        self,
+        create_actor_request: "CreateActorRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "ActorInfo":
+        return await self._unary_unary(
+            "/aioray.v1.Gcs/CreateActor",
+            create_actor_request,
+            ActorInfo,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_actor_info(
+        self,
+        get_actor_info_request: "GetActorInfoRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "ActorInfo":
+        return await self._unary_unary(
+            "/aioray.v1.Gcs/GetActorInfo",
+            get_actor_info_request,
+            ActorInfo,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_named_actor(
+        self,
+        named_actor_request: "NamedActorRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "ActorInfo":
+        return await self._unary_unary(
+            "/aioray.v1.Gcs/GetNamedActor",
+            named_actor_request,
+            ActorInfo,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def kill_actor(
+        self,
+        kill_actor_request: "KillActorRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Empty":
+        return await self._unary_unary(
+            "/aioray.v1.Gcs/KillActor",
+            kill_actor_request,
+            Empty,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_actors(
+        self,
+        empty: "Empty",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "ActorList":
+        return await self._unary_unary(
+            "/aioray.v1.Gcs/ListActors",
+            empty,
+            ActorList,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def report_worker_death(
+        self,
+        worker_death: "WorkerDeath",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Empty":
+        return await self._unary_unary(
+            "/aioray.v1.Gcs/ReportWorkerDeath",
+            worker_death,
+            Empty,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
     async def subscribe(
         self,
         subscribe_request: "SubscribeRequest",
@@ -753,6 +949,9 @@ class CoreWorkerBase(ServiceBase):
     async def exit(self, empty: "Empty") -> "Empty":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def create_actor(self, blob: "Blob") -> "Blob":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_push_tasks(
         self, stream: "grpclib.server.Stream[Blob, Blob]"
     ) -> None:
@@ -782,6 +981,13 @@ class CoreWorkerBase(ServiceBase):
         response = await self.exit(request)
         await stream.send_message(response)
 
+    async def __rpc_create_actor(
+        self, stream: "grpclib.server.Stream[Blob, Blob]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.create_actor(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/aioray.v1.CoreWorker/PushTasks": grpclib.const.Handler(
@@ -807,6 +1013,12 @@ class CoreWorkerBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 Empty,
                 Empty,
+            ),
+            "/aioray.v1.CoreWorker/CreateActor": grpclib.const.Handler(
+                self.__rpc_create_actor,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                Blob,
+                Blob,
             ),
         }
 
@@ -862,6 +1074,30 @@ class GcsBase(ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def publish(self, pub_message: "PubMessage") -> "Empty":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def create_actor(
+        self, create_actor_request: "CreateActorRequest"
+    ) -> "ActorInfo":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_actor_info(
+        self, get_actor_info_request: "GetActorInfoRequest"
+    ) -> "ActorInfo":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_named_actor(
+        self, named_actor_request: "NamedActorRequest"
+    ) -> "ActorInfo":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def kill_actor(self, kill_actor_request: "KillActorRequest") -> "Empty":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_actors(self, empty: "Empty") -> "ActorList":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def report_worker_death(self, worker_death: "WorkerDeath") -> "Empty":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def subscribe(
@@ -975,6 +1211,48 @@ class GcsBase(ServiceBase):
         response = await self.publish(request)
         await stream.send_message(response)
 
+    async def __rpc_create_actor(
+        self, stream: "grpclib.server.Stream[CreateActorRequest, ActorInfo]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.create_actor(request)
+        await stream.send_message(response)
+
+    async def __rpc_get_actor_info(
+        self, stream: "grpclib.server.Stream[GetActorInfoRequest, ActorInfo]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.get_actor_info(request)
+        await stream.send_message(response)
+
+    async def __rpc_get_named_actor(
+        self, stream: "grpclib.server.Stream[NamedActorRequest, ActorInfo]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.get_named_actor(request)
+        await stream.send_message(response)
+
+    async def __rpc_kill_actor(
+        self, stream: "grpclib.server.Stream[KillActorRequest, Empty]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.kill_actor(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_actors(
+        self, stream: "grpclib.server.Stream[Empty, ActorList]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.list_actors(request)
+        await stream.send_message(response)
+
+    async def __rpc_report_worker_death(
+        self, stream: "grpclib.server.Stream[WorkerDeath, Empty]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.report_worker_death(request)
+        await stream.send_message(response)
+
     async def __rpc_subscribe(
         self, stream: "grpclib.server.Stream[SubscribeRequest, PubMessage]"
     ) -> None:
@@ -1075,6 +1353,42 @@ class GcsBase(ServiceBase):
                 self.__rpc_publish,
                 grpclib.const.Cardinality.UNARY_UNARY,
                 PubMessage,
+                Empty,
+            ),
+            "/aioray.v1.Gcs/CreateActor": grpclib.const.Handler(
+                self.__rpc_create_actor,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                CreateActorRequest,
+                ActorInfo,
+            ),
+            "/aioray.v1.Gcs/GetActorInfo": grpclib.const.Handler(
+                self.__rpc_get_actor_info,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                GetActorInfoRequest,
+                ActorInfo,
+            ),
+            "/aioray.v1.Gcs/GetNamedActor": grpclib.const.Handler(
+                self.__rpc_get_named_actor,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                NamedActorRequest,
+                ActorInfo,
+            ),
+            "/aioray.v1.Gcs/KillActor": grpclib.const.Handler(
+                self.__rpc_kill_actor,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                KillActorRequest,
+                Empty,
+            ),
+            "/aioray.v1.Gcs/ListActors": grpclib.const.Handler(
+                self.__rpc_list_actors,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                Empty,
+                ActorList,
+            ),
+            "/aioray.v1.Gcs/ReportWorkerDeath": grpclib.const.Handler(
+                self.__rpc_report_worker_death,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                WorkerDeath,
                 Empty,
             ),
             "/aioray.v1.Gcs/Subscribe": grpclib.const.Handler(

@@ -1,0 +1,224 @@
+"""``@aioray.remote`` classes: actor classes, handles and methods."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+
+from aioray._private import object_ref
+from aioray._private.actor_submitter import death_error
+from aioray._private.ids import random_id
+from aioray._private.object_ref import ObjectRef
+from aioray._private.remote_function import validate_options
+from aioray._private.resources import task_resources
+from aioray._proto.aioray import v1 as pb
+
+_ACTOR_OPTIONS = {
+    "num_cpus",
+    "num_gpus",
+    "resources",
+    "max_concurrency",
+    "max_restarts",
+    "max_task_retries",
+    "name",
+    "namespace",
+    "lifetime",
+    "get_if_exists",
+    "memory",
+    "scheduling_strategy",
+    "runtime_env",
+}
+DEFAULT_NAMESPACE = "default"
+
+
+def method(*, num_returns: int = 1) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``@aioray.method(num_returns=2)`` on an actor method sets its defaults."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn.__aioray_num_returns__ = num_returns  # type: ignore[attr-defined]
+        return fn
+
+    return wrap
+
+
+@dataclass
+class HandleMeta:
+    """What every handle of an actor needs to know about its class."""
+
+    class_name: str
+    methods: dict[str, int]  # name -> num_returns
+    signatures: dict[str, inspect.Signature | None] = field(default_factory=dict)
+    is_async: bool = False
+    max_task_retries: int = 0
+
+
+def _class_meta(cls: type, max_task_retries: int) -> HandleMeta:
+    methods: dict[str, int] = {}
+    signatures: dict[str, inspect.Signature | None] = {}
+    is_async = False
+    for name, member in inspect.getmembers(cls, predicate=callable):
+        if name.startswith("__") and name != "__call__":
+            continue
+        methods[name] = getattr(member, "__aioray_num_returns__", 1)
+        if inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member):
+            is_async = True
+        try:
+            sig = inspect.signature(member)
+            params = list(sig.parameters.values())
+            if not isinstance(inspect.getattr_static(cls, name), staticmethod | classmethod) and params:
+                sig = sig.replace(parameters=params[1:])  # drop self
+            signatures[name] = sig
+        except (TypeError, ValueError):
+            signatures[name] = None
+    return HandleMeta(cls.__name__, methods, signatures, is_async, max_task_retries)
+
+
+class ActorClass:
+    """A class to run as an actor: ``C.remote(*args)`` starts one and returns its handle at once."""
+
+    def __init__(self, cls: type, options: dict[str, Any]) -> None:
+        validate_options(options, _ACTOR_OPTIONS, "an actor class")
+        lifetime = options.get("lifetime")
+        if lifetime not in (None, "detached", "non_detached"):
+            raise ValueError(f"lifetime must be 'detached' or 'non_detached', got {lifetime!r}")
+        self._cls = cls
+        self._options = options
+        self.__name__ = cls.__name__
+        self.__qualname__ = cls.__qualname__
+        self.__doc__ = cls.__doc__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"actor class {self._cls.__name__} cannot be instantiated directly: use {self._cls.__name__}.remote(...)"
+        )
+
+    def options(self, **options: Any) -> ActorClass:
+        """A copy with some options changed (name, lifetime, num_cpus, max_restarts, ...)."""
+        return ActorClass(self._cls, {**self._options, **options})
+
+    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+        opts = self._options
+        try:
+            inspect.signature(self._cls).bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{self._cls.__name__}.remote(): {e}") from None
+        except ValueError:
+            pass
+        core = object_ref.global_worker()
+        max_task_retries = int(opts.get("max_task_retries", 0))
+        meta = _class_meta(self._cls, max_task_retries)
+        max_concurrency = int(opts.get("max_concurrency", 1000 if meta.is_async else 1))
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        # As in Ray, an actor needs no CPU to live unless it asks for one.
+        resources = task_resources(opts.get("num_cpus"), opts.get("num_gpus"), opts.get("resources"), 0)
+        name = opts.get("name") or ""
+        namespace = opts.get("namespace") or core.namespace or DEFAULT_NAMESPACE
+        request = pb.CreateActorRequest(
+            actor_id=random_id(16),
+            handle_meta=cloudpickle.dumps(meta),
+            name=name,
+            namespace=namespace,
+            detached=opts.get("lifetime") == "detached",
+            get_if_exists=bool(opts.get("get_if_exists")),
+            resources=pb.ResourceMap(amounts=resources.to_dict()),
+            max_restarts=int(opts.get("max_restarts", 0)),
+        )
+        actor_id, lifetime, created = core.start_actor(
+            self._cls,
+            args,
+            kwargs,
+            request,
+            max_concurrency=max_concurrency,
+            is_async=meta.is_async,
+            wait=bool(name),  # a name must be claimed (or found, with get_if_exists) before returning
+        )
+        if name and created.result().actor_id != actor_id:
+            # get_if_exists found a live actor of that name: this handle is for it.
+            info = created.result()
+            return ActorHandle(info.actor_id, cloudpickle.loads(info.handle_meta), None)
+        return ActorHandle(actor_id, meta, lifetime)
+
+
+class ActorHandle:
+    """A handle to an actor: ``handle.method.remote(*args)`` returns an ObjectRef. Picklable."""
+
+    def __init__(self, actor_id: bytes, meta: HandleMeta, lifetime: ObjectRef | None) -> None:
+        self._actor_id = actor_id
+        self._meta = meta
+        self._lifetime = lifetime
+
+    def __getattr__(self, name: str) -> ActorMethod:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name not in self._meta.methods:
+            raise AttributeError(f"actor {self._meta.class_name} has no method {name!r}")
+        return ActorMethod(self, name, self._meta.methods[name])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ActorHandle, (self._actor_id, self._meta, self._lifetime))
+
+    def __hash__(self) -> int:
+        return hash(self._actor_id)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+    def __repr__(self) -> str:
+        return f"Actor({self._meta.class_name}, {self._actor_id.hex()[:12]})"
+
+    @property
+    def actor_id(self) -> str:
+        return self._actor_id.hex()
+
+    async def _wait_ready(self) -> ActorHandle:
+        """Waits until the actor is alive; raises its death cause (e.g. the constructor's error)."""
+        core = object_ref.global_worker()
+        fut = asyncio.run_coroutine_threadsafe(core.actors.wait_settled(self._actor_id), core.loop)
+        info = await asyncio.wrap_future(fut)
+        if info is not None and info.state == pb.ActorInfoState.DEAD:
+            raise death_error(info.death_cause)
+        return self
+
+
+class ActorMethod:
+    def __init__(self, handle: ActorHandle, name: str, num_returns: int) -> None:
+        self._handle = handle
+        self._name = name
+        self._num_returns = num_returns
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"actor methods cannot be called directly: use .{self._name}.remote(...)")
+
+    def options(self, *, num_returns: int | None = None, **_ignored: Any) -> ActorMethod:
+        return ActorMethod(
+            self._handle, self._name, self._num_returns if num_returns is None else num_returns
+        )
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        meta = self._handle._meta
+        label = f"{meta.class_name}.{self._name}"
+        sig = meta.signatures.get(self._name)
+        if sig is not None:
+            try:
+                sig.bind(*args, **kwargs)
+            except TypeError as e:
+                raise TypeError(f"{label}.remote(): {e}") from None
+        core = object_ref.global_worker()
+        refs = core.submit_actor_task(
+            self._handle._actor_id,
+            self._name,
+            label,
+            args,
+            kwargs,
+            num_returns=self._num_returns,
+            max_task_retries=meta.max_task_retries,
+        )
+        if self._num_returns == 1:
+            return refs[0]
+        return None if self._num_returns == 0 else refs

@@ -1,0 +1,248 @@
+"""The caller's side of actors: creation through the GCS, then method calls straight to the actor.
+
+Each actor a process calls has one queue here. Calls leave in submission
+order: a call whose ObjectRef arguments are not ready holds back the calls
+behind it (so one caller's calls run in order), then batches go over one
+PushTasks stream to the actor's worker. When the stream breaks, the GCS says
+whether the actor restarted (calls in flight are retried while
+`max_task_retries` allows, else fail with RayActorError) or is dead (every
+call fails with the death cause).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from typing import TYPE_CHECKING
+
+from aioray._private import rpc, serialization, task_spec
+from aioray._private.ownership import ObjectValue
+from aioray._private.submitter import LeasedWorker, PendingTask
+from aioray._proto.aioray import v1 as pb
+from aioray.exceptions import ActorDiedError, RayActorError, RayTaskError
+
+if TYPE_CHECKING:
+    from aioray._private.core_worker import CoreWorker
+
+State = pb.ActorInfoState
+SETTLE_TIMEOUT_S = 60.0
+
+
+def death_error(frame: bytes) -> BaseException:
+    """The error calls to a dead actor raise: an ActorDiedError carrying the constructor's error if it raised."""
+    err, _ = serialization.deserialize(frame)
+    if isinstance(err, RayTaskError):
+        died = ActorDiedError(f"the actor died: its constructor raised.\n{err}")
+        died.cause = err.cause  # type: ignore[attr-defined]
+        return died
+    return err
+
+
+class ActorQueue:
+    def __init__(self, client: ActorClient, actor_id: bytes) -> None:
+        self.client = client
+        self.actor_id = actor_id
+        self.pending: collections.deque[PendingTask] = collections.deque()
+        self.in_flight: dict[bytes, PendingTask] = {}
+        self.lost: list[PendingTask] = []  # in flight when the stream broke
+        self.stream: LeasedWorker | None = None
+        self.restarts_seen = 0
+        self.need_restart = False
+        self.dead: BaseException | None = None
+        self.wake = asyncio.Event()
+        self.runner: asyncio.Task[None] | None = None
+
+    def push(self, p: PendingTask) -> None:
+        self.pending.append(p)
+        self.wake.set()
+        if self.runner is None or self.runner.done():
+            self.runner = self.client.core.spawn(self.run())
+
+    async def run(self) -> None:
+        submitter = self.client.core.submitter
+        while True:
+            if not self.pending and not self.lost:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            if self.stream is None and self.dead is None:
+                await self._connect()
+            if self.lost:
+                self._settle_lost()
+            if self.dead is not None:
+                while self.pending:
+                    submitter.fail_task(self.pending.popleft(), self.dead)
+                continue
+            if self.stream is None:
+                continue
+            batch: list[PendingTask] = []
+            while self.pending:
+                p = self.pending[0]
+                if p.deps:
+                    if batch:
+                        break
+                    if not await self._resolve(p):
+                        self.pending.popleft()
+                        continue
+                batch.append(self.pending.popleft())
+            if batch and self.stream is not None:
+                for p in batch:
+                    self.in_flight[p.spec.task_id] = p
+                self.stream.outbox.put_nowait(batch)
+
+    async def _resolve(self, p: PendingTask) -> bool:
+        core = self.client.core
+        try:
+            for index, oid, owner in p.deps:
+                value = await core.wait_value(oid, owner, timeout=None)
+                if value.inline is not None:
+                    if serialization.peek_flags(value.inline)[1]:
+                        core.submitter.complete(p, [ObjectValue(value.inline)] * p.spec.num_returns, ())
+                        return False
+                    p.spec.args[index] = (task_spec.ARG_INLINE, value.inline)
+                else:
+                    p.spec.args[index] = (task_spec.ARG_STORE, oid, value.node_id, value.size)
+            p.deps = []
+        except Exception as e:
+            core.submitter.fail_task(p, e)
+            return False
+        return True
+
+    async def _connect(self) -> None:
+        min_restarts = self.restarts_seen + 1 if self.need_restart else 0
+        try:
+            info = await self.client.wait_settled(self.actor_id, min_restarts)
+        except Exception as e:
+            self.dead = RayActorError(f"the actor {self.actor_id.hex()[:12]} cannot be reached: {e}")
+            return
+        if info is None:
+            self.dead = RayActorError(
+                f"the actor {self.actor_id.hex()[:12]} did not come back within {SETTLE_TIMEOUT_S:.0f}s"
+            )
+            return
+        if info.state == State.DEAD:
+            self.dead = (
+                death_error(info.death_cause) if info.death_cause else ActorDiedError("the actor is dead")
+            )
+            return
+        self.need_restart = False
+        self.restarts_seen = info.num_restarts
+        lw = LeasedWorker(self, b"", info.address, "")
+        lw.task = self.client.core.spawn(lw.run(self.client.core.channels))
+        self.stream = lw
+
+    def _settle_lost(self) -> None:
+        lost, self.lost = sorted(self.lost, key=lambda p: p.spec.task_id), []
+        retry = []
+        for p in lost:
+            if self.dead is None and p.retries_left > 0:
+                p.retries_left -= 1
+                retry.append(p)
+            else:
+                err = self.dead or RayActorError(
+                    f"the actor died while running {p.spec.name}; it restarted, but the call was not retried "
+                    "(set max_task_retries to retry)"
+                )
+                self.client.core.submitter.fail_task(p, err)
+        self.pending.extendleft(reversed(retry))
+
+    # -- StreamSink ----------------------------------------------------------------------------
+    def on_results(self, lw: LeasedWorker, results: list[task_spec.Result]) -> None:
+        submitter = self.client.core.submitter
+        for result in results:
+            p = self.in_flight.pop(result[0], None)
+            if p is not None:
+                submitter.on_result(p, result)
+
+    def on_worker_gone(self, lw: LeasedWorker) -> None:
+        if self.stream is lw:
+            self.stream = None
+            self.need_restart = True
+            self.lost.extend(self.in_flight.values())
+            self.in_flight.clear()
+            self.wake.set()
+
+    def retry(self, p: PendingTask) -> None:
+        self.pending.appendleft(p)
+        self.wake.set()
+
+
+class ActorClient:
+    def __init__(self, core: CoreWorker) -> None:
+        self.core = core
+        self.queues: dict[bytes, ActorQueue] = {}
+
+    def queue(self, actor_id: bytes) -> ActorQueue:
+        q = self.queues.get(actor_id)
+        if q is None:
+            q = self.queues[actor_id] = ActorQueue(self, actor_id)
+        return q
+
+    def submit(self, p: PendingTask) -> None:
+        """On the core loop."""
+        self.queue(p.spec.actor_id).push(p)
+
+    def retry(self, p: PendingTask) -> None:
+        self.queue(p.spec.actor_id).retry(p)
+
+    async def wait_settled(self, actor_id: bytes, min_restarts: int = 0) -> pb.ActorInfo | None:
+        """The actor's info once ALIVE (after at least `min_restarts` restarts) or DEAD; None on timeout."""
+        request = pb.GetActorInfoRequest(
+            actor_id=actor_id, wait_settled=True, min_restarts=min_restarts, timeout=SETTLE_TIMEOUT_S
+        )
+        info = await self.core.gcs_stub().get_actor_info(request, timeout=SETTLE_TIMEOUT_S + 10)
+        if info.state == State.DEAD or (info.state == State.ALIVE and info.num_restarts >= min_restarts):
+            return info
+        return None
+
+    async def create(
+        self,
+        request: pb.CreateActorRequest,
+        deps: list[tuple[int, bytes, str]],
+        spec: task_spec.ActorCreationSpec,
+    ) -> pb.ActorInfo:
+        core = self.core
+        await core.functions.wait_exported(spec.function_id)
+        for index, oid, owner in deps:
+            value = await core.wait_value(oid, owner, timeout=None)
+            if value.inline is not None:
+                spec.args[index] = (task_spec.ARG_INLINE, value.inline)
+            else:
+                spec.args[index] = (task_spec.ARG_STORE, oid, value.node_id, value.size)
+        request.spec = serialization.dumps_plain(
+            (
+                spec.actor_id,
+                spec.function_id,
+                spec.class_name,
+                spec.args,
+                spec.kwarg_names,
+                spec.max_concurrency,
+                spec.is_async,
+                spec.owner,
+                spec.job_id,
+            )
+        )
+        try:
+            return await core.gcs_stub().create_actor(request, timeout=30)
+        except rpc.GRPCError as e:
+            if e.status == rpc.Status.ALREADY_EXISTS:
+                raise ValueError(e.message) from None
+            raise
+
+    async def kill(self, actor_id: bytes, no_restart: bool, only_if_not_detached: bool = False) -> None:
+        request = pb.KillActorRequest(
+            actor_id=actor_id, no_restart=no_restart, only_if_not_detached=only_if_not_detached
+        )
+        with contextlib.suppress(*rpc.CONNECTION_ERRORS):
+            await self.core.gcs_stub().kill_actor(request, timeout=10)
+
+    def close(self) -> None:
+        for q in self.queues.values():
+            if q.runner is not None:
+                q.runner.cancel()
+            if q.stream is not None and q.stream.task is not None:
+                q.stream.task.cancel()
+
+
+__all__ = ["ActorClient", "death_error"]

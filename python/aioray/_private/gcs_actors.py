@@ -1,0 +1,252 @@
+"""The GCS actor manager: actor table, named-actor registry, scheduling, restarts and kills.
+
+Creating an actor leases a dedicated worker from a raylet whose node fits the
+actor's resources, then asks that worker to run the constructor. When the
+worker dies, the actor restarts elsewhere (a new lease, the constructor again)
+while `max_restarts` allows; else, or when killed, it is DEAD with a cause
+that every later call raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aioray._private import rpc, serialization
+from aioray._private.resources import ResourceSet
+from aioray._proto.aioray import v1 as pb
+from aioray.exceptions import ActorDiedError, RayActorError
+
+if TYPE_CHECKING:
+    from aioray._private.gcs import GcsService
+
+log = logging.getLogger("aioray.gcs")
+State = pb.ActorInfoState
+CREATE_TIMEOUT_S = 300.0
+
+
+@dataclass(eq=False)
+class Actor:
+    info: pb.ActorInfo
+    request: pb.CreateActorRequest
+    resources: ResourceSet
+    raylet_address: str = ""
+    lease_id: bytes = b""
+    killed: bool = False
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    def set_state(self, state: int) -> None:
+        self.info.state = state  # type: ignore[assignment]
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+class ActorManager:
+    def __init__(self, gcs: GcsService, channels: rpc.ChannelPool) -> None:
+        self.gcs = gcs
+        self.channels = channels
+        self.actors: dict[bytes, Actor] = {}
+        self.named: dict[tuple[str, str], bytes] = {}
+        # Callers may ask about an actor before its creator's request arrived (a handle
+        # passed on at once): they wait here for the registration.
+        self._registered: dict[bytes, asyncio.Event] = {}
+
+    # -- creation and scheduling ---------------------------------------------------------------
+    async def create(self, request: pb.CreateActorRequest) -> pb.ActorInfo:
+        if request.name:
+            key = (request.namespace, request.name)
+            existing = self.named.get(key)
+            if existing is not None and self.actors[existing].info.state != State.DEAD:
+                if request.get_if_exists:
+                    return self.actors[existing].info
+                raise rpc.GRPCError(
+                    rpc.Status.ALREADY_EXISTS,
+                    f"an actor named {request.name!r} already exists in namespace {request.namespace!r}; "
+                    "pass get_if_exists=True to reuse it",
+                )
+            self.named[key] = request.actor_id
+        info = pb.ActorInfo(
+            actor_id=request.actor_id,
+            state=State.PENDING,
+            name=request.name,
+            namespace=request.namespace,
+            handle_meta=request.handle_meta,
+            detached=request.detached,
+            owner_address=request.owner_address,
+        )
+        actor = Actor(info, request, ResourceSet(request.resources.amounts))
+        self.actors[request.actor_id] = actor
+        waiting = self._registered.pop(request.actor_id, None)
+        if waiting is not None:
+            waiting.set()
+        actor.task = asyncio.get_running_loop().create_task(self._schedule(actor))
+        return info
+
+    def _candidates(self, actor: Actor) -> list[pb.NodeInfo]:
+        nodes = [
+            n
+            for n in self.gcs.nodes.values()
+            if n.alive and actor.resources.fits_in(ResourceSet(n.total.amounts))
+        ]
+        # Nodes with the resources free right now first.
+        nodes.sort(key=lambda n: not actor.resources.fits_in(ResourceSet(n.available.amounts)))
+        return nodes
+
+    async def _schedule(self, actor: Actor) -> None:
+        try:
+            await self._try_schedule(actor)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.exception("scheduling actor %s failed", actor.info.actor_id.hex())
+            self._mark_dead(actor, RayActorError(f"the actor could not be scheduled: {e}"))
+
+    async def _try_schedule(self, actor: Actor) -> None:
+        nodes = self._candidates(actor)
+        if not nodes:
+            self._mark_dead(
+                actor,
+                RayActorError(f"the actor cannot be scheduled: no node has {actor.resources.to_dict()}"),
+            )
+            return
+        request = pb.LeaseRequest(
+            resources=pb.ResourceMap(amounts=actor.resources.to_dict()),
+            owner_address="gcs",
+            job_id=actor.request.job_id,
+        )
+        address = nodes[0].address
+        for _ in range(8):
+            reply = await self.channels.stub(address, pb.RayletStub).request_worker_lease(request)
+            if reply.status == pb.LeaseReplyStatus.SPILLBACK:
+                address = reply.retry_address
+                continue
+            break
+        if reply.status != pb.LeaseReplyStatus.GRANTED:
+            self._mark_dead(actor, RayActorError(f"the actor could not get a worker: {reply.message}"))
+            return
+        if actor.killed:
+            await self._return_lease(address, reply.lease_id, failed=False)
+            return
+        actor.raylet_address, actor.lease_id = address, reply.lease_id
+        actor.info.worker_id = reply.worker_id
+        actor.info.node_id = reply.node_id
+        worker = self.channels.stub(reply.worker_address, pb.CoreWorkerStub)
+        try:
+            result = await worker.create_actor(pb.Blob(data=actor.request.spec), timeout=CREATE_TIMEOUT_S)
+        except Exception:
+            # The worker died while constructing: the death report decides about a restart.
+            return
+        if result.data:
+            cause, _ = serialization.deserialize(result.data)
+            actor.killed = True
+            self._mark_dead(actor, cause, frame=result.data)
+            await self._return_lease(address, reply.lease_id, failed=True)
+            return
+        actor.info.address = reply.worker_address
+        actor.set_state(State.ALIVE)
+        if actor.killed:
+            await self._return_lease(address, reply.lease_id, failed=True)
+
+    async def _return_lease(self, raylet: str, lease_id: bytes, failed: bool) -> None:
+        with contextlib.suppress(Exception):
+            await self.channels.stub(raylet, pb.RayletStub).return_worker_lease(
+                pb.ReturnLeaseRequest(lease_id=lease_id, worker_failed=failed), timeout=10
+            )
+
+    def _mark_dead(self, actor: Actor, cause: BaseException, frame: bytes | None = None) -> None:
+        if actor.info.state == State.DEAD:
+            return
+        if frame is None:
+            try:
+                frame = serialization.serialize(cause, is_error=True).to_bytes()
+            except serialization.SerializationError:
+                frame = serialization.serialize(RayActorError(str(cause)), is_error=True).to_bytes()
+        actor.info.death_cause = frame
+        actor.info.address = ""
+        actor.set_state(State.DEAD)
+        if actor.info.name:
+            key = (actor.info.namespace, actor.info.name)
+            if self.named.get(key) == actor.info.actor_id:
+                del self.named[key]
+
+    # -- deaths, kills and owners --------------------------------------------------------------
+    def on_worker_death(self, death: pb.WorkerDeath) -> None:
+        for actor in list(self.actors.values()):
+            if actor.info.worker_id == death.worker_id and actor.info.state != State.DEAD:
+                self._on_actor_worker_died(actor, death.exit_code)
+            elif actor.info.owner_address == death.address and not actor.info.detached:
+                self.kill(actor, "its owner died")
+
+    def _on_actor_worker_died(self, actor: Actor, exit_code: int) -> None:
+        actor.lease_id = b""
+        actor.info.address = ""
+        limit = actor.request.max_restarts
+        if not actor.killed and (limit == -1 or actor.info.num_restarts < limit):
+            actor.info.num_restarts += 1
+            actor.set_state(State.RESTARTING)
+            actor.task = asyncio.get_running_loop().create_task(self._schedule(actor))
+            return
+        reason = "it was killed" if actor.killed else f"its worker process died (exit code {exit_code})"
+        if not actor.killed and limit:
+            reason += (
+                f" and it was restarted {actor.info.num_restarts} time(s) already (max_restarts={limit})"
+            )
+        self._mark_dead(actor, ActorDiedError(f"the actor {self._describe(actor)} is dead: {reason}"))
+
+    def _describe(self, actor: Actor) -> str:
+        name = f" {actor.info.name!r}" if actor.info.name else ""
+        return f"{actor.info.actor_id.hex()[:12]}{name}"
+
+    def kill(self, actor: Actor, reason: str, no_restart: bool = True) -> None:
+        if actor.info.state == State.DEAD:
+            return
+        if no_restart:
+            actor.killed = True
+        if actor.lease_id:
+            raylet, lease = actor.raylet_address, actor.lease_id
+            asyncio.get_running_loop().create_task(self._return_lease(raylet, lease, failed=True))
+        elif actor.killed:
+            if actor.task is not None and actor.info.state == State.PENDING:
+                actor.task.cancel()
+            self._mark_dead(actor, ActorDiedError(f"the actor {self._describe(actor)} is dead: {reason}"))
+
+    def on_job_finished(self, driver_address: str) -> None:
+        for actor in list(self.actors.values()):
+            if actor.info.owner_address == driver_address and not actor.info.detached:
+                self.kill(actor, "its owner (the driver) exited")
+
+    # -- queries -------------------------------------------------------------------------------
+    async def get_info(self, request: pb.GetActorInfoRequest) -> pb.ActorInfo:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + request.timeout if request.timeout else None
+        actor = self.actors.get(request.actor_id)
+        if actor is None and request.wait_settled:
+            event = self._registered.setdefault(request.actor_id, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), request.timeout or None)
+            actor = self.actors.get(request.actor_id)
+        if actor is None:
+            raise rpc.GRPCError(rpc.Status.NOT_FOUND, f"no actor {request.actor_id.hex()}")
+        if request.wait_settled:
+            while not (
+                actor.info.state == State.DEAD
+                or (actor.info.state == State.ALIVE and actor.info.num_restarts >= request.min_restarts)
+            ):
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(actor.changed.wait(), remaining)
+        return actor.info
+
+    def named_actor(self, request: pb.NamedActorRequest) -> pb.ActorInfo:
+        actor_id = self.named.get((request.namespace, request.name))
+        if actor_id is None:
+            raise rpc.GRPCError(
+                rpc.Status.NOT_FOUND, f"no actor named {request.name!r} in namespace {request.namespace!r}"
+            )
+        return self.actors[actor_id].info
