@@ -1,4 +1,4 @@
-"""aioray in one page: remote functions through the async API and the Ray-compatible sync API."""
+"""aioray in one page: remote functions and actors, through the async API and the Ray-compatible sync API."""
 
 import asyncio
 import time
@@ -16,6 +16,23 @@ def total(values: list[int]) -> int:
     return sum(values)
 
 
+@aioray.remote
+class Counter:
+    def __init__(self, start: int) -> None:
+        self.value = start
+
+    def add(self, k: int) -> int:
+        self.value += k
+        return self.value
+
+
+@aioray.remote
+class AsyncGreeter:
+    async def greet(self, name: str) -> str:
+        await asyncio.sleep(0.01)  # coroutines of one async actor interleave at await
+        return f"hello, {name}"
+
+
 async def main() -> None:
     async with aioray.Cluster(num_cpus=2) as cluster:
         refs = [square.remote(i) for i in range(10)]
@@ -24,6 +41,10 @@ async def main() -> None:
         print("async: total   =", await cluster.remote(total, squares))
         big = await cluster.put(list(range(100_000)))
         print("async: total of a 100k-element list put in the store =", await total.remote(big))
+        counter = await cluster.remote(Counter, 100)  # returns once the actor is alive
+        print("async: counter  =", await asyncio.gather(*(counter.add.remote(1) for _ in range(3))))
+        greeter = AsyncGreeter.remote()
+        print("async:", await greeter.greet.remote("aioray"))
 
 
 def sync_flavour() -> None:
@@ -35,6 +56,9 @@ def sync_flavour() -> None:
     ready, _ = ray.wait(refs, num_returns=100, timeout=30)
     print("sync: sum of 100 squares =", sum(ray.get(ready)))
     print("sync: square of a square =", ray.get(square.remote(square.remote(3))))
+    counter = Counter.options(name="counter").remote(0)
+    ray.get([counter.add.remote(k) for k in range(10)])
+    print("sync: named actor total   =", ray.get(ray.get_actor("counter").add.remote(0)))
     ray.shutdown()
 
 
