@@ -155,6 +155,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_microbenchmark(args: argparse.Namespace) -> int:
+    from aioray._private import microbenchmark
+
+    microbenchmark.run(args.filter, args.duration, args.runs, args.num_cpus)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aioray", description="aioray cluster management")
     parser.add_argument("--version", action="version", version=_version())
@@ -175,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="nodes, resources and store usage")
     status.add_argument("--address", default=None)
     status.set_defaults(func=cmd_status)
+    bench = sub.add_parser("microbenchmark", help="the cases of `ray microbenchmark`, on an embedded cluster")
+    bench.add_argument("filter", nargs="?", default="", help="run only cases whose name contains this")
+    bench.add_argument("--duration", type=float, default=2.0, help="seconds per timed run")
+    bench.add_argument("--runs", type=int, default=3)
+    bench.add_argument("--num-cpus", type=int, default=None)
+    bench.set_defaults(func=cmd_microbenchmark)
     return parser
 
 

@@ -22,6 +22,7 @@ log = process.setup_logging("gcs")
 
 NODE_CHANNEL = "nodes"
 HEALTH_CHECK_PERIOD_S = 1.0
+HEALTH_CHECK_TIMEOUT_S = 3.0  # a raylet starved of CPU for a moment is not dead
 HEALTH_CHECK_FAILURES = 3
 
 
@@ -75,7 +76,7 @@ class GcsService(pb.GcsBase):
                     continue
                 stub = self._channels.stub(node.address, pb.RayletStub)
                 try:
-                    await stub.get_node_info(pb.Empty(), timeout=HEALTH_CHECK_PERIOD_S)
+                    await stub.get_node_info(pb.Empty(), timeout=HEALTH_CHECK_TIMEOUT_S)
                     failures.pop(node.node_id, None)
                 except Exception:
                     failures[node.node_id] = failures.get(node.node_id, 0) + 1
