@@ -13,6 +13,9 @@ use pyo3::{ffi, PyTypeInfo};
 use crate::error::StoreError;
 use crate::store::{CreateOptions, ObjectRef, Store};
 
+/// Objects at least this large get their pages faulted in before they are written.
+const POPULATE_THRESHOLD: u64 = 1 << 20;
+
 fn exception_class<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
     py.import("aioray.exceptions")?.getattr(name)
 }
@@ -75,7 +78,16 @@ impl PyObjectStore {
 
     fn _create_object(&self, py: Python<'_>, object_id: &[u8], size: u64) -> PyResult<Buffer> {
         let store = &self.store;
-        let r = py.detach(|| store.create_object(object_id, size)).map_err(|e| to_py(py, e))?;
+        let r = py
+            .detach(|| {
+                let r = store.create_object(object_id, size)?;
+                if size >= POPULATE_THRESHOLD {
+                    // Best effort: a failure only means the writer takes the page faults.
+                    let _ = store.populate_object(&r);
+                }
+                Ok(r)
+            })
+            .map_err(|e| to_py(py, e))?;
         Ok(Buffer::new(self.store.clone(), r, false))
     }
 

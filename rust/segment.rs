@@ -19,6 +19,8 @@ unsafe impl Send for Segment {}
 // SAFETY: see `Send`; `&Segment` only hands out raw pointers.
 unsafe impl Sync for Segment {}
 
+const PAGE: usize = 4096;
+
 fn shm_name(name: &str) -> Result<CString> {
     let trimmed = name.strip_prefix('/').unwrap_or(name);
     if trimmed.is_empty() || trimmed.contains('/') || trimmed.len() > 200 {
@@ -117,8 +119,10 @@ impl Segment {
     /// Faults in the page tables of `[offset, offset + len)` for writing without
     /// changing the contents, so later writes run at memcpy speed.
     pub fn populate(&self, offset: usize, len: usize) -> Result<()> {
-        let start = offset.min(self.len);
-        let len = len.min(self.len - start);
+        // madvise wants a page-aligned start: widen the range down to the page boundary.
+        let aligned = offset.min(self.len) & !(PAGE - 1);
+        let len = (len + offset.min(self.len) - aligned).min(self.len - aligned);
+        let start = aligned;
         if len == 0 {
             return Ok(());
         }

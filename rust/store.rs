@@ -421,6 +421,13 @@ impl Store {
         self.seg.populate(0, self.seg.len())
     }
 
+    /// Faults in the pages of an object's payload in this process, in one call
+    /// instead of one page fault per 4 KiB while it is written.
+    pub fn populate_object(&self, object: &ObjectRef) -> Result<()> {
+        let offset = object.ptr as usize - self.seg.as_ptr() as usize;
+        self.seg.populate(offset, object.len)
+    }
+
     /// Whether this process created the store.
     pub fn is_creator(&self) -> bool {
         self.creator

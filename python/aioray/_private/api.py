@@ -155,7 +155,7 @@ def _sum_resources(field: str) -> dict[str, float]:
     total = ResourceSet()
     for n in view.nodes:
         if n.alive:
-            total = total + ResourceSet(getattr(n, field).amounts)
+            total = total + ResourceSet.from_wire(getattr(n, field).amounts)
     return total.to_dict()
 
 

@@ -506,6 +506,13 @@ class CoreWorker(pb.CoreWorkerBase):
     def _on_release(self, released: list[Released]) -> None:
         if self.closed:
             return
+        # Primary copies in this node's store go at once, from this thread: the next
+        # put then reuses memory whose pages are already faulted in.
+        local = self.node_id
+        for oid, _, value, owned, _ in released:
+            if owned and value is not None and value.inline is None and value.node_id == local:
+                with contextlib.suppress(Exception):
+                    self.store.delete(oid)
         if self.in_loop_thread():
             self._released(released)
         else:
@@ -519,7 +526,8 @@ class CoreWorker(pb.CoreWorkerBase):
             if actor_id is not None:  # the last handle of an actor we own is gone
                 self.spawn(self.actors.kill(actor_id, no_restart=True, only_if_not_detached=True))
             if owned:
-                if value is not None and value.inline is None and value.node_address:
+                remote = value is not None and value.inline is None and value.node_id != self.node_id
+                if remote and value.node_address:
                     self._frees.setdefault(value.node_address, []).append(oid)
             elif registered:
                 self._unborrows.setdefault(owner, []).append(oid)

@@ -90,10 +90,10 @@ class ActorManager:
         nodes = [
             n
             for n in self.gcs.nodes.values()
-            if n.alive and actor.resources.fits_in(ResourceSet(n.total.amounts))
+            if n.alive and actor.resources.fits_in(ResourceSet.from_wire(n.total.amounts))
         ]
         # Nodes with the resources free right now first.
-        nodes.sort(key=lambda n: not actor.resources.fits_in(ResourceSet(n.available.amounts)))
+        nodes.sort(key=lambda n: not actor.resources.fits_in(ResourceSet.from_wire(n.available.amounts)))
         return nodes
 
     async def _schedule(self, actor: Actor) -> None:

@@ -17,14 +17,14 @@ from typing import Any
 
 import aioray
 
-CaseFn = Callable[[], int]  # runs a batch, returns how many operations it did
+CaseFn = Callable[[], float]  # runs a batch, returns how many operations (or GB) it did
 
 
 def _timeit(name: str, fn: CaseFn, duration: float, runs: int, unit: str = "/s") -> tuple[float, float]:
     fn()  # warm-up
     rates = []
     for _ in range(runs):
-        count = 0
+        count = 0.0
         start = time.perf_counter()
         while True:
             count += fn()
@@ -195,7 +195,7 @@ def run(filter_: str = "", duration: float = 2.0, runs: int = 3, num_cpus: int |
     if wanted("single client put gigabytes") or wanted("single client get gigabytes"):
         _gigabytes(wanted, duration, runs)
     if wanted("multi client put gigabytes"):
-        _timeit("multi client put gigabytes", lambda: sum(aioray.get([put_big.remote(100 << 20) for _ in range(8)])) // 10**9, duration, runs, unit="GB/s")  # fmt: skip
+        _timeit("multi client put gigabytes", lambda: sum(aioray.get([put_big.remote(100 << 20) for _ in range(8)])) / 1e9, duration, runs, unit="GB/s")  # fmt: skip
     if wanted("single client tasks and get batch"):
         _timeit("single client tasks and get batch", lambda: len(aioray.get([small_value.remote() for _ in range(1000)])), duration, runs)  # fmt: skip
     if wanted("get object containing 10k refs"):

@@ -255,7 +255,7 @@ class Raylet(pb.RayletBase):
         if shape.fits_in(self.total):
             return True
         return any(
-            node.alive and shape.fits_in(ResourceSet(node.total.amounts))
+            node.alive and shape.fits_in(ResourceSet.from_wire(node.total.amounts))
             for node in self.cluster_view
             if node.node_id != self.node_id
         )
@@ -271,7 +271,9 @@ class Raylet(pb.RayletBase):
             )
         if not shape.fits_in(self.total):
             target = next(
-                n for n in self.cluster_view if n.alive and shape.fits_in(ResourceSet(n.total.amounts))
+                n
+                for n in self.cluster_view
+                if n.alive and shape.fits_in(ResourceSet.from_wire(n.total.amounts))
             )
             return pb.LeaseReply(status=pb.LeaseReplyStatus.SPILLBACK, retry_address=target.address)
         waiter = LeaseWaiter(lease_request, shape, asyncio.get_running_loop().create_future())

@@ -22,6 +22,11 @@ class ResourceSet:
                 self._units[name] = units
 
     @classmethod
+    def from_wire(cls, amounts: Mapping[str, float]) -> ResourceSet:
+        """Amounts reported by a raylet; `available` may dip below zero while blocked workers resume."""
+        return cls._from_units({k: round(v * _SCALE) for k, v in amounts.items() if round(v * _SCALE)})
+
+    @classmethod
     def _from_units(cls, units: dict[str, int]) -> ResourceSet:
         r = cls()
         r._units = units
