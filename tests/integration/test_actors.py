@@ -254,3 +254,80 @@ def test_actor_pool(ray) -> None:
     pool.push(idle)
     with pytest.raises(ValueError):
         pool.push(idle)
+
+
+def test_async_actor_coroutines_meet_at_a_barrier(ray) -> None:
+    @ray.remote
+    class Barrier:
+        def __init__(self, parties):
+            self.parties = parties
+            self.arrived = 0
+            self.event = None
+
+        async def arrive(self):
+            if self.event is None:
+                self.event = asyncio.Event()
+            self.arrived += 1
+            if self.arrived == self.parties:
+                self.event.set()
+            # Only returns once every call has arrived: they must all run at once.
+            await asyncio.wait_for(self.event.wait(), 20)
+            return self.arrived
+
+    b = Barrier.remote(5)
+    assert ray.get([b.arrive.remote() for _ in range(5)], timeout=30) == [5] * 5
+
+
+def test_ordering_under_pipelining(ray) -> None:
+    @ray.remote
+    class Recorder:
+        def __init__(self):
+            self.seen = []
+
+        def add(self, i):
+            self.seen.append(i)
+
+        def seen_list(self):
+            return self.seen
+
+    r = Recorder.remote()
+    for i in range(2000):
+        r.add.remote(i)
+    assert ray.get(r.seen_list.remote(), timeout=60) == list(range(2000))
+
+
+def test_handles_pass_through_actors(ray) -> None:
+    @ray.remote
+    class Forwarder:
+        def __init__(self, target):
+            self.target = target
+
+        def bump(self, k):
+            return ray.get(self.target.inc.remote(k))
+
+        def bump_other(self, other, k):
+            return ray.get(other.inc.remote(k))
+
+    c = Counter.remote()
+    f = Forwarder.remote(c)
+    assert ray.get(f.bump.remote(2)) == 2
+    assert ray.get(f.bump_other.remote(c, 3)) == 5
+    assert ray.get(c.get.remote()) == 5
+
+
+def test_actor_exits_when_its_last_handle_goes(ray) -> None:
+    import gc
+
+    c = Counter.remote()
+    pid = ray.get(c.pid.remote())
+    del c
+    gc.collect()
+    eventually(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), 15, "the actor's process exiting")
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

@@ -112,7 +112,9 @@ class GcsService(pb.GcsBase):
     async def kill_actor(self, kill_actor_request: pb.KillActorRequest) -> pb.Empty:
         actor = self.actors.actors.get(kill_actor_request.actor_id)
         if actor is not None and not (kill_actor_request.only_if_not_detached and actor.info.detached):
-            self.actors.kill(actor, "it was killed", no_restart=kill_actor_request.no_restart)
+            stop = self.actors.kill(actor, "it was killed", no_restart=kill_actor_request.no_restart)
+            if stop is not None:
+                await stop  # the worker is gone when the caller hears back
         return pb.Empty()
 
     async def list_actors(self, empty: pb.Empty) -> pb.ActorList:

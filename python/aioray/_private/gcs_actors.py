@@ -201,18 +201,24 @@ class ActorManager:
         name = f" {actor.info.name!r}" if actor.info.name else ""
         return f"{actor.info.actor_id.hex()[:12]}{name}"
 
-    def kill(self, actor: Actor, reason: str, no_restart: bool = True) -> None:
+    def kill(self, actor: Actor, reason: str, no_restart: bool = True) -> asyncio.Task[None] | None:
+        """Kills the actor's worker; with `no_restart` the actor is DEAD from now on.
+
+        Returns the task that takes the worker down (await it to know it is gone)."""
         if actor.info.state == State.DEAD:
-            return
-        if no_restart:
-            actor.killed = True
+            return None
+        stop = None
         if actor.lease_id:
             raylet, lease = actor.raylet_address, actor.lease_id
-            asyncio.get_running_loop().create_task(self._return_lease(raylet, lease, failed=True))
-        elif actor.killed:
-            if actor.task is not None and actor.info.state == State.PENDING:
+            if no_restart:
+                actor.lease_id = b""
+            stop = asyncio.get_running_loop().create_task(self._return_lease(raylet, lease, failed=True))
+        if no_restart:
+            actor.killed = True
+            if actor.task is not None and actor.info.state in (State.PENDING, State.RESTARTING):
                 actor.task.cancel()
             self._mark_dead(actor, ActorDiedError(f"the actor {self._describe(actor)} is dead: {reason}"))
+        return stop
 
     def on_job_finished(self, driver_address: str) -> None:
         for actor in list(self.actors.values()):
