@@ -10,6 +10,7 @@ from aioray import exceptions, util
 from aioray._private.actor import ActorClass, ActorHandle, method
 from aioray._private.api import (
     available_resources,
+    cancel,
     cluster_resources,
     get,
     get_actor,
@@ -23,7 +24,7 @@ from aioray._private.api import (
     wait,
 )
 from aioray._private.cluster import Cluster, connect
-from aioray._private.object_ref import ObjectRef
+from aioray._private.object_ref import ObjectRef, shield
 from aioray._private.remote_function import RemoteFunction
 from aioray._private.runtime_context import get_runtime_context
 from aioray.exceptions import (
@@ -64,6 +65,7 @@ __all__ = [
     "WorkerCrashedError",
     "__version__",
     "available_resources",
+    "cancel",
     "cluster_resources",
     "connect",
     "exceptions",
@@ -77,6 +79,7 @@ __all__ = [
     "nodes",
     "put",
     "remote",
+    "shield",
     "shutdown",
     "util",
     "wait",

@@ -20,7 +20,7 @@ from aioray._private import rpc, serialization, task_spec
 from aioray._private.ownership import ObjectValue
 from aioray._private.submitter import LeasedWorker, PendingTask
 from aioray._proto.aioray import v1 as pb
-from aioray.exceptions import ActorDiedError, RayActorError, RayTaskError
+from aioray.exceptions import ActorDiedError, RayActorError, RayTaskError, TaskCancelledError
 
 if TYPE_CHECKING:
     from aioray._private.core_worker import CoreWorker
@@ -82,12 +82,14 @@ class ActorQueue:
                 if p.deps:
                     if batch:
                         break
-                    if not await self._resolve(p):
-                        self.pending.popleft()
+                    if not await self._resolve(p) or p.cancelled:
+                        if self.pending and self.pending[0] is p:
+                            self.pending.popleft()
                         continue
                 batch.append(self.pending.popleft())
             if batch and self.stream is not None:
                 for p in batch:
+                    p.worker = self.stream
                     self.in_flight[p.spec.task_id] = p
                 self.stream.outbox.put_nowait(batch)
 
@@ -136,7 +138,10 @@ class ActorQueue:
         lost, self.lost = sorted(self.lost, key=lambda p: p.spec.task_id), []
         retry = []
         for p in lost:
-            if self.dead is None and p.retries_left > 0:
+            p.worker = None
+            if p.cancelled:
+                self.client.core.submitter.fail_task(p, TaskCancelledError(f"{p.spec.name} was cancelled"))
+            elif self.dead is None and p.retries_left > 0:
                 p.retries_left -= 1
                 retry.append(p)
             else:
@@ -181,7 +186,13 @@ class ActorClient:
 
     def submit(self, p: PendingTask) -> None:
         """On the core loop."""
+        self.core.submitter.tasks[p.spec.task_id] = p
         self.queue(p.spec.actor_id).push(p)
+
+    def unqueue(self, p: PendingTask) -> None:
+        q = self.queues.get(p.spec.actor_id)
+        if q is not None and p in q.pending:
+            q.pending.remove(p)
 
     def retry(self, p: PendingTask) -> None:
         self.queue(p.spec.actor_id).retry(p)

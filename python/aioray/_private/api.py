@@ -201,3 +201,20 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
         raise
     meta: HandleMeta = cloudpickle.loads(info.handle_meta)
     return ActorHandle(info.actor_id, meta, None)
+
+
+def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancels the task that makes `ref`: dropped if pending, interrupted if running.
+
+    A running task gets KeyboardInterrupt in its thread at the next bytecode
+    (an async actor method is cancelled as a coroutine); with ``force=True`` its
+    worker process is killed instead (not for actor methods: use ``kill``). With
+    ``recursive`` the tasks it submitted are cancelled too. ``get``/``await`` of
+    the ref then raises TaskCancelledError; cancelled tasks are never retried.
+    """
+    if not isinstance(ref, ObjectRef):
+        raise TypeError(f"cancel() takes an ObjectRef, got {type(ref).__name__}")
+    core = global_worker()
+    if force and ref.task_id() in core.actor_tasks:
+        raise ValueError("force=True cannot cancel an actor method; use aioray.kill(actor) to stop the actor")
+    core.cancel(ref, force, recursive)

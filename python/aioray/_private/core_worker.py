@@ -73,6 +73,9 @@ class CoreWorker(pb.CoreWorkerBase):
         self.submitter = TaskSubmitter(self)
         self.actors = ActorClient(self)
         self.actor_lifetimes: dict[bytes, bytes] = {}  # lifetime object id -> actor id (owned actors)
+        self.actor_tasks: set[bytes] = set()  # unfinished actor calls we own (force-cancel refuses them)
+        self.children: dict[bytes, list[bytes]] = {}  # running task id -> tasks it submitted (to cancel)
+        self._awaiters: dict[bytes, int] = {}  # object id -> coroutines awaiting it right now
         self.executor: Executor | None = None if is_driver else Executor(self)
         self.node_addresses: dict[bytes, str] = {node.node_id: node.address}
         self._futures: dict[bytes, asyncio.Future[ObjectValue]] = {}
@@ -197,6 +200,7 @@ class CoreWorker(pb.CoreWorkerBase):
         wire_args, deps, arg_refs = self.prepare_args(name, args, kwargs)
         return_ids = [object_id(task_id, i + 1) for i in range(num_returns)]
         refs = [ObjectRef(oid, self.address) for oid in return_ids]
+        self._note_child(task_id)
         spec = task_spec.TaskSpec(
             task_id, fid, name, wire_args, tuple(kwargs), num_returns, self.address, self.job_id, return_ids
         )
@@ -221,6 +225,7 @@ class CoreWorker(pb.CoreWorkerBase):
         wire_args, deps, arg_refs = self.prepare_args(name, args, kwargs)
         return_ids = [object_id(task_id, i + 1) for i in range(num_returns)]
         refs = [ObjectRef(oid, self.address) for oid in return_ids]
+        self._note_child(task_id)
         spec = task_spec.TaskSpec(
             task_id, b"", name, wire_args, tuple(kwargs), num_returns, self.address, self.job_id, return_ids,
             actor_id, method,
@@ -228,6 +233,7 @@ class CoreWorker(pb.CoreWorkerBase):
         pending = PendingTask(
             spec, ResourceSet(), max_task_retries, False, [oid for oid, _ in arg_refs], deps
         )
+        self.actor_tasks.add(task_id)
         self.loop.call_soon_threadsafe(self.actors.submit, pending)
         return refs
 
@@ -269,7 +275,60 @@ class CoreWorker(pb.CoreWorkerBase):
             fut.result(60)
         return request.actor_id, lifetime, fut
 
+    def _note_child(self, task_id: bytes) -> None:
+        """Inside a running task, remembers what it submits, for recursive cancellation."""
+        if self.executor is not None:
+            parent = self.executor.context.task_id
+            if parent is not None:
+                self.children.setdefault(parent, []).append(task_id)
+
+    # -- cancellation ----------------------------------------------------------------------------
+    def cancel(self, ref: ObjectRef, force: bool, recursive: bool) -> None:
+        """Cancels the task that makes `ref` (any thread; returns at once)."""
+        task_id = ref.task_id()
+        if ref.owner_address == self.address:
+            self.loop.call_soon_threadsafe(self.submitter.cancel, task_id, force, recursive)
+            return
+
+        async def forward() -> None:
+            stub = self.channels.stub(ref.owner_address, pb.CoreWorkerStub)
+            await stub.cancel_task(
+                pb.CancelRequest(task_id=task_id, force=force, recursive=recursive), timeout=10
+            )
+
+        asyncio.run_coroutine_threadsafe(_quietly(forward()), self.loop)
+
+    async def await_ref(self, ref: ObjectRef, cancel_on_cancel: bool = True) -> Any:
+        """``await ref``: the value; if the awaiting coroutine is cancelled, the task is cancelled too,
+        unless something else still needs its result (see `_abandoned`)."""
+        oid = ref.binary()
+        self._awaiters[oid] = self._awaiters.get(oid, 0) + 1
+        try:
+            return await asyncio.wrap_future(self.get_future(ref))
+        except asyncio.CancelledError:
+            if cancel_on_cancel and self._abandoned(ref):
+                self.cancel(ref, force=False, recursive=True)
+            raise
+        finally:
+            left = self._awaiters[oid] - 1
+            if left:
+                self._awaiters[oid] = left
+            else:
+                del self._awaiters[oid]
+
+    def _abandoned(self, ref: ObjectRef) -> bool:
+        """Whether no one but the cancelled awaiter needs this result: we own it, no other
+        coroutine awaits it, no other process borrows it, no pending task takes it as an
+        argument and no object contains it."""
+        if ref.owner_address != self.address or self._awaiters.get(ref.binary(), 0) > 1:
+            return False
+        entry = self.refs.get(ref.binary())
+        if entry is None or entry.value is not None:
+            return False
+        return not (entry.borrowers or entry.submitted or entry.contained)
+
     def _submit_on_loop(self, pending: PendingTask, fid: bytes, pickled: bytes) -> None:
+        self.submitter.tasks[pending.spec.task_id] = pending  # cancellable from now on
         if not self.functions.is_exported(fid):
             self.functions.export(fid, pickled)
             if not pending.deps:
@@ -283,7 +342,8 @@ class CoreWorker(pb.CoreWorkerBase):
         except Exception as e:
             self.submitter.fail_task(pending, e)
             return
-        self.submitter.submit(pending)
+        if not pending.cancelled:
+            self.submitter.submit(pending)
 
     # -- objects: put ----------------------------------------------------------------------------
     def put(self, value: Any) -> ObjectRef:
@@ -658,6 +718,13 @@ class CoreWorker(pb.CoreWorkerBase):
         if self.has_pending_registrations():
             await self.flush_registrations()
         return pb.Blob(data=outcome)
+
+    async def cancel_task(self, cancel_request: pb.CancelRequest) -> pb.Empty:
+        req = cancel_request
+        # Running (or queued) here? Else it is one of ours, asked by a non-owner.
+        if self.executor is None or not self.executor.cancel(req.task_id, req.force, req.recursive):
+            self.submitter.cancel(req.task_id, req.force, req.recursive)
+        return pb.Empty()
 
     async def exit(self, empty: pb.Empty) -> pb.Empty:
         self.loop.call_later(0.05, _exit_process)

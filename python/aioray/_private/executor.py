@@ -19,8 +19,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import ctypes
+import functools
 import inspect
 import logging
+import os
 import threading
 import time
 import traceback
@@ -29,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from aioray._private import serialization, task_spec
 from aioray._private.task_spec import ActorCreationSpec, TaskSpec
-from aioray.exceptions import ObjectLostError, RayTaskError
+from aioray.exceptions import ObjectLostError, RayTaskError, TaskCancelledError
 
 if TYPE_CHECKING:
     from aioray._private.core_worker import CoreWorker
@@ -56,6 +59,10 @@ class Executor:
         self._actor_loop: asyncio.AbstractEventLoop | None = None
         self._actor_slots: asyncio.Semaphore | None = None
         self._queue: collections.deque[Callable[[], None]] = collections.deque()
+        self.cancelled: set[bytes] = set()
+        self._running: dict[bytes, int] = {}  # task id -> ident of the thread running it
+        self._running_lock = threading.Lock()
+        self._coros: dict[bytes, asyncio.Task[None]] = {}
         self._cv = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="aioray-task", daemon=True)
         self._thread.start()
@@ -82,11 +89,16 @@ class Executor:
             elif spec.actor_id and self._actor_pool is not None:
                 self._actor_pool.submit(self._run_and_reply, spec, lease_id, reply)
             else:
-                self._on_task_thread(lambda spec=spec: self._run_and_reply(spec, lease_id, reply))
+                job = functools.partial(self._run_and_reply, spec, lease_id, reply)
+                job.task_id = spec.task_id  # type: ignore[attr-defined]
+                self._on_task_thread(job)
 
     def _run_and_reply(self, spec: TaskSpec, lease_id: bytes, reply: Reply) -> None:
         start = time.perf_counter()
-        task_id, status, returns = self.execute(spec, lease_id)
+        try:
+            task_id, status, returns = self.execute(spec, lease_id)
+        except KeyboardInterrupt:  # a cancel landed outside the user's code
+            task_id, status, returns = self._cancelled_result(spec)
         self._reply(reply, (task_id, status, returns, time.perf_counter() - start))
 
     def _reply(self, reply: Reply, result: task_spec.Result) -> None:
@@ -113,8 +125,12 @@ class Executor:
         return self.core.functions.load(spec.function_id)
 
     def execute(self, spec: TaskSpec, lease_id: bytes) -> Outcome:
+        task_id = spec.task_id
+        if task_id in self.cancelled:
+            self.cancelled.discard(task_id)
+            return self._cancelled_result(spec)
         ctx = self.context
-        ctx.task_id, ctx.task_name, ctx.lease_id = spec.task_id, self.actor_name or spec.name, lease_id
+        ctx.task_id, ctx.task_name, ctx.lease_id = task_id, self.actor_name or spec.name, lease_id
         try:
             try:
                 fn = self._target(spec)
@@ -122,16 +138,62 @@ class Executor:
             except Exception as e:
                 err = RayTaskError(spec.name, traceback.format_exc(), e)
                 return self._error_result(spec, err, task_spec.SYSTEM_ERROR)
+            me = threading.get_ident()
+            with self._running_lock:
+                self._running[task_id] = me
             try:
                 value = fn(*args, **kwargs)
+            except KeyboardInterrupt:
+                if task_id in self.cancelled:
+                    return self._cancelled_result(spec)
+                raise
             except Exception as e:
-                return self._error_result(
-                    spec, RayTaskError(spec.name, _user_traceback(e), e), task_spec.APP_ERROR
-                )
+                err = RayTaskError(spec.name, _user_traceback(e), e)
+                return self._error_result(spec, err, task_spec.APP_ERROR)
+            finally:
+                with self._running_lock:
+                    del self._running[task_id]
+                    # A cancel that raced with the return must not hit the next task.
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(me), None)
             del args, kwargs
             return self._finish(spec, value)
         finally:
             ctx.task_id, ctx.task_name, ctx.lease_id = None, "", None
+            self.cancelled.discard(task_id)
+            self.core.children.pop(task_id, None)
+
+    def _cancelled_result(self, spec: TaskSpec) -> Outcome:
+        frame = serialization.serialize(
+            TaskCancelledError(f"{spec.name} was cancelled"), is_error=True
+        ).to_bytes()
+        return (spec.task_id, task_spec.CANCELLED, [(task_spec.RET_INLINE, frame, [])] * spec.num_returns)
+
+    def cancel(self, task_id: bytes, force: bool, recursive: bool) -> bool:
+        """On the core loop: stops a task queued or running here; False if it is not here."""
+        if recursive:
+            for child in self.core.children.pop(task_id, ()):
+                self.core.submitter.cancel(child, force, recursive)
+        coro = self._coros.get(task_id)
+        if coro is not None and self._actor_loop is not None:
+            self._actor_loop.call_soon_threadsafe(coro.cancel)
+            return True
+        with self._running_lock:
+            thread = self._running.get(task_id)
+            if thread is not None:
+                self.cancelled.add(task_id)
+                if force:
+                    # The owner sees the stream break and reports the task cancelled.
+                    self.core.loop.call_later(0.05, os._exit, 1)
+                else:
+                    # KeyboardInterrupt, as Ray: an `except Exception` in user code does not swallow it.
+                    exc = ctypes.py_object(KeyboardInterrupt)
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), exc)
+                return True
+        with self._cv:
+            queued = any(getattr(job, "task_id", None) == task_id for job in self._queue)
+        if queued:
+            self.cancelled.add(task_id)
+        return queued
 
     def _finish(self, spec: TaskSpec, value: Any) -> Outcome:
         try:
@@ -258,6 +320,17 @@ class Executor:
         )  # type: ignore[union-attr]
 
     async def _async_method(self, spec: TaskSpec, reply: Reply) -> None:
+        current = asyncio.current_task()
+        assert current is not None
+        self._coros[spec.task_id] = current
+        try:
+            await self._async_method_body(spec, reply)
+        except asyncio.CancelledError:  # cancelled before it got a slot
+            self._reply(reply, (*self._cancelled_result(spec), 0.0))
+        finally:
+            self._coros.pop(spec.task_id, None)
+
+    async def _async_method_body(self, spec: TaskSpec, reply: Reply) -> None:
         assert self._actor_slots is not None
         async with self._actor_slots:
             start = time.perf_counter()
@@ -276,6 +349,8 @@ class Executor:
                     if inspect.isawaitable(value):
                         value = await value
                     outcome = self._finish(spec, value)
+                except asyncio.CancelledError:
+                    outcome = self._cancelled_result(spec)
                 except Exception as e:
                     outcome = self._error_result(
                         spec, RayTaskError(spec.name, _user_traceback(e), e), task_spec.APP_ERROR

@@ -8,7 +8,6 @@ borrower), and can be awaited from any event loop.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
@@ -83,7 +82,26 @@ class ObjectRef:
         return global_worker().get_future(self)
 
     def __await__(self) -> Generator[Any, None, Any]:
-        return asyncio.wrap_future(self.future()).__await__()
+        # Cancelling the awaiting coroutine cancels the task, unless the result is needed
+        # elsewhere; ``await aioray.shield(ref)`` never cancels it.
+        return global_worker().await_ref(self).__await__()
+
+
+class _Shielded:
+    __slots__ = ("_ref",)
+
+    def __init__(self, ref: ObjectRef) -> None:
+        self._ref = ref
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return global_worker().await_ref(self._ref, cancel_on_cancel=False).__await__()
+
+
+def shield(ref: ObjectRef) -> Any:
+    """An awaitable of `ref` whose cancellation leaves the task running (cf. asyncio.shield)."""
+    if not isinstance(ref, ObjectRef):
+        raise TypeError(f"shield() takes an ObjectRef, got {type(ref).__name__}")
+    return _Shielded(ref)
 
 
 def _rebuild(object_id: bytes, owner: str) -> ObjectRef:

@@ -24,7 +24,7 @@ from aioray._private import rpc, serialization, task_spec
 from aioray._private.ownership import ObjectValue
 from aioray._private.resources import ResourceSet
 from aioray._proto.aioray import v1 as pb
-from aioray.exceptions import GetTimeoutError, RayError, WorkerCrashedError
+from aioray.exceptions import GetTimeoutError, RayError, TaskCancelledError, WorkerCrashedError
 
 if TYPE_CHECKING:
     from aioray._private.core_worker import CoreWorker
@@ -50,6 +50,8 @@ class PendingTask:
     retry_exceptions: bool | tuple[type[BaseException], ...]
     arg_refs: list[bytes]  # refs this task keeps alive (submitted counts) until it finishes
     deps: list[tuple[int, bytes, str]] = field(default_factory=list)  # (arg index, oid, owner)
+    worker: LeasedWorker | None = None  # where it was pushed, once it was
+    cancelled: bool = False
 
 
 class StreamSink(Protocol):
@@ -135,6 +137,7 @@ class LeasePool:
             if len(lw.in_flight) >= depth:
                 break
             p = queue.popleft()
+            p.worker = lw
             lw.in_flight[p.spec.task_id] = p
             batches.setdefault(lw, []).append(p)
         for lw, batch in batches.items():
@@ -224,7 +227,12 @@ class LeasePool:
             lw.idle_timer.cancel()
         crashed, lw.in_flight = list(lw.in_flight.values()), {}
         for p in crashed:
-            if p.retries_left > 0:
+            p.worker = None
+            if p.cancelled:
+                self.submitter.fail_task(
+                    p, TaskCancelledError(f"{p.spec.name} was cancelled (its worker was killed)")
+                )
+            elif p.retries_left > 0:
                 p.retries_left -= 1
                 self.queue.appendleft(p)
             else:
@@ -249,9 +257,11 @@ class TaskSubmitter:
     def __init__(self, core: CoreWorker) -> None:
         self.core = core
         self.pools: dict[tuple[ResourceSet, bytes], LeasePool] = {}
+        self.tasks: dict[bytes, PendingTask] = {}  # every unfinished task this process owns
 
     def submit(self, p: PendingTask) -> None:
         """On the core loop: resolve dependencies, then queue."""
+        self.tasks[p.spec.task_id] = p
         if p.deps:
             self.core.spawn(self._resolve_then_queue(p))
         else:
@@ -274,7 +284,8 @@ class TaskSubmitter:
         except Exception as e:
             self.fail_task(p, e)
             return
-        self._queue(p)
+        if not p.cancelled:
+            self._queue(p)
 
     def retry(self, p: PendingTask) -> None:
         if p.spec.actor_id:
@@ -293,7 +304,8 @@ class TaskSubmitter:
 
     def on_result(self, p: PendingTask, result: task_spec.Result) -> None:
         _, status, returns, _ = result
-        if status == task_spec.APP_ERROR and p.retries_left > 0 and self._retryable(p, returns[0]):
+        retryable = status == task_spec.APP_ERROR and not p.cancelled and p.retries_left > 0
+        if retryable and self._retryable(p, returns[0]):
             p.retries_left -= 1
             self.retry(p)
             return
@@ -324,6 +336,9 @@ class TaskSubmitter:
 
     def complete(self, p: PendingTask, values: list[ObjectValue], inner: Any) -> None:
         core = self.core
+        if self.tasks.pop(p.spec.task_id, None) is None:
+            return  # completed already (e.g. cancelled while its result was on the way)
+        core.actor_tasks.discard(p.spec.task_id)
         for i, (oid, value) in enumerate(zip(p.spec.return_ids, values, strict=True)):
             refs_inside = inner[i] if inner else ()
             core.set_result(oid, value, refs_inside)
@@ -334,9 +349,35 @@ class TaskSubmitter:
         frame = serialization.serialize(err, is_error=True).to_bytes()
         self.complete(p, [ObjectValue(frame)] * p.spec.num_returns, ())
 
+    def cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
+        """On the core loop: cancels a task this process owns (a no-op once it finished)."""
+        p = self.tasks.get(task_id)
+        if p is None:
+            return
+        p.cancelled = True
+        lw = p.worker
+        if lw is None:
+            # Not pushed yet: queued here, waiting for its arguments, or behind other actor calls.
+            if p.spec.actor_id:
+                self.core.actors.unqueue(p)
+            else:
+                pool = self.pools.get((p.shape, p.spec.function_id))
+                if pool is not None and p in pool.queue:
+                    pool.queue.remove(p)
+            self.fail_task(p, TaskCancelledError(f"{p.spec.name} was cancelled before it started"))
+            return
+        stub = self.core.channels.stub(lw.address, pb.CoreWorkerStub)
+        request = pb.CancelRequest(task_id=task_id, force=force, recursive=recursive)
+        self.core.spawn(_ignore_errors(stub.cancel_task(request, timeout=10)))
+
     def close(self) -> None:
         for pool in self.pools.values():
             pool.close()
+
+
+async def _ignore_errors(coro: Any) -> None:
+    with contextlib.suppress(Exception):
+        await coro
 
 
 __all__ = ["GetTimeoutError", "PendingTask", "TaskSubmitter", "TaskUnschedulableError"]

@@ -17,6 +17,7 @@ RET_STORE = 1  # (RET_STORE, node id, size, inner refs)
 OK = 0
 APP_ERROR = 1  # the function raised: every return holds the error frame
 SYSTEM_ERROR = 2  # aioray failed to run it (e.g. arguments could not be read): not retried
+CANCELLED = 3  # cancelled while queued at or running on the worker: never retried
 
 
 @dataclass(slots=True, eq=False)

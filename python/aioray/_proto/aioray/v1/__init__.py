@@ -117,6 +117,13 @@ class BorrowerUpdate(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class CancelRequest(betterproto.Message):
+    task_id: bytes = betterproto.bytes_field(1)
+    force: bool = betterproto.bool_field(2)
+    recursive: bool = betterproto.bool_field(3)
+
+
+@dataclass(eq=False, repr=False)
 class RegisterNodeReply(betterproto.Message):
     view: "ClusterView" = betterproto.message_field(1)
 
@@ -426,6 +433,23 @@ class CoreWorkerStub(betterproto.ServiceStub):
             "/aioray.v1.CoreWorker/CreateActor",
             blob,
             Blob,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def cancel_task(
+        self,
+        cancel_request: "CancelRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Empty":
+        return await self._unary_unary(
+            "/aioray.v1.CoreWorker/CancelTask",
+            cancel_request,
+            Empty,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -952,6 +976,9 @@ class CoreWorkerBase(ServiceBase):
     async def create_actor(self, blob: "Blob") -> "Blob":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def cancel_task(self, cancel_request: "CancelRequest") -> "Empty":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_push_tasks(
         self, stream: "grpclib.server.Stream[Blob, Blob]"
     ) -> None:
@@ -988,6 +1015,13 @@ class CoreWorkerBase(ServiceBase):
         response = await self.create_actor(request)
         await stream.send_message(response)
 
+    async def __rpc_cancel_task(
+        self, stream: "grpclib.server.Stream[CancelRequest, Empty]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.cancel_task(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/aioray.v1.CoreWorker/PushTasks": grpclib.const.Handler(
@@ -1019,6 +1053,12 @@ class CoreWorkerBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 Blob,
                 Blob,
+            ),
+            "/aioray.v1.CoreWorker/CancelTask": grpclib.const.Handler(
+                self.__rpc_cancel_task,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                CancelRequest,
+                Empty,
             ),
         }
 
