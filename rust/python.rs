@@ -130,6 +130,16 @@ impl PyObjectStore {
         Ok(list.into_iter().map(|(id, size)| (PyBytes::new(py, &id), size)).collect())
     }
 
+    #[pyo3(signature = (limit=1024))]
+    fn spillable<'py>(&self, py: Python<'py>, limit: usize) -> PyResult<Vec<(Bound<'py, PyBytes>, u64)>> {
+        let list = self.store.spillable(limit).map_err(|e| to_py(py, e))?;
+        Ok(list.into_iter().map(|(id, size)| (PyBytes::new(py, &id), size)).collect())
+    }
+
+    fn usage(&self, py: Python<'_>) -> PyResult<(u64, u64)> {
+        self.store.usage().map_err(|e| to_py(py, e))
+    }
+
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.store.stats().map_err(|e| to_py(py, e))?;
         let d = PyDict::new(py);

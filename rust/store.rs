@@ -389,6 +389,29 @@ impl Store {
         Ok(out)
     }
 
+    /// Pinned, sealed, unread objects (primary copies the raylet may spill to disk) in
+    /// LRU order, oldest first, at most `limit`.
+    pub fn spillable(&self, limit: usize) -> Result<Vec<(Vec<u8>, u64)>> {
+        let mut t = self.lock()?;
+        let mut out = Vec::new();
+        let mut cur = t.header().lru_head;
+        while cur != NIL && out.len() < limit {
+            let en = t.entry(cur);
+            if en.flags & FLAG_PINNED != 0 && en.readers == 0 {
+                out.push((en.id().to_vec(), en.size));
+            }
+            cur = en.lru_next;
+        }
+        Ok(out)
+    }
+
+    /// (bytes in allocated blocks, bytes of the data region): a constant-time look at how full it is.
+    pub fn usage(&self) -> Result<(u64, u64)> {
+        let mut t = self.lock()?;
+        let mut heap = t.heap();
+        Ok((heap.region_len() - heap.free_bytes(), heap.region_len()))
+    }
+
     /// Counters of the store.
     pub fn stats(&self) -> Result<Stats> {
         let mut t = self.lock()?;

@@ -21,6 +21,7 @@ from aioray._private.api import (
     put,
     remote,
     shutdown,
+    stats,
     wait,
 )
 from aioray._private.cluster import Cluster, connect
@@ -81,6 +82,7 @@ __all__ = [
     "remote",
     "shield",
     "shutdown",
+    "stats",
     "util",
     "wait",
 ]

@@ -152,6 +152,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"    object store: {n.store_used / 2**20:.1f}/{n.store_capacity / 2**20:.1f} MiB used, "
             f"{n.store_objects} object(s); {n.num_workers} worker(s)"
         )
+        print(
+            f"    spilled: {n.spilled_bytes / 2**20:.1f} MiB on disk now, {n.spilled_total / 2**20:.1f} MiB "
+            f"written in all, {n.restored_bytes / 2**20:.1f} MiB restored"
+        )
     return 0
 
 

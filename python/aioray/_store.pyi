@@ -103,6 +103,11 @@ class ObjectStore:
         """
     def evictable(self, limit: int = 1024) -> list[tuple[bytes, int]]:
         """Up to ``limit`` evictable objects as ``(id, size)``, least recently used first."""
+    def spillable(self, limit: int = 1024) -> list[tuple[bytes, int]]:
+        """Up to ``limit`` pinned, sealed objects nobody reads, as ``(id, size)``, least recently
+        used first: the primary copies a raylet may spill to disk."""
+    def usage(self) -> tuple[int, int]:
+        """``(used, total)`` bytes of the data region, in constant time."""
     def stats(self) -> dict[str, int]:
         """Counters: ``capacity``, ``used_bytes``, ``object_bytes``, ``num_objects``,
         ``num_sealed``, ``num_pinned``, ``num_evicted``, ``evicted_bytes``,

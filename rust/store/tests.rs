@@ -131,6 +131,23 @@ fn explicit_evict_and_candidates() {
 }
 
 #[test]
+fn spillable_lists_pinned_unread_objects_oldest_first() {
+    let s = store(1 << 20, 64);
+    for i in 1..=3u8 {
+        put(&s, &[i], 1000);
+        s.set_pinned(&[i], true).unwrap();
+    }
+    put(&s, &[9], 1000); // unpinned: evictable, not spillable
+    let r = s.get(&[2]).unwrap().unwrap();
+    let ids: Vec<_> = s.spillable(10).unwrap().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, vec![vec![1], vec![3]]);
+    s.release(r.entry, r.generation).unwrap();
+    let (used, total) = s.usage().unwrap();
+    assert_eq!(used, 4 * block_size_for(1000));
+    assert!(total >= 1 << 20);
+}
+
+#[test]
 fn recovery_rebuilds_identical_metadata() {
     let s = store(1 << 20, 64);
     for i in 0..10u8 {

@@ -79,11 +79,12 @@ def test_store_too_small_is_a_clear_error() -> None:
     assert not aioray.is_initialized()
 
 
-def test_object_bigger_than_the_store_fails_cleanly() -> None:
+def test_object_bigger_than_the_store_goes_to_disk() -> None:
     aioray.init(num_cpus=1, object_store_memory=4 << 20)
     try:
-        with pytest.raises(aioray.ObjectStoreFullError, match="cannot fit"):
-            aioray.put(b"x" * (8 << 20))
+        data = os.urandom(8 << 20)
+        ref = aioray.put(data)
+        assert aioray.get(ref) == data
         assert aioray.get(aioray.put(b"small")) == b"small"
     finally:
         aioray.shutdown()
@@ -110,3 +111,17 @@ os._exit(0)  # no shutdown: the children must notice on their own
         time.sleep(0.05)
     assert not os.path.exists(f"/proc/{worker_pid}"), "the worker outlived its driver"
     assert not os.path.exists(f"/dev/shm/{segment}"), "the store segment outlived the cluster"
+
+
+def test_spill_directory_is_removed_at_shutdown() -> None:
+    aioray.init(num_cpus=1, object_store_memory=20 << 20)
+    try:
+        refs = [aioray.put(b"\x01" * (8 << 20)) for _ in range(6)]
+        from aioray._private import worker_api
+
+        spill_dir = worker_api.require().core.spill_dir
+        assert os.listdir(spill_dir)
+        assert all(aioray.get(r)[0] == 1 for r in refs)
+    finally:
+        aioray.shutdown()
+    assert not os.path.exists(spill_dir)

@@ -218,3 +218,22 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
     if force and ref.task_id() in core.actor_tasks:
         raise ValueError("force=True cannot cancel an actor method; use aioray.kill(actor) to stop the actor")
     core.cancel(ref, force, recursive)
+
+
+def stats() -> dict[str, Any]:
+    """Object store use across the live nodes: bytes used and held, spilled to disk, restored, per node too."""
+    view = _gcs_call(lambda gcs: gcs.get_cluster_view(pb.Empty(), timeout=10))
+    nodes = {
+        n.node_id.hex(): {
+            "store_capacity_bytes": n.store_capacity,
+            "store_used_bytes": n.store_used,
+            "store_objects": n.store_objects,
+            "spilled_bytes": n.spilled_bytes,
+            "spilled_bytes_total": n.spilled_total,
+            "restored_bytes": n.restored_bytes,
+        }
+        for n in view.nodes
+        if n.alive
+    }
+    totals = {key: sum(node[key] for node in nodes.values()) for key in next(iter(nodes.values()), {})}
+    return {**totals, "nodes": nodes}

@@ -13,6 +13,8 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import mmap
+import os
 import threading
 from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
@@ -29,15 +31,31 @@ from aioray._private.ids import IdGenerator, object_id
 from aioray._private.object_ref import ObjectRef
 from aioray._private.ownership import ObjectValue, OwnershipTable, Released
 from aioray._private.resources import ResourceSet
+from aioray._private.spill import SPILL_THRESHOLD
 from aioray._private.submitter import PendingTask, TaskSubmitter
 from aioray._proto.aioray import v1 as pb
 from aioray._store import ObjectStore
-from aioray.exceptions import GetTimeoutError, ObjectLostError, OwnerDiedError, RayTaskError
+from aioray.exceptions import (
+    GetTimeoutError,
+    ObjectLostError,
+    ObjectStoreFullError,
+    OwnerDiedError,
+    RayTaskError,
+)
 
 log = logging.getLogger("aioray.core_worker")
 
 T = TypeVar("T")
 INLINE_LIMIT = 100 * 1024  # values up to this size travel inline and live in the owner's memory
+PRESSURE_CHECK_BYTES = 1 << 20  # after writing an object this large, see whether the store needs spilling
+
+
+def _map_file(path: str, offset: int, size: int) -> memoryview:
+    """A read-only, zero-copy view of `size` bytes at `offset` of a spill file."""
+    start = offset - offset % mmap.PAGESIZE
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), size + offset - start, offset=start, prot=mmap.PROT_READ)
+    return memoryview(mm)[offset - start : offset - start + size]
 
 
 class CoreWorker(pb.CoreWorkerBase):
@@ -75,7 +93,9 @@ class CoreWorker(pb.CoreWorkerBase):
         self.actor_lifetimes: dict[bytes, bytes] = {}  # lifetime object id -> actor id (owned actors)
         self.actor_tasks: set[bytes] = set()  # unfinished actor calls we own (force-cancel refuses them)
         self.children: dict[bytes, list[bytes]] = {}  # running task id -> tasks it submitted (to cancel)
-        self._awaiters: dict[bytes, int] = {}  # object id -> coroutines awaiting it right now
+        self._awaiters: dict[bytes, int] = {}
+        self._spill_hinted = False
+        self.spill_dir = node.spill_dir  # object id -> coroutines awaiting it right now
         self.executor: Executor | None = None if is_driver else Executor(self)
         self.node_addresses: dict[bytes, str] = {node.node_id: node.address}
         self._futures: dict[bytes, asyncio.Future[ObjectValue]] = {}
@@ -364,8 +384,19 @@ class CoreWorker(pb.CoreWorkerBase):
         return ref
 
     def write_to_store(self, oid: bytes, frame: serialization.Frame) -> None:
-        """Writes a primary copy into this node's store, pinned until the owner frees it."""
-        buf = self.store.create(oid, frame.size)
+        """Writes a primary copy into this node's store, pinned until the owner frees it.
+
+        When the store is full the raylet first spills other primary copies to disk; an
+        object that still does not fit goes straight to the spill directory."""
+        try:
+            buf = self.store.create(oid, frame.size)
+        except ObjectStoreFullError:
+            self._spill_for(frame.size)
+            try:
+                buf = self.store.create(oid, frame.size)
+            except ObjectStoreFullError:
+                self._write_to_spill_file(oid, frame)
+                return
         try:
             frame.write_into(memoryview(buf))
         except BaseException:
@@ -375,6 +406,76 @@ class CoreWorker(pb.CoreWorkerBase):
         self.store.seal(oid)
         self.store.pin(oid)
         buf.release()
+        if frame.size >= PRESSURE_CHECK_BYTES:
+            self._check_pressure()
+
+    def _raylet_call(self, make: Any, timeout: float = 120) -> Any:
+        """Calls the local raylet from a non-loop thread (the stub is built on the loop)."""
+
+        async def call() -> Any:
+            return await make(self.channels.stub(self.raylet_address, pb.RayletStub))
+
+        return self.run_sync(call(), timeout=timeout)
+
+    def _spill_for(self, nbytes: int) -> None:
+        self._raylet_call(lambda r: r.spill_objects(pb.SpillRequest(nbytes=nbytes), timeout=110))
+
+    def _check_pressure(self) -> None:
+        used, total = self.store.usage()
+        if used > SPILL_THRESHOLD * total and not self._spill_hinted:
+            self._spill_hinted = True
+
+            async def hint() -> None:
+                try:
+                    stub = self.channels.stub(self.raylet_address, pb.RayletStub)
+                    await stub.spill_objects(pb.SpillRequest(nbytes=0), timeout=120)
+                finally:
+                    self._spill_hinted = False
+
+            self.loop.call_soon_threadsafe(lambda: self.spawn(_quietly(hint())))
+
+    def _write_to_spill_file(self, oid: bytes, frame: serialization.Frame) -> None:
+        """An object the store cannot hold even after spilling: written to disk, mapped by readers."""
+        os.makedirs(self.spill_dir, mode=0o700, exist_ok=True)
+        path = os.path.join(self.spill_dir, f"direct-{oid.hex()}.bin")
+        try:
+            with open(path, "w+b") as f:
+                f.truncate(frame.size)
+                with mmap.mmap(f.fileno(), frame.size) as mm:
+                    view = memoryview(mm)
+                    try:
+                        frame.write_into(view)
+                    finally:
+                        view.release()
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            capacity = self.store.usage()[1]
+            raise ObjectStoreFullError(
+                f"cannot store an object of {frame.size} bytes: the object store ({capacity} bytes) is full of "
+                f"pinned objects and the spill directory {self.spill_dir} failed too ({e})"
+            ) from None
+        spilled = pb.SpilledObject(object_id=oid, path=path, offset=0, size=frame.size)
+        self._raylet_call(lambda r: r.register_spilled(spilled, timeout=30))
+
+    async def restore(self, oid: bytes) -> Any:
+        """On the loop: a read buffer of a spilled object of this node (None if it is nowhere)."""
+        stub = self.channels.stub(self.raylet_address, pb.RayletStub)
+        reply = await stub.restore_object(pb.RestoreRequest(object_id=oid), timeout=300)
+        if not reply.found:
+            return None
+        if reply.in_store:
+            return self.store.get(oid)
+        return _map_file(reply.path, reply.offset, reply.size)
+
+    def local_buffer(self, oid: bytes, node_id: bytes | None) -> Any:
+        """A read buffer of a store object, restored from disk or fetched as needed (not on the loop)."""
+        buf = self.store.get(oid)
+        if buf is not None:
+            return buf
+        if not node_id or node_id == self.node_id:
+            return self.run_sync(self.restore(oid))
+        return self.fetch_to_local_store(oid, node_id)
 
     # -- objects: values -------------------------------------------------------------------------
     def set_result(self, oid: bytes, value: ObjectValue, inner: tuple[tuple[bytes, str], ...]) -> None:
@@ -423,14 +524,13 @@ class CoreWorker(pb.CoreWorkerBase):
             entry.value = value
         return value
 
-    def materialize(self, oid: bytes, value: ObjectValue) -> Any:
-        """The Python value; raises the stored error. Any thread."""
+    def materialize(self, oid: bytes, value: ObjectValue, buf: Any = None) -> Any:
+        """The Python value; raises the stored error. Any thread but the loop, unless `buf` is given."""
         if value.inline is not None:
             result, is_error = serialization.deserialize(value.inline)
         else:
-            buf = self.store.get(oid)
             if buf is None:
-                buf = self.fetch_to_local_store(oid, value.node_id or b"")
+                buf = self.local_buffer(oid, value.node_id)
             if buf is None:
                 raise ObjectLostError(
                     f"object {oid.hex()} is not in this node's store and no copy could be fetched"
@@ -486,7 +586,15 @@ class CoreWorker(pb.CoreWorkerBase):
 
     async def get_async(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
         values = await self._wait_values(refs, timeout)
-        return [self.materialize(r.binary(), v) for r, v in zip(refs, values, strict=True)]
+        out = []
+        for r, v in zip(refs, values, strict=True):
+            buf = None
+            if v.inline is None:
+                buf = self.store.get(r.binary())
+                if buf is None and (not v.node_id or v.node_id == self.node_id):
+                    buf = await self.restore(r.binary())
+            out.append(self.materialize(r.binary(), v, buf))
+        return out
 
     def get_future(self, ref: ObjectRef) -> concurrent.futures.Future[Any]:
         out: concurrent.futures.Future[Any] = concurrent.futures.Future()
@@ -585,10 +693,9 @@ class CoreWorker(pb.CoreWorkerBase):
             actor_id = self.actor_lifetimes.pop(oid, None)
             if actor_id is not None:  # the last handle of an actor we own is gone
                 self.spawn(self.actors.kill(actor_id, no_restart=True, only_if_not_detached=True))
-            if owned:
-                remote = value is not None and value.inline is None and value.node_id != self.node_id
-                if remote and value.node_address:
-                    self._frees.setdefault(value.node_address, []).append(oid)
+            if owned and value is not None and value.inline is None and value.node_address:
+                # Local ones left the store already; the raylet still drops any spilled copy.
+                self._frees.setdefault(value.node_address, []).append(oid)
             elif registered:
                 self._unborrows.setdefault(owner, []).append(oid)
         self._schedule_flush()

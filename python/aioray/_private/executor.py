@@ -219,9 +219,7 @@ class Executor:
         return values, {}
 
     def _read_store_arg(self, oid: bytes, node_id: bytes) -> Any:
-        buf = self.core.store.get(oid)
-        if buf is None:
-            buf = self.core.fetch_to_local_store(oid, node_id)
+        buf = self.core.local_buffer(oid, node_id)
         if buf is None:
             raise ObjectLostError(f"argument {oid.hex()} is in no reachable object store")
         value, _ = serialization.deserialize(buf)

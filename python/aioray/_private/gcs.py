@@ -58,6 +58,9 @@ class GcsService(pb.GcsBase):
             node.store_used = resource_report.store_used
             node.store_objects = resource_report.store_objects
             node.num_workers = resource_report.num_workers
+            node.spilled_bytes = resource_report.spilled_bytes
+            node.restored_bytes = resource_report.restored_bytes
+            node.spilled_total = resource_report.spilled_total
         return pb.Empty()
 
     def _view(self) -> pb.ClusterView:

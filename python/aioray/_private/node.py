@@ -134,6 +134,7 @@ def start_node(
             "--object-store-memory",
             str(store_memory),
         ]
+        argv += ["--spill-dir", logs]
         if head:
             argv.append("--head")
         raylet = Child.spawn(

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from aioray._private import process, rpc
 from aioray._private.ids import random_id
 from aioray._private.resources import ResourceSet
+from aioray._private.spill import Spilled, SpillManager
 from aioray._proto.aioray import v1 as pb
 from aioray._store import ObjectStore
 
@@ -73,6 +74,9 @@ class Raylet(pb.RayletBase):
         self.available = ResourceSet(json.loads(args.resources))
         self.store_name = f"aioray-{self.node_id.hex()[:16]}"
         self.store = ObjectStore.create(self.store_name, args.object_store_memory)
+        self.spill = SpillManager(
+            self.store, os.path.join(args.spill_dir, f"spill-{self.node_id.hex()[:16]}")
+        )
         self.min_workers = max(1, int(self.total.get("CPU"))) if args.prestart else 0
         self.workers: dict[bytes, WorkerProc] = {}
         self.idle: collections.deque[WorkerProc] = collections.deque()
@@ -109,6 +113,10 @@ class Raylet(pb.RayletBase):
             store_used=stats["used_bytes"],
             store_objects=stats["num_objects"],
             num_workers=len(self.workers),
+            spill_dir=self.spill.dir,
+            spilled_bytes=self.spill.spilled_bytes,
+            restored_bytes=self.spill.restored_bytes,
+            spilled_total=self.spill.spilled_total,
         )
 
     async def register_with_gcs(self) -> None:
@@ -145,6 +153,9 @@ class Raylet(pb.RayletBase):
             store_used=stats["used_bytes"],
             store_objects=stats["num_objects"],
             num_workers=len(self.workers),
+            spilled_bytes=self.spill.spilled_bytes,
+            restored_bytes=self.spill.restored_bytes,
+            spilled_total=self.spill.spilled_total,
         )
         with contextlib.suppress(Exception):
             await self.channels.stub(self.gcs_address, pb.GcsStub).report_resources(report, timeout=5)
@@ -367,6 +378,32 @@ class Raylet(pb.RayletBase):
             with contextlib.suppress(KeyError):
                 self.store.unpin(oid)
             self.store.delete(oid)
+            self.spill.free(oid)
+        self.schedule_report()
+        return pb.Empty()
+
+    async def spill_objects(self, spill_request: pb.SpillRequest) -> pb.SpillReply:
+        if spill_request.nbytes == 0:
+            await self.spill.maybe_spill()  # a creator saw the store pass the threshold
+            freed = 0
+        else:
+            freed = await self.spill.spill(spill_request.nbytes)
+        self.schedule_report()
+        return pb.SpillReply(freed=freed)
+
+    async def restore_object(self, restore_request: pb.RestoreRequest) -> pb.RestoreReply:
+        in_store, on_disk = await self.spill.restore(restore_request.object_id)
+        self.schedule_report()
+        if in_store:
+            return pb.RestoreReply(found=True, in_store=True)
+        if on_disk is None:
+            return pb.RestoreReply(found=False)
+        return pb.RestoreReply(found=True, path=on_disk.path, offset=on_disk.offset, size=on_disk.size)
+
+    async def register_spilled(self, spilled_object: pb.SpilledObject) -> pb.Empty:
+        s = spilled_object
+        self.spill.register(s.object_id, Spilled(s.path, s.offset, s.size))
+        self.schedule_report()
         return pb.Empty()
 
     async def get_node_info(self, empty: pb.Empty) -> pb.NodeInfo:
@@ -395,6 +432,7 @@ class Raylet(pb.RayletBase):
         await asyncio.gather(*(p.wait() for p in procs), return_exceptions=True)
         self.channels.close()
         self.store.destroy()
+        self.spill.close()
 
 
 async def serve(args: argparse.Namespace, token: str) -> None:
@@ -405,6 +443,7 @@ async def serve(args: argparse.Namespace, token: str) -> None:
         await raylet.register_with_gcs()
     except BaseException:
         raylet.store.destroy()
+        raylet.spill.close()
         raise
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -429,6 +468,9 @@ def main() -> None:
     parser.add_argument("--resources", default="{}", help="JSON map, CPU and GPU included")
     parser.add_argument("--object-store-memory", type=int, required=True)
     parser.add_argument("--head", action="store_true")
+    parser.add_argument(
+        "--spill-dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "aioray-session")
+    )
     parser.add_argument("--no-prestart", dest="prestart", action="store_false")
     args = parser.parse_args()
     token = os.environ.get(process.TOKEN_ENV, "")

@@ -71,9 +71,10 @@ async def run() -> None:
     stopped = asyncio.Event()
     process.watch_lifeline(loop, stopped.set)
     stub = core.channels.stub(node.address, pb.RayletStub)
-    await stub.register_worker(
+    reply = await stub.register_worker(
         pb.RegisterWorkerRequest(worker_id=worker_id, address=core.address, pid=os.getpid()), timeout=30
     )
+    core.spill_dir = reply.node.spill_dir
     await stopped.wait()
     os._exit(0)
 

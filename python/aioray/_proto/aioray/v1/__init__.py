@@ -92,6 +92,10 @@ class NodeInfo(betterproto.Message):
     store_used: int = betterproto.uint64_field(11)
     store_objects: int = betterproto.uint64_field(12)
     num_workers: int = betterproto.int32_field(13)
+    spill_dir: str = betterproto.string_field(14)
+    spilled_bytes: int = betterproto.uint64_field(15)
+    restored_bytes: int = betterproto.uint64_field(16)
+    spilled_total: int = betterproto.uint64_field(17)
 
 
 @dataclass(eq=False, repr=False)
@@ -135,6 +139,9 @@ class ResourceReport(betterproto.Message):
     store_used: int = betterproto.uint64_field(3)
     store_objects: int = betterproto.uint64_field(4)
     num_workers: int = betterproto.int32_field(5)
+    spilled_bytes: int = betterproto.uint64_field(6)
+    restored_bytes: int = betterproto.uint64_field(7)
+    spilled_total: int = betterproto.uint64_field(8)
 
 
 @dataclass(eq=False, repr=False)
@@ -348,6 +355,38 @@ class RegisterWorkerReply(betterproto.Message):
 class BlockedRequest(betterproto.Message):
     lease_id: bytes = betterproto.bytes_field(1)
     blocked: bool = betterproto.bool_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class SpillRequest(betterproto.Message):
+    nbytes: int = betterproto.uint64_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class SpillReply(betterproto.Message):
+    freed: int = betterproto.uint64_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class RestoreRequest(betterproto.Message):
+    object_id: bytes = betterproto.bytes_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class RestoreReply(betterproto.Message):
+    found: bool = betterproto.bool_field(1)
+    in_store: bool = betterproto.bool_field(2)
+    path: str = betterproto.string_field(3)
+    offset: int = betterproto.uint64_field(4)
+    size: int = betterproto.uint64_field(5)
+
+
+@dataclass(eq=False, repr=False)
+class SpilledObject(betterproto.Message):
+    object_id: bytes = betterproto.bytes_field(1)
+    path: str = betterproto.string_field(2)
+    offset: int = betterproto.uint64_field(3)
+    size: int = betterproto.uint64_field(4)
 
 
 class CoreWorkerStub(betterproto.ServiceStub):
@@ -919,6 +958,57 @@ class RayletStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def spill_objects(
+        self,
+        spill_request: "SpillRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "SpillReply":
+        return await self._unary_unary(
+            "/aioray.v1.Raylet/SpillObjects",
+            spill_request,
+            SpillReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def restore_object(
+        self,
+        restore_request: "RestoreRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "RestoreReply":
+        return await self._unary_unary(
+            "/aioray.v1.Raylet/RestoreObject",
+            restore_request,
+            RestoreReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def register_spilled(
+        self,
+        spilled_object: "SpilledObject",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Empty":
+        return await self._unary_unary(
+            "/aioray.v1.Raylet/RegisterSpilled",
+            spilled_object,
+            Empty,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
     async def get_node_info(
         self,
         empty: "Empty",
@@ -1461,6 +1551,15 @@ class RayletBase(ServiceBase):
     async def free_objects(self, object_ids: "ObjectIds") -> "Empty":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def spill_objects(self, spill_request: "SpillRequest") -> "SpillReply":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def restore_object(self, restore_request: "RestoreRequest") -> "RestoreReply":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def register_spilled(self, spilled_object: "SpilledObject") -> "Empty":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def get_node_info(self, empty: "Empty") -> "NodeInfo":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -1501,6 +1600,27 @@ class RayletBase(ServiceBase):
     ) -> None:
         request = await stream.recv_message()
         response = await self.free_objects(request)
+        await stream.send_message(response)
+
+    async def __rpc_spill_objects(
+        self, stream: "grpclib.server.Stream[SpillRequest, SpillReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.spill_objects(request)
+        await stream.send_message(response)
+
+    async def __rpc_restore_object(
+        self, stream: "grpclib.server.Stream[RestoreRequest, RestoreReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.restore_object(request)
+        await stream.send_message(response)
+
+    async def __rpc_register_spilled(
+        self, stream: "grpclib.server.Stream[SpilledObject, Empty]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.register_spilled(request)
         await stream.send_message(response)
 
     async def __rpc_get_node_info(
@@ -1547,6 +1667,24 @@ class RayletBase(ServiceBase):
                 self.__rpc_free_objects,
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ObjectIds,
+                Empty,
+            ),
+            "/aioray.v1.Raylet/SpillObjects": grpclib.const.Handler(
+                self.__rpc_spill_objects,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                SpillRequest,
+                SpillReply,
+            ),
+            "/aioray.v1.Raylet/RestoreObject": grpclib.const.Handler(
+                self.__rpc_restore_object,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                RestoreRequest,
+                RestoreReply,
+            ),
+            "/aioray.v1.Raylet/RegisterSpilled": grpclib.const.Handler(
+                self.__rpc_register_spilled,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                SpilledObject,
                 Empty,
             ),
             "/aioray.v1.Raylet/GetNodeInfo": grpclib.const.Handler(

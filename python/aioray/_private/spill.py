@@ -1,0 +1,201 @@
+"""Spilling: the raylet moves pinned primary copies to local disk under memory pressure, and back.
+
+Objects are written in batches, one file per spill round, each object at a
+page-aligned offset (so a reader can map it straight from the file). A file
+is deleted once every object in it was freed or restored; the whole spill
+directory goes when the node stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+
+from aioray._store import ObjectStore
+from aioray.exceptions import ObjectStoreFullError
+
+log = logging.getLogger("aioray.spill")
+
+PAGE = 4096
+SPILL_THRESHOLD = 0.8  # background spilling starts above this fraction of the store
+SPILL_TARGET = 0.6  # ... and brings usage down to this
+MAX_BATCH_BYTES = 256 << 20
+
+
+@dataclass(slots=True)
+class Spilled:
+    path: str
+    offset: int
+    size: int
+
+
+def _page_up(n: int) -> int:
+    return (n + PAGE - 1) // PAGE * PAGE
+
+
+class SpillManager:
+    def __init__(self, store: ObjectStore, spill_dir: str) -> None:
+        self.store = store
+        self.dir = spill_dir
+        self.objects: dict[bytes, Spilled] = {}
+        self._files: dict[str, set[bytes]] = {}
+        self._lock = asyncio.Lock()
+        self._restoring: dict[bytes, asyncio.Future[Spilled | None]] = {}
+        self._counter = 0
+        self._tlock = threading.Lock()  # guards objects/_files against the writer thread
+        self.spilled_bytes = 0
+        self.spilled_total = 0
+        self.restored_bytes = 0
+
+    def _new_path(self, tag: str) -> str:
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        self._counter += 1
+        return os.path.join(self.dir, f"{tag}-{os.getpid()}-{self._counter}.bin")
+
+    # -- spilling ------------------------------------------------------------------------------
+    async def spill(self, nbytes: int) -> int:
+        """Spills LRU primary copies until `nbytes` were freed or nothing is left; returns bytes freed."""
+        async with self._lock:
+            freed = 0
+            while freed < nbytes:
+                batch, total = [], 0
+                for oid, size in self.store.spillable(256):
+                    batch.append((oid, size))
+                    total += size
+                    if freed + total >= nbytes or total >= MAX_BATCH_BYTES:
+                        break
+                if not batch:
+                    break
+                freed += await asyncio.to_thread(self._write_batch, batch)
+            return freed
+
+    async def maybe_spill(self) -> None:
+        """Background spilling once the store is above the threshold."""
+        used, total = self.store.usage()
+        if used > SPILL_THRESHOLD * total:
+            await self.spill(int(used - SPILL_TARGET * total))
+
+    def _write_batch(self, batch: list[tuple[bytes, int]]) -> int:
+        path = self._new_path("spill")
+        written: list[tuple[bytes, Spilled]] = []
+        with open(path, "wb") as f:
+            offset = 0
+            for oid, size in batch:
+                buf = self.store.get(oid)
+                if buf is None:  # freed meanwhile
+                    continue
+                try:
+                    f.seek(offset)
+                    f.write(memoryview(buf))
+                finally:
+                    buf.release()
+                written.append((oid, Spilled(path, offset, size)))
+                offset = _page_up(offset + size)
+        freed = 0
+        with self._tlock:
+            for oid, entry in written:
+                # Only if the owner did not free it while we wrote: then the copy on disk is the one.
+                if self.store.contains(oid):
+                    self.objects[oid] = entry
+                    self._files.setdefault(path, set()).add(oid)
+                    with contextlib.suppress(KeyError):
+                        self.store.unpin(oid)
+                    self.store.delete(oid)
+                    freed += entry.size
+                    self.spilled_bytes += entry.size
+                    self.spilled_total += entry.size
+            if path not in self._files:
+                os.unlink(path)
+        return freed
+
+    def register(self, oid: bytes, entry: Spilled) -> None:
+        """An object written straight to the spill directory by its creator (too big for the store)."""
+        with self._tlock:
+            self.objects[oid] = entry
+            self._files.setdefault(entry.path, set()).add(oid)
+            self.spilled_bytes += entry.size
+            self.spilled_total += entry.size
+
+    # -- restoring and freeing -----------------------------------------------------------------
+    async def restore(self, oid: bytes, spill_for_room: bool = True) -> tuple[bool, Spilled | None]:
+        """(True, None) once the object is back in the store; (False, where) when it does not fit
+        and must be read from disk; (False, None) when it was never spilled here."""
+        if self.store.contains(oid):
+            return True, None
+        entry = self.objects.get(oid)
+        if entry is None:
+            return False, None
+        fut = self._restoring.get(oid)
+        if fut is None:
+            fut = self._restoring[oid] = asyncio.get_running_loop().create_future()
+            try:
+                fut.set_result(await self._restore(oid, entry, spill_for_room))
+            except BaseException as e:
+                fut.set_exception(e)
+                raise
+            finally:
+                del self._restoring[oid]
+        left_on_disk = await asyncio.shield(fut)
+        return left_on_disk is None, left_on_disk
+
+    async def _restore(self, oid: bytes, entry: Spilled, spill_for_room: bool) -> Spilled | None:
+        try:
+            buf = self.store.create(oid, entry.size)
+        except ObjectStoreFullError:
+            if not spill_for_room or entry.size > self.store.usage()[1]:
+                return entry
+            await self.spill(entry.size)
+            try:
+                buf = self.store.create(oid, entry.size)
+            except ObjectStoreFullError:
+                return entry  # readers map it from the file instead
+        try:
+            await asyncio.to_thread(_read_into, entry, buf)
+        except BaseException:
+            buf.release()
+            self.store.delete(oid)
+            raise
+        self.store.seal(oid)
+        self.store.pin(oid)
+        buf.release()
+        self.restored_bytes += entry.size
+        self._drop(oid)
+        return None
+
+    def free(self, oid: bytes) -> None:
+        self._drop(oid)
+
+    def _drop(self, oid: bytes) -> None:
+        with self._tlock:
+            entry = self.objects.pop(oid, None)
+            if entry is None:
+                return
+            self.spilled_bytes -= entry.size
+            live = self._files.get(entry.path)
+            if live is not None:
+                live.discard(oid)
+                if not live:
+                    del self._files[entry.path]
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _read_into(entry: Spilled, buf: object) -> None:
+    view = memoryview(buf)  # type: ignore[arg-type]
+    with open(entry.path, "rb") as f:
+        f.seek(entry.offset)
+        done = 0
+        while done < entry.size:
+            n = f.readinto(view[done:])
+            if not n:
+                raise OSError(f"spill file {entry.path} is truncated")
+            done += n
+    del view
