@@ -408,7 +408,7 @@ impl Store {
     /// (bytes in allocated blocks, bytes of the data region): a constant-time look at how full it is.
     pub fn usage(&self) -> Result<(u64, u64)> {
         let mut t = self.lock()?;
-        let mut heap = t.heap();
+        let heap = t.heap();
         Ok((heap.region_len() - heap.free_bytes(), heap.region_len()))
     }
 

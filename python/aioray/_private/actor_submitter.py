@@ -104,7 +104,13 @@ class ActorQueue:
                         return False
                     p.spec.args[index] = (task_spec.ARG_INLINE, value.inline)
                 else:
-                    p.spec.args[index] = (task_spec.ARG_STORE, oid, value.node_id, value.size)
+                    p.spec.args[index] = (
+                        task_spec.ARG_STORE,
+                        oid,
+                        value.node_id,
+                        value.size,
+                        value.node_address,
+                    )
             p.deps = []
         except Exception as e:
             core.submitter.fail_task(p, e)
@@ -220,7 +226,7 @@ class ActorClient:
             if value.inline is not None:
                 spec.args[index] = (task_spec.ARG_INLINE, value.inline)
             else:
-                spec.args[index] = (task_spec.ARG_STORE, oid, value.node_id, value.size)
+                spec.args[index] = (task_spec.ARG_STORE, oid, value.node_id, value.size, value.node_address)
         request.spec = serialization.dumps_plain(
             (
                 spec.actor_id,

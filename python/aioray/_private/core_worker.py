@@ -468,14 +468,16 @@ class CoreWorker(pb.CoreWorkerBase):
             return self.store.get(oid)
         return _map_file(reply.path, reply.offset, reply.size)
 
-    def local_buffer(self, oid: bytes, node_id: bytes | None) -> Any:
+    def local_buffer(
+        self, oid: bytes, node_id: bytes | None, source: str | None = None, size: int = 0
+    ) -> Any:
         """A read buffer of a store object, restored from disk or fetched as needed (not on the loop)."""
         buf = self.store.get(oid)
         if buf is not None:
             return buf
         if not node_id or node_id == self.node_id:
             return self.run_sync(self.restore(oid))
-        return self.fetch_to_local_store(oid, node_id)
+        return self.fetch_to_local_store(oid, node_id, source, size)
 
     # -- objects: values -------------------------------------------------------------------------
     def set_result(self, oid: bytes, value: ObjectValue, inner: tuple[tuple[bytes, str], ...]) -> None:
@@ -530,7 +532,7 @@ class CoreWorker(pb.CoreWorkerBase):
             result, is_error = serialization.deserialize(value.inline)
         else:
             if buf is None:
-                buf = self.local_buffer(oid, value.node_id)
+                buf = self.local_buffer(oid, value.node_id, value.node_address, value.size)
             if buf is None:
                 raise ObjectLostError(
                     f"object {oid.hex()} is not in this node's store and no copy could be fetched"
@@ -542,19 +544,32 @@ class CoreWorker(pb.CoreWorkerBase):
             raise result
         return result
 
-    def fetch_to_local_store(self, oid: bytes, node_id: bytes) -> Any:
-        """A read buffer of an object held by another node's store (None if it cannot be had).
+    async def fetch(self, oid: bytes, node_id: bytes, source: str, size: int) -> Any:
+        """On the loop: has this node's raylet pull the object from `source`; a read buffer of the copy."""
+        stub = self.channels.stub(self.raylet_address, pb.RayletStub)
+        for _ in range(3):  # the fresh copy is evictable: on a busy store it may be gone before we read it
+            reply = await stub.fetch_object(
+                pb.FetchRequest(object_id=oid, source_address=source, size=size), timeout=600
+            )
+            if not reply.ok:
+                raise ObjectLostError(
+                    f"object {oid.hex()} could not be fetched from node {node_id.hex()[:12]} ({source}): "
+                    f"{reply.message}"
+                )
+            buf = self.store.get(oid)
+            if buf is not None:
+                return buf
+        return None
 
-        Objects live in the store of the node that made them; every process of
-        a single-node cluster reads that store directly, so there is nothing to
-        fetch unless the node differs.
-        """
-        if node_id == self.node_id:
-            return None
-        raise ObjectLostError(
-            f"object {oid.hex()} lives on node {node_id.hex()[:12]}, and this cluster cannot move objects "
-            "between nodes"
-        )
+    def fetch_to_local_store(self, oid: bytes, node_id: bytes, source: str | None, size: int) -> Any:
+        """From a non-loop thread: a read buffer of an object held by another node's store."""
+        if not source:
+            source = self.node_addresses.get(node_id, "")
+        if not source:
+            raise ObjectLostError(
+                f"object {oid.hex()} lives on node {node_id.hex()[:12]}, whose address is unknown"
+            )
+        return self.run_sync(self.fetch(oid, node_id, source, size))
 
     # -- objects: get / wait (blocking, any non-loop thread) ------------------------------------
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
@@ -593,6 +608,9 @@ class CoreWorker(pb.CoreWorkerBase):
                 buf = self.store.get(r.binary())
                 if buf is None and (not v.node_id or v.node_id == self.node_id):
                     buf = await self.restore(r.binary())
+                elif buf is None and v.node_id:
+                    source = v.node_address or self.node_addresses.get(v.node_id, "")
+                    buf = await self.fetch(r.binary(), v.node_id, source, v.size)
             out.append(self.materialize(r.binary(), v, buf))
         return out
 

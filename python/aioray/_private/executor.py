@@ -210,16 +210,16 @@ class Executor:
             if arg[0] == task_spec.ARG_INLINE:
                 value, _ = serialization.deserialize(arg[1])
             else:
-                _, oid, node_id, _size = arg
-                value = self._read_store_arg(oid, node_id)
+                _, oid, node_id, size, source = arg
+                value = self._read_store_arg(oid, node_id, source, size)
             values.append(value)
         n_kw = len(kwarg_names)
         if n_kw:
             return values[:-n_kw], dict(zip(kwarg_names, values[-n_kw:], strict=True))
         return values, {}
 
-    def _read_store_arg(self, oid: bytes, node_id: bytes) -> Any:
-        buf = self.core.local_buffer(oid, node_id)
+    def _read_store_arg(self, oid: bytes, node_id: bytes, source: str, size: int) -> Any:
+        buf = self.core.local_buffer(oid, node_id, source, size)
         if buf is None:
             raise ObjectLostError(f"argument {oid.hex()} is in no reachable object store")
         value, _ = serialization.deserialize(buf)
@@ -248,7 +248,7 @@ class Executor:
                 returns.append((task_spec.RET_INLINE, frame.to_bytes(), inner))
             else:
                 core.write_to_store(oid, frame)
-                returns.append((task_spec.RET_STORE, core.node_id, frame.size, inner))
+                returns.append((task_spec.RET_STORE, core.node_id, frame.size, inner, core.raylet_address))
         return returns
 
     def _error_result(self, spec: TaskSpec, err: RayTaskError, status: int) -> Outcome:

@@ -86,6 +86,7 @@ class GcsService(pb.GcsBase):
                     if failures[node.node_id] >= HEALTH_CHECK_FAILURES:
                         node.alive = False
                         self._channels.drop(node.address)
+                        self.actors.on_node_death(node.node_id)
                         self._event("gcs", "ERROR", f"node {node.node_id.hex()[:12]} is dead (no answer)")
                         self._publish(NODE_CHANNEL, bytes(node))
 

@@ -181,6 +181,13 @@ class ActorManager:
             elif actor.info.owner_address == death.address and not actor.info.detached:
                 self.kill(actor, "its owner died")
 
+    def on_node_death(self, node_id: bytes) -> None:
+        for actor in list(self.actors.values()):
+            if actor.info.node_id == node_id and actor.info.state in (State.ALIVE, State.PENDING):
+                if actor.info.state == State.PENDING and actor.task is not None:
+                    actor.task.cancel()
+                self._on_actor_worker_died(actor, -1)
+
     def _on_actor_worker_died(self, actor: Actor, exit_code: int) -> None:
         actor.lease_id = b""
         actor.info.address = ""

@@ -18,10 +18,12 @@ import os
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from aioray._private import process, rpc
 from aioray._private.ids import random_id
+from aioray._private.object_manager import ObjectManager
 from aioray._private.resources import ResourceSet
 from aioray._private.spill import Spilled, SpillManager
 from aioray._proto.aioray import v1 as pb
@@ -31,7 +33,7 @@ log = process.setup_logging("raylet")
 
 WORKER_START_TIMEOUT_S = 60.0
 REPORT_DELAY_S = 0.05
-VIEW_REFRESH_S = 1.0
+VIEW_REFRESH_S = 0.5
 
 
 @dataclass(eq=False)
@@ -74,6 +76,7 @@ class Raylet(pb.RayletBase):
         self.available = ResourceSet(json.loads(args.resources))
         self.store_name = f"aioray-{self.node_id.hex()[:16]}"
         self.store = ObjectStore.create(self.store_name, args.object_store_memory)
+        self.objects = ObjectManager(self)
         self.spill = SpillManager(
             self.store, os.path.join(args.spill_dir, f"spill-{self.node_id.hex()[:16]}")
         )
@@ -280,6 +283,17 @@ class Raylet(pb.RayletBase):
                 status=pb.LeaseReplyStatus.INFEASIBLE,
                 message=f"no node of the cluster has {shape.to_dict()} (this node has {self.total.to_dict()})",
             )
+        if not lease_request.no_spillback and not shape.fits_in(self.available):
+            # Full here: spill back to a node with the shape free right now, if there is one.
+            free = [
+                n
+                for n in self.cluster_view
+                if n.alive
+                and n.node_id != self.node_id
+                and shape.fits_in(ResourceSet.from_wire(n.available.amounts))
+            ]
+            if free:
+                return pb.LeaseReply(status=pb.LeaseReplyStatus.SPILLBACK, retry_address=free[0].address)
         if not shape.fits_in(self.total):
             target = next(
                 n
@@ -380,7 +394,27 @@ class Raylet(pb.RayletBase):
             self.store.delete(oid)
             self.spill.free(oid)
         self.schedule_report()
+        if object_ids.ids and self.cluster_view and len(self.cluster_view) > 1:
+            self._spawn(self._free_copies(list(object_ids.ids)))
         return pb.Empty()
+
+    async def _free_copies(self, oids: list[bytes]) -> None:
+        """The owner freed these primary copies: free the copies other nodes pulled, too."""
+        with contextlib.suppress(Exception):
+            gcs = self.channels.stub(self.gcs_address, pb.GcsStub)
+            found = await gcs.get_object_locations(pb.ObjectIds(ids=oids), timeout=10)
+            by_node: dict[bytes, list[bytes]] = {}
+            for loc in found.locations:
+                for node_id in loc.node_ids:
+                    if node_id != self.node_id:
+                        by_node.setdefault(node_id, []).append(loc.object_id)
+            addresses = {n.node_id: n.address for n in self.cluster_view if n.alive}
+            for node_id, ids in by_node.items():
+                if node_id in addresses:
+                    raylet = self.channels.stub(addresses[node_id], pb.RayletStub)
+                    with contextlib.suppress(Exception):
+                        await raylet.free_objects(pb.ObjectIds(ids=ids), timeout=10)
+                await gcs.remove_object_locations(pb.ObjectLocationUpdate(node_id=node_id, object_ids=ids))
 
     async def spill_objects(self, spill_request: pb.SpillRequest) -> pb.SpillReply:
         if spill_request.nbytes == 0:
@@ -399,6 +433,22 @@ class Raylet(pb.RayletBase):
         if on_disk is None:
             return pb.RestoreReply(found=False)
         return pb.RestoreReply(found=True, path=on_disk.path, offset=on_disk.offset, size=on_disk.size)
+
+    async def fetch_object(self, fetch_request: pb.FetchRequest) -> pb.FetchReply:
+        req = fetch_request
+        try:
+            await self.objects.fetch(req.object_id, req.source_address, req.size)
+        except Exception as e:
+            return pb.FetchReply(ok=False, message=f"{type(e).__name__}: {e}")
+        self.schedule_report()
+        return pb.FetchReply(ok=True)
+
+    async def read_object(self, read_request: pb.ReadRequest) -> AsyncIterator[pb.Blob]:
+        try:
+            async for chunk in self.objects.read(read_request.object_id, read_request.chunk_size):
+                yield chunk
+        except LookupError as e:
+            raise rpc.GRPCError(rpc.Status.NOT_FOUND, str(e)) from None
 
     async def register_spilled(self, spilled_object: pb.SpilledObject) -> pb.Empty:
         s = spilled_object

@@ -280,7 +280,13 @@ class TaskSubmitter:
                         return
                     p.spec.args[index] = (task_spec.ARG_INLINE, value.inline)
                 else:
-                    p.spec.args[index] = (task_spec.ARG_STORE, oid, value.node_id, value.size)
+                    p.spec.args[index] = (
+                        task_spec.ARG_STORE,
+                        oid,
+                        value.node_id,
+                        value.size,
+                        value.node_address,
+                    )
         except Exception as e:
             self.fail_task(p, e)
             return
@@ -316,8 +322,9 @@ class TaskSubmitter:
                 values.append(ObjectValue(ret[1]))
                 inner_all.append(tuple(ret[2]))
             else:
-                node_id, size, inner = ret[1], ret[2], ret[3]
-                values.append(ObjectValue(None, node_id, self.core.raylet_for(node_id), size))
+                node_id, size, inner, raylet = ret[1], ret[2], ret[3], ret[4]
+                self.core.node_addresses.setdefault(node_id, raylet)
+                values.append(ObjectValue(None, node_id, raylet, size))
                 inner_all.append(tuple(inner))
         self.complete(p, values, inner_all)
 

@@ -7,11 +7,11 @@ from typing import Any
 
 # Argument kinds in a spec.
 ARG_INLINE = 0  # (ARG_INLINE, frame bytes)
-ARG_STORE = 1  # (ARG_STORE, object id, node id, size): read from the node's store
+ARG_STORE = 1  # (ARG_STORE, object id, node id, size, raylet address): read from a store
 
 # Return kinds in a result.
 RET_INLINE = 0  # (RET_INLINE, frame bytes, inner refs)
-RET_STORE = 1  # (RET_STORE, node id, size, inner refs)
+RET_STORE = 1  # (RET_STORE, node id, size, inner refs, raylet address)
 
 # Result statuses.
 OK = 0

@@ -389,6 +389,25 @@ class SpilledObject(betterproto.Message):
     size: int = betterproto.uint64_field(4)
 
 
+@dataclass(eq=False, repr=False)
+class FetchRequest(betterproto.Message):
+    object_id: bytes = betterproto.bytes_field(1)
+    source_address: str = betterproto.string_field(2)
+    size: int = betterproto.uint64_field(3)
+
+
+@dataclass(eq=False, repr=False)
+class FetchReply(betterproto.Message):
+    ok: bool = betterproto.bool_field(1)
+    message: str = betterproto.string_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class ReadRequest(betterproto.Message):
+    object_id: bytes = betterproto.bytes_field(1)
+    chunk_size: int = betterproto.uint32_field(2)
+
+
 class CoreWorkerStub(betterproto.ServiceStub):
     async def push_tasks(
         self,
@@ -1009,6 +1028,41 @@ class RayletStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def fetch_object(
+        self,
+        fetch_request: "FetchRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "FetchReply":
+        return await self._unary_unary(
+            "/aioray.v1.Raylet/FetchObject",
+            fetch_request,
+            FetchReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def read_object(
+        self,
+        read_request: "ReadRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> AsyncIterator[Blob]:
+        async for response in self._unary_stream(
+            "/aioray.v1.Raylet/ReadObject",
+            read_request,
+            Blob,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
     async def get_node_info(
         self,
         empty: "Empty",
@@ -1560,6 +1614,13 @@ class RayletBase(ServiceBase):
     async def register_spilled(self, spilled_object: "SpilledObject") -> "Empty":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def fetch_object(self, fetch_request: "FetchRequest") -> "FetchReply":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def read_object(self, read_request: "ReadRequest") -> AsyncIterator[Blob]:
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield Blob()
+
     async def get_node_info(self, empty: "Empty") -> "NodeInfo":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -1622,6 +1683,23 @@ class RayletBase(ServiceBase):
         request = await stream.recv_message()
         response = await self.register_spilled(request)
         await stream.send_message(response)
+
+    async def __rpc_fetch_object(
+        self, stream: "grpclib.server.Stream[FetchRequest, FetchReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.fetch_object(request)
+        await stream.send_message(response)
+
+    async def __rpc_read_object(
+        self, stream: "grpclib.server.Stream[ReadRequest, Blob]"
+    ) -> None:
+        request = await stream.recv_message()
+        await self._call_rpc_handler_server_stream(
+            self.read_object,
+            stream,
+            request,
+        )
 
     async def __rpc_get_node_info(
         self, stream: "grpclib.server.Stream[Empty, NodeInfo]"
@@ -1686,6 +1764,18 @@ class RayletBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 SpilledObject,
                 Empty,
+            ),
+            "/aioray.v1.Raylet/FetchObject": grpclib.const.Handler(
+                self.__rpc_fetch_object,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                FetchRequest,
+                FetchReply,
+            ),
+            "/aioray.v1.Raylet/ReadObject": grpclib.const.Handler(
+                self.__rpc_read_object,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                ReadRequest,
+                Blob,
             ),
             "/aioray.v1.Raylet/GetNodeInfo": grpclib.const.Handler(
                 self.__rpc_get_node_info,
