@@ -95,6 +95,7 @@ class CoreWorker(pb.CoreWorkerBase):
         self.children: dict[bytes, list[bytes]] = {}  # running task id -> tasks it submitted (to cancel)
         self._awaiters: dict[bytes, int] = {}
         self._spill_hinted = False
+        self.dead_nodes: set[bytes] = set()
         self.spill_dir = node.spill_dir  # object id -> coroutines awaiting it right now
         self.executor: Executor | None = None if is_driver else Executor(self)
         self.node_addresses: dict[bytes, str] = {node.node_id: node.address}
@@ -115,6 +116,18 @@ class CoreWorker(pb.CoreWorkerBase):
         self._server, port = await rpc.start_server([self], host, 0, self.token)
         self.address = f"{host}:{port}"
         self.refs.address = self.address
+        self.spawn(self._watch_nodes())
+
+    async def _watch_nodes(self) -> None:
+        """Learns of node deaths from the GCS, to rebuild lost objects before using them."""
+        with contextlib.suppress(*rpc.CONNECTION_ERRORS, rpc.GRPCError):
+            async for msg in self.gcs_stub().subscribe(pb.SubscribeRequest(channels=["nodes"])):
+                node = pb.NodeInfo().parse(msg.data)
+                if node.alive:
+                    self.node_addresses[node.node_id] = node.address
+                    self.dead_nodes.discard(node.node_id)
+                else:
+                    self.dead_nodes.add(node.node_id)
 
     async def close(self) -> None:
         self.closed = True
@@ -584,7 +597,17 @@ class CoreWorker(pb.CoreWorkerBase):
                     self._set_blocked(False)
             for i, v in zip(missing, fetched, strict=True):
                 values[i] = v
-        return [self.materialize(r.binary(), v) for r, v in zip(refs, values, strict=True)]  # type: ignore[arg-type]
+        out = []
+        for r, v in zip(refs, values, strict=True):
+            try:
+                out.append(self.materialize(r.binary(), v))  # type: ignore[arg-type]
+            except ObjectLostError:
+                if r.owner_address != self.address:
+                    raise
+                # Lost with its node: re-run the task that made it (lineage), then read the new copy.
+                self.run_sync(self.submitter.reconstruct(r.binary()))
+                out.append(self.materialize(r.binary(), self.refs.value(r.binary())))  # type: ignore[arg-type]
+        return out
 
     async def _wait_values(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[ObjectValue]:
         try:
@@ -708,6 +731,8 @@ class CoreWorker(pb.CoreWorkerBase):
     def _released(self, released: Iterable[Released]) -> None:
         for oid, owner, value, owned, registered in released:
             self._futures.pop(oid, None)
+            if owned and self.submitter.lineage:
+                self.submitter.forget_lineage(oid)
             actor_id = self.actor_lifetimes.pop(oid, None)
             if actor_id is not None:  # the last handle of an actor we own is gone
                 self.spawn(self.actors.kill(actor_id, no_restart=True, only_if_not_detached=True))

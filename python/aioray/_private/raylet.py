@@ -279,6 +279,11 @@ class Raylet(pb.RayletBase):
             return pb.LeaseReply(status=pb.LeaseReplyStatus.REJECTED, message="the raylet is shutting down")
         shape = ResourceSet(lease_request.resources.amounts)
         if not self._feasible_somewhere(shape):
+            # The view may predate a node that just joined: look again before saying no.
+            with contextlib.suppress(Exception):
+                stub = self.channels.stub(self.gcs_address, pb.GcsStub)
+                self.cluster_view = list((await stub.get_cluster_view(pb.Empty(), timeout=5)).nodes)
+        if not self._feasible_somewhere(shape):
             return pb.LeaseReply(
                 status=pb.LeaseReplyStatus.INFEASIBLE,
                 message=f"no node of the cluster has {shape.to_dict()} (this node has {self.total.to_dict()})",
@@ -295,11 +300,16 @@ class Raylet(pb.RayletBase):
             if free:
                 return pb.LeaseReply(status=pb.LeaseReplyStatus.SPILLBACK, retry_address=free[0].address)
         if not shape.fits_in(self.total):
-            target = next(
+            able = [
                 n
                 for n in self.cluster_view
-                if n.alive and shape.fits_in(ResourceSet.from_wire(n.total.amounts))
-            )
+                if n.alive
+                and n.node_id != self.node_id
+                and shape.fits_in(ResourceSet.from_wire(n.total.amounts))
+            ]
+            # Nodes with the shape free right now first.
+            able.sort(key=lambda n: not shape.fits_in(ResourceSet.from_wire(n.available.amounts)))
+            target = able[0]
             return pb.LeaseReply(status=pb.LeaseReplyStatus.SPILLBACK, retry_address=target.address)
         waiter = LeaseWaiter(lease_request, shape, asyncio.get_running_loop().create_future())
         self.waiting.append(waiter)

@@ -24,7 +24,13 @@ from aioray._private import rpc, serialization, task_spec
 from aioray._private.ownership import ObjectValue
 from aioray._private.resources import ResourceSet
 from aioray._proto.aioray import v1 as pb
-from aioray.exceptions import GetTimeoutError, RayError, TaskCancelledError, WorkerCrashedError
+from aioray.exceptions import (
+    GetTimeoutError,
+    ObjectLostError,
+    RayError,
+    TaskCancelledError,
+    WorkerCrashedError,
+)
 
 if TYPE_CHECKING:
     from aioray._private.core_worker import CoreWorker
@@ -36,6 +42,7 @@ SHORT_TASK_S = 0.005  # pipelining only pays for tasks shorter than this; longer
 MAX_LEASE_REQUESTS = 8  # outstanding lease requests per queue
 LEASE_IDLE_S = 0.05  # keep an idle lease this long for the next task
 MAX_BATCH = 256
+LEASE_RETRY_S = 60.0  # how long to keep asking for a worker while raylets come and go
 
 
 class TaskUnschedulableError(RayError):
@@ -52,6 +59,9 @@ class PendingTask:
     deps: list[tuple[int, bytes, str]] = field(default_factory=list)  # (arg index, oid, owner)
     worker: LeasedWorker | None = None  # where it was pushed, once it was
     cancelled: bool = False
+    original: tuple[list[tuple[Any, ...]], list[tuple[int, bytes, str]]] | None = (
+        None  # args before resolution
+    )
 
 
 class StreamSink(Protocol):
@@ -162,37 +172,49 @@ class LeasePool:
         task.add_done_callback(self.requests.discard)
 
     async def _lease(self) -> None:
+        """Leases a worker: from the local raylet, following spillback; a raylet that is gone or
+        shutting down sends us back to the local raylet to try again, for up to LEASE_RETRY_S."""
         core = self.submitter.core
-        address = core.raylet_address
-        request = pb.LeaseRequest(
-            resources=pb.ResourceMap(amounts=self.shape.to_dict()),
-            owner_address=core.address,
-            job_id=core.job_id,
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LEASE_RETRY_S
+        last_error = ""
+        while loop.time() < deadline:
+            address = core.raylet_address
+            request = pb.LeaseRequest(
+                resources=pb.ResourceMap(amounts=self.shape.to_dict()),
+                owner_address=core.address,
+                job_id=core.job_id,
+            )
+            for _ in range(8):  # spillback hops
+                stub = core.channels.stub(address, pb.RayletStub)
+                try:
+                    reply = await stub.request_worker_lease(request)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    core.channels.drop(address)
+                    last_error = f"raylet {address} is unreachable: {e}"
+                    break
+                if reply.status == pb.LeaseReplyStatus.GRANTED:
+                    lw = LeasedWorker(self, reply.lease_id, reply.worker_address, address)
+                    self.leases.append(lw)
+                    lw.task = loop.create_task(lw.run(core.channels))
+                    self.requests.discard(asyncio.current_task())  # type: ignore[arg-type]
+                    self.pump()
+                    return
+                if reply.status == pb.LeaseReplyStatus.SPILLBACK:
+                    address = reply.retry_address
+                    request.no_spillback = True
+                    continue
+                if reply.status == pb.LeaseReplyStatus.INFEASIBLE:
+                    self._fail_queue(TaskUnschedulableError(f"task cannot be scheduled: {reply.message}"))
+                    return
+                last_error = f"raylet {address}: {reply.message or 'too many spillback hops'}"
+                break
+            await asyncio.sleep(0.2)
+        self._fail_queue(
+            WorkerCrashedError(f"could not lease a worker within {LEASE_RETRY_S:.0f}s: {last_error}")
         )
-        for _ in range(8):  # spillback hops
-            stub = core.channels.stub(address, pb.RayletStub)
-            try:
-                reply = await stub.request_worker_lease(request)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                self._fail_queue(WorkerCrashedError(f"could not lease a worker from raylet {address}: {e}"))
-                return
-            if reply.status == pb.LeaseReplyStatus.GRANTED:
-                lw = LeasedWorker(self, reply.lease_id, reply.worker_address, address)
-                self.leases.append(lw)
-                lw.task = asyncio.get_running_loop().create_task(lw.run(core.channels))
-                self.requests.discard(asyncio.current_task())  # type: ignore[arg-type]
-                self.pump()
-                return
-            if reply.status == pb.LeaseReplyStatus.SPILLBACK:
-                address = reply.retry_address
-                request.no_spillback = True
-                continue
-            if reply.status == pb.LeaseReplyStatus.INFEASIBLE:
-                self._fail_queue(TaskUnschedulableError(f"task cannot be scheduled: {reply.message}"))
-            return
-        self._fail_queue(TaskUnschedulableError("task cannot be scheduled: too many spillback hops"))
 
     def _fail_queue(self, err: BaseException) -> None:
         while self.queue:
@@ -258,10 +280,14 @@ class TaskSubmitter:
         self.core = core
         self.pools: dict[tuple[ResourceSet, bytes], LeasePool] = {}
         self.tasks: dict[bytes, PendingTask] = {}  # every unfinished task this process owns
+        # Finished tasks whose outputs live in a store, kept to re-run them if a node loses them.
+        self.lineage: dict[bytes, PendingTask] = {}
 
     def submit(self, p: PendingTask) -> None:
         """On the core loop: resolve dependencies, then queue."""
         self.tasks[p.spec.task_id] = p
+        if p.original is None:
+            p.original = (list(p.spec.args), list(p.deps))
         if p.deps:
             self.core.spawn(self._resolve_then_queue(p))
         else:
@@ -273,6 +299,9 @@ class TaskSubmitter:
             await core.functions.wait_exported(p.spec.function_id)
             for index, oid, owner in p.deps:
                 value = await core.wait_value(oid, owner, timeout=None)
+                if value.inline is None and owner == core.address and value.node_id in core.dead_nodes:
+                    await self.reconstruct(oid)  # its node died: rebuild it first
+                    value = await core.wait_value(oid, owner, timeout=None)
                 if value.inline is not None:
                     _, is_error = serialization.peek_flags(value.inline)
                     if is_error:  # a failed dependency fails the task with the same error
@@ -346,11 +375,41 @@ class TaskSubmitter:
         if self.tasks.pop(p.spec.task_id, None) is None:
             return  # completed already (e.g. cancelled while its result was on the way)
         core.actor_tasks.discard(p.spec.task_id)
+        if not p.spec.actor_id and any(v.inline is None for v in values):
+            self.lineage[p.spec.task_id] = p
         for i, (oid, value) in enumerate(zip(p.spec.return_ids, values, strict=True)):
             refs_inside = inner[i] if inner else ()
             core.set_result(oid, value, refs_inside)
         if p.arg_refs:
             core.refs.remove_submitted(p.arg_refs)
+
+    async def reconstruct(self, oid: bytes) -> None:
+        """Re-runs the task that made `oid` (an object lost with its node) and waits for the new copy."""
+        core = self.core
+        task_id = oid[: len(oid) - 4]
+        p = self.lineage.get(task_id)
+        if p is None or p.original is None:
+            raise ObjectLostError(
+                f"object {oid.hex()} was lost with its node and cannot be rebuilt: only the outputs of tasks "
+                "can be reconstructed (objects made by put() cannot)"
+            )
+        if task_id not in self.tasks:
+            for rid in p.spec.return_ids:
+                entry = core.refs.get(rid)
+                if entry is not None:
+                    entry.value = None
+            args, deps = p.original
+            p.spec.args, p.deps = list(args), list(deps)
+            p.worker, p.cancelled = None, False
+            core.refs.add_submitted([(dep_oid, owner) for _, dep_oid, owner in deps])
+            p.arg_refs = [dep_oid for _, dep_oid, _ in deps]
+            self.submit(p)
+        await core.wait_value(oid, core.address, None)
+
+    def forget_lineage(self, oid: bytes) -> None:
+        p = self.lineage.get(oid[: len(oid) - 4])
+        if p is not None and not any(rid in self.core.refs for rid in p.spec.return_ids):
+            del self.lineage[p.spec.task_id]
 
     def fail_task(self, p: PendingTask, err: BaseException) -> None:
         frame = serialization.serialize(err, is_error=True).to_bytes()

@@ -198,10 +198,10 @@ def _pick_local_node(nodes: list[pb.NodeInfo], started: node_mod.NodeProcesses |
         for n in alive:
             if n.node_id.hex() == started.node_id:
                 return n
-    for n in alive:
-        if os.path.exists(f"/dev/shm/{n.store_name}"):
-            return n
-    return None
+    # Several nodes may share this machine (tests, or `aioray start` twice): prefer the head.
+    local = [n for n in alive if os.path.exists(f"/dev/shm/{n.store_name}")]
+    local.sort(key=lambda n: not n.is_head)
+    return local[0] if local else None
 
 
 def shutdown() -> None:

@@ -1,0 +1,88 @@
+"""A harness that runs several aioray nodes on 127.0.0.1 as separate processes, started with the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import aioray
+from aioray._private import rpc, worker_api
+
+MiB = 1 << 20
+
+
+class Nodes:
+    def __init__(self) -> None:
+        self.port = rpc.free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def _start(self, name: str, args: list[str]) -> None:
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "aioray", "start", *args, "--block"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def start_head(self, resources: dict[str, float], num_cpus: int = 1, store: int = 300 * MiB) -> None:
+        self._start(
+            "head",
+            ["--head", "--port", str(self.port), "--num-cpus", str(num_cpus), "--resources", json.dumps(resources),
+             "--object-store-memory", str(store)],
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while worker_api.read_cluster_file(self.address) is None:
+            if time.monotonic() > deadline or self.procs["head"].poll() is not None:
+                raise RuntimeError("the head node did not start")
+            time.sleep(0.05)
+
+    def add_node(
+        self, name: str, resources: dict[str, float], num_cpus: int = 1, store: int = 300 * MiB
+    ) -> None:
+        self._start(
+            name,
+            ["--address", self.address, "--num-cpus", str(num_cpus), "--resources", json.dumps(resources),
+             "--object-store-memory", str(store)],
+        )  # fmt: skip
+
+    def wait_alive(self, count: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while sum(n["Alive"] for n in aioray.nodes()) != count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"expected {count} live nodes, have {aioray.nodes()}")
+            time.sleep(0.1)
+
+    def kill(self, name: str) -> None:
+        """Kills a node's CLI process: its raylet and workers follow (lifeline), as when a machine dies."""
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def stop(self) -> None:
+        for name in [n for n in self.procs if n != "head"] + ["head"]:
+            proc = self.procs.pop(name, None)
+            if proc is None:
+                continue
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def node_ids_by_resource() -> dict[str, str]:
+    out = {}
+    for n in aioray.nodes():
+        if n["Alive"]:
+            for key in n["Resources"]:
+                if key not in ("CPU", "GPU"):
+                    out[key] = n["NodeID"]
+    return out
+
+
+__all__ = ["MiB", "Nodes", "node_ids_by_resource", "os"]

@@ -1,0 +1,102 @@
+"""Several nodes: placement by resources, object transfer, spillback, cross-node GC (the seed 000 walkthrough)."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+
+import aioray
+from aioray._store import ObjectStore
+
+from .conftest import eventually
+from .multinode import MiB, Nodes, node_ids_by_resource
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    nodes = Nodes()
+    try:
+        nodes.start_head({"a": 1})
+        nodes.add_node("b", {"b": 1})
+        nodes.add_node("c", {"c": 1})
+        aioray.init(address=nodes.address)
+        nodes.wait_alive(3)
+        yield nodes
+    finally:
+        aioray.shutdown()
+        nodes.stop()
+
+
+def here() -> str:
+    return aioray.get_runtime_context().get_node_id()
+
+
+@aioray.remote(resources={"b": 0.5})
+def make_x(mib: int):
+    return here(), np.full(mib * MiB, 7, dtype=np.uint8)
+
+
+@aioray.remote(resources={"c": 0.5})
+def consume(x_and_node):
+    node_b, x = x_and_node
+    return here(), node_b, int(x[0]), x.nbytes  # small Y
+
+
+@aioray.remote(resources={"a": 0.5})
+def task_a(mib: int):
+    x = make_x.remote(mib)
+    y = consume.remote(x)
+    return here(), aioray.get(y)
+
+
+def test_nodes_join_and_are_listed(cluster) -> None:
+    nodes = aioray.nodes()
+    assert len(nodes) == 3 and all(n["Alive"] for n in nodes)
+    assert {"NodeID", "Alive", "NodeManagerAddress", "NodeManagerPort", "Resources"} <= set(nodes[0])
+    assert aioray.cluster_resources()["CPU"] == 3
+
+
+def test_seed_walkthrough_a_submits_b_and_c_c_consumes_x(cluster) -> None:
+    ids = node_ids_by_resource()
+    node_a, (node_c, node_b, first, nbytes) = aioray.get(task_a.remote(50), timeout=120)
+    assert (node_a, node_b, node_c) == (ids["a"], ids["b"], ids["c"])
+    assert first == 7 and nbytes == 50 * MiB
+
+
+def test_large_transfer_to_the_driver(cluster) -> None:
+    node, ref_value = aioray.get(make_x.remote(200), timeout=120)
+    assert node == node_ids_by_resource()["b"]
+    assert ref_value.nbytes == 200 * MiB and ref_value[-1] == 7
+
+
+def test_spillback_spreads_work_over_nodes(cluster) -> None:
+    import time
+
+    @aioray.remote
+    def where():
+        time.sleep(0.3)
+        return here()
+
+    placed = aioray.get([where.remote() for _ in range(6)], timeout=120)
+    assert len(set(placed)) >= 2, "with one CPU per node, tasks spread to other nodes"
+
+
+def test_cross_node_gc_empties_every_store(cluster) -> None:
+    @aioray.remote(resources={"c": 0.5})
+    def total(x):
+        return int(x.sum())
+
+    @aioray.remote(resources={"b": 0.5})
+    def big():
+        return np.ones(20 * MiB, dtype=np.uint8)
+
+    ref = big.remote()
+    assert aioray.get(total.remote(ref), timeout=120) == 20 * MiB  # a copy now lives on node c as well
+    oid = ref.binary()
+    stores = [ObjectStore.attach(n["ObjectStoreSocketName"]) for n in aioray.nodes() if n["Alive"]]
+    assert sum(s.contains(oid) for s in stores) >= 2
+    del ref
+    gc.collect()
+    eventually(lambda: not any(s.contains(oid) for s in stores), 15, "every copy being freed")
