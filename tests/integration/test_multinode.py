@@ -100,3 +100,32 @@ def test_cross_node_gc_empties_every_store(cluster) -> None:
     del ref
     gc.collect()
     eventually(lambda: not any(s.contains(oid) for s in stores), 15, "every copy being freed")
+
+
+def test_driver_may_start_before_its_head(monkeypatch) -> None:
+    import subprocess
+    import sys
+    import time
+
+    monkeypatch.setenv("AIORAY_AUTH_TOKEN", "token-agreed-in-advance")  # both the head and the driver use it
+    nodes = Nodes()
+    script = f"""
+import aioray
+aioray.init(address={nodes.address!r})  # retries until the head answers
+print(sum(n["Alive"] for n in aioray.nodes()))
+aioray.shutdown()
+"""
+    driver = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(2)
+        assert driver.poll() is None, "the driver gave up before the head came up"
+        nodes.start_head({"a": 1})
+        out, err = driver.communicate(timeout=60)
+        assert driver.returncode == 0, err
+        assert out.strip() == "1"
+    finally:
+        driver.kill()
+        driver.wait()
+        nodes.stop()

@@ -176,7 +176,8 @@ async def _start_core(
         loop=loop,
         namespace=namespace,
     )
-    await core.start()
+    # Serve on the node's address, so workers of other nodes (other machines) reach this driver.
+    await core.start(rpc.split_address(local.address)[0])
     try:
         request = pb.RegisterJobRequest(
             driver_address=core.address, driver_pid=os.getpid(), namespace=namespace

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from aioray._private import process
+from aioray._private import process, rpc
 from aioray._private.core_worker import CoreWorker, connect
 from aioray._private.executor import TaskContext
 from aioray._proto.aioray import v1 as pb
@@ -63,7 +63,7 @@ async def run() -> None:
         job_id=b"",
         loop=loop,
     )
-    await core.start()
+    await core.start(rpc.split_address(node.address)[0])  # the node's own address, reachable by other nodes
     connect(core)
     assert core.executor is not None
     sys.stdout = PrefixedStream(sys.__stdout__, core.executor.context)
