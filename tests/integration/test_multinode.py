@@ -102,6 +102,21 @@ def test_cross_node_gc_empties_every_store(cluster) -> None:
     eventually(lambda: not any(s.contains(oid) for s in stores), 15, "every copy being freed")
 
 
+def test_spilled_object_as_argument_on_another_node(cluster) -> None:
+    @aioray.remote(resources={"c": 0.5})
+    def first_byte(x):
+        return int(x[0]), here()
+
+    # 400 MiB of puts into the head's 300 MiB store: the oldest ones go to disk.
+    refs = [aioray.put(np.full(40 * MiB, i, dtype=np.uint8)) for i in range(10)]
+    me = aioray.get_runtime_context().get_node_id()
+    eventually(lambda: aioray.stats()["nodes"][me]["spilled_bytes_total"] > 0, 10, "spilling on the head")
+    value, node = aioray.get(first_byte.remote(refs[0]), timeout=120)  # spilled, read on node c
+    assert value == 0 and node == node_ids_by_resource()["c"]
+    del refs
+    gc.collect()
+
+
 def test_driver_may_start_before_its_head(monkeypatch) -> None:
     import subprocess
     import sys

@@ -146,10 +146,10 @@ async def _start_core(
     channels = rpc.ChannelPool(token)
     gcs = channels.stub(gcs_address, pb.GcsStub)
     deadline = loop.time() + CONNECT_RETRY_S
-    while True:
+    local = None
+    while local is None:
         try:
             view = await gcs.get_cluster_view(pb.Empty(), timeout=5)
-            break
         except rpc.GRPCError as e:
             channels.close()
             raise rpc.translate_error(e, f"connecting to {gcs_address}") from None
@@ -162,10 +162,16 @@ async def _start_core(
                 ) from None
             channels.drop(gcs_address)
             await asyncio.sleep(0.2)
-    local = _pick_local_node(view.nodes, node)
-    if local is None:
-        channels.close()
-        raise ConnectionError(f"the cluster at {gcs_address} has no live node on this machine to attach to")
+            continue
+        local = _pick_local_node(view.nodes, node)
+        if local is None:
+            # The GCS may answer before the node's raylet registered: give it the same window.
+            if loop.time() > deadline:
+                channels.close()
+                raise ConnectionError(
+                    f"the cluster at {gcs_address} has no live node on this machine to attach to"
+                )
+            await asyncio.sleep(0.1)
     core = CoreWorker(
         is_driver=True,
         worker_id=random_id(16),
