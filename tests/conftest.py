@@ -8,6 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 
+# Every store segment this test session creates carries this tag (raylets read it from the
+# environment), so leak checks see our segments only, even with another session running.
+SESSION_TAG = f"t{os.getpid()}"
+os.environ["AIORAY_SESSION_TAG"] = SESSION_TAG
+
 
 @pytest.fixture
 def shm_name() -> Iterator[str]:

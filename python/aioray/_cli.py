@@ -102,7 +102,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(f"/dev/shm/aioray-{info.get('node_id', '')[:16]}")
+            os.unlink(f"/dev/shm/{info.get('store_name', 'aioray-missing')}")
         os.unlink(path)
     print(f"stopped {stopped} aioray process(es)")
     return 0

@@ -11,6 +11,8 @@ import pytest
 import aioray
 from aioray._store import ObjectStore
 
+from ..conftest import SESSION_TAG
+
 
 def _aioray_children() -> set[int]:
     """Pids of aioray daemons whose parent chain leads to this test process."""
@@ -59,10 +61,13 @@ def eventually(check: Callable[[], bool], timeout: float = 10.0, what: str = "co
         time.sleep(0.02)
 
 
+def _our_segments() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith(f"aioray-{SESSION_TAG}-")}
+
+
 @pytest.fixture(autouse=True, scope="module")
 def no_leftovers() -> Iterator[None]:
-    before = {n for n in os.listdir("/dev/shm") if n.startswith("aioray-")}
+    before = _our_segments()
     yield
     eventually(lambda: not _aioray_children(), 10, "all aioray processes exiting")
-    after = {n for n in os.listdir("/dev/shm") if n.startswith("aioray-")}
-    assert after <= before, f"shared-memory segments left behind: {after - before}"
+    eventually(lambda: _our_segments() <= before, 10, "store segments being removed")

@@ -94,27 +94,16 @@ class ActorQueue:
                 self.stream.outbox.put_nowait(batch)
 
     async def _resolve(self, p: PendingTask) -> bool:
-        core = self.client.core
+        submitter = self.client.core.submitter
         try:
-            for index, oid, owner in p.deps:
-                value = await core.wait_value(oid, owner, timeout=None)
-                if value.inline is not None:
-                    if serialization.peek_flags(value.inline)[1]:
-                        core.submitter.complete(p, [ObjectValue(value.inline)] * p.spec.num_returns, ())
-                        return False
-                    p.spec.args[index] = (task_spec.ARG_INLINE, value.inline)
-                else:
-                    p.spec.args[index] = (
-                        task_spec.ARG_STORE,
-                        oid,
-                        value.node_id,
-                        value.size,
-                        value.node_address,
-                    )
-            p.deps = []
+            failed = await submitter.resolve_dependencies(p.spec.args, p.deps)
         except Exception as e:
-            core.submitter.fail_task(p, e)
+            submitter.fail_task(p, e)
             return False
+        if failed is not None:
+            submitter.complete(p, [ObjectValue(failed)] * p.spec.num_returns, ())
+            return False
+        p.deps = []
         return True
 
     async def _connect(self) -> None:
@@ -221,12 +210,10 @@ class ActorClient:
     ) -> pb.ActorInfo:
         core = self.core
         await core.functions.wait_exported(spec.function_id)
-        for index, oid, owner in deps:
-            value = await core.wait_value(oid, owner, timeout=None)
-            if value.inline is not None:
-                spec.args[index] = (task_spec.ARG_INLINE, value.inline)
-            else:
-                spec.args[index] = (task_spec.ARG_STORE, oid, value.node_id, value.size, value.node_address)
+        failed = await core.submitter.resolve_dependencies(spec.args, deps)
+        if failed is not None:
+            error, _ = serialization.deserialize(failed)
+            raise error.as_instanceof_cause() if isinstance(error, RayTaskError) else error
         request.spec = serialization.dumps_plain(
             (
                 spec.actor_id,

@@ -58,13 +58,14 @@ class NodeProcesses:
     raylet_address: str
     node_id: str
     token: str
+    store_name: str
     children: list[Child] = field(default_factory=list)
 
     def stop(self) -> None:
         # The raylet first: it stops its workers and removes its store segment.
         for child in self.children:
             child.stop()
-        leftover = f"/dev/shm/aioray-{self.node_id[:16]}"
+        leftover = f"/dev/shm/{self.store_name}"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(leftover)  # only if the raylet died before it could remove it
 
@@ -73,6 +74,7 @@ class NodeProcesses:
             "gcs_address": self.gcs_address,
             "raylet_address": self.raylet_address,
             "node_id": self.node_id,
+            "store_name": self.store_name,
             "pids": [c.proc.pid for c in self.children],
         }
 
@@ -148,4 +150,4 @@ def start_node(
         for child in children:
             child.kill()
         raise
-    return NodeProcesses(gcs_address, info["address"], info["node_id"], token, children)
+    return NodeProcesses(gcs_address, info["address"], info["node_id"], token, info["store_name"], children)

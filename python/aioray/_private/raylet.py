@@ -74,7 +74,9 @@ class Raylet(pb.RayletBase):
         self.is_head = args.head
         self.total = ResourceSet(json.loads(args.resources))
         self.available = ResourceSet(json.loads(args.resources))
-        self.store_name = f"aioray-{self.node_id.hex()[:16]}"
+        # AIORAY_SESSION_TAG (optional) marks every segment of one test session or deployment.
+        tag = os.environ.get("AIORAY_SESSION_TAG", "")
+        self.store_name = f"aioray-{tag + '-' if tag else ''}{self.node_id.hex()[:16]}"
         self.store = ObjectStore.create(self.store_name, args.object_store_memory)
         self.objects = ObjectManager(self)
         self.spill = SpillManager(
@@ -512,7 +514,11 @@ async def serve(args: argparse.Namespace, token: str) -> None:
     raylet._spawn(raylet.refresh_view())
     for _ in range(raylet.min_workers):
         raylet._spawn(raylet.start_worker())
-    process.announce_ready(json.dumps({"address": raylet.address, "node_id": raylet.node_id.hex()}))
+    process.announce_ready(
+        json.dumps(
+            {"address": raylet.address, "node_id": raylet.node_id.hex(), "store_name": raylet.store_name}
+        )
+    )
     await raylet.stopped.wait()
     await raylet.stop()
     server.close()

@@ -293,33 +293,35 @@ class TaskSubmitter:
         else:
             self._queue(p)
 
-    async def _resolve_then_queue(self, p: PendingTask) -> None:
+    async def resolve_dependencies(
+        self, args: list[tuple[Any, ...]], deps: list[tuple[int, bytes, str]]
+    ) -> bytes | None:
+        """Waits for the ref arguments and fills them into `args` (inline values, or where in which
+        store). Returns the error frame of a dependency that failed, if one did."""
         core = self.core
-        try:
-            await core.functions.wait_exported(p.spec.function_id)
-            for index, oid, owner in p.deps:
+        for index, oid, owner in deps:
+            value = await core.wait_value(oid, owner, timeout=None)
+            if value.inline is None and owner == core.address and value.node_id in core.dead_nodes:
+                await self.reconstruct(oid)  # its node died: rebuild it first
                 value = await core.wait_value(oid, owner, timeout=None)
-                if value.inline is None and owner == core.address and value.node_id in core.dead_nodes:
-                    await self.reconstruct(oid)  # its node died: rebuild it first
-                    value = await core.wait_value(oid, owner, timeout=None)
-                if value.inline is not None:
-                    _, is_error = serialization.peek_flags(value.inline)
-                    if is_error:  # a failed dependency fails the task with the same error
-                        self.complete(p, [ObjectValue(value.inline)] * p.spec.num_returns, ())
-                        return
-                    p.spec.args[index] = (task_spec.ARG_INLINE, value.inline)
-                else:
-                    p.spec.args[index] = (
-                        task_spec.ARG_STORE,
-                        oid,
-                        value.node_id,
-                        value.size,
-                        value.node_address,
-                    )
+            if value.inline is not None:
+                if serialization.peek_flags(value.inline)[1]:
+                    return value.inline
+                args[index] = (task_spec.ARG_INLINE, value.inline)
+            else:
+                args[index] = (task_spec.ARG_STORE, oid, value.node_id, value.size, value.node_address)
+        return None
+
+    async def _resolve_then_queue(self, p: PendingTask) -> None:
+        try:
+            await self.core.functions.wait_exported(p.spec.function_id)
+            failed = await self.resolve_dependencies(p.spec.args, p.deps)
         except Exception as e:
             self.fail_task(p, e)
             return
-        if not p.cancelled:
+        if failed is not None:  # a failed dependency fails the task with the same error
+            self.complete(p, [ObjectValue(failed)] * p.spec.num_returns, ())
+        elif not p.cancelled:
             self._queue(p)
 
     def retry(self, p: PendingTask) -> None:
