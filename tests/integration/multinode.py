@@ -21,11 +21,12 @@ class Nodes:
         self.address = f"127.0.0.1:{self.port}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def _start(self, name: str, args: list[str]) -> None:
+    def _start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "aioray", "start", *args, "--block"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
         )
 
     def start_head(self, resources: dict[str, float], num_cpus: int = 1, store: int = 300 * MiB) -> None:
@@ -41,12 +42,18 @@ class Nodes:
             time.sleep(0.05)
 
     def add_node(
-        self, name: str, resources: dict[str, float], num_cpus: int = 1, store: int = 300 * MiB
+        self,
+        name: str,
+        resources: dict[str, float],
+        num_cpus: int = 1,
+        store: int = 300 * MiB,
+        env: dict[str, str] | None = None,
     ) -> None:
         self._start(
             name,
             ["--address", self.address, "--num-cpus", str(num_cpus), "--resources", json.dumps(resources),
              "--object-store-memory", str(store)],
+            env,
         )  # fmt: skip
 
     def wait_alive(self, count: int, timeout: float = 30) -> None:
@@ -85,4 +92,4 @@ def node_ids_by_resource() -> dict[str, str]:
     return out
 
 
-__all__ = ["MiB", "Nodes", "node_ids_by_resource", "os"]
+__all__ = ["MiB", "Nodes", "node_ids_by_resource"]

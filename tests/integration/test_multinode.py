@@ -20,7 +20,8 @@ def cluster():
     try:
         nodes.start_head({"a": 1})
         nodes.add_node("b", {"b": 1})
-        nodes.add_node("c", {"c": 1})
+        # Node c keeps its data port closed: its peers pull its objects over gRPC instead.
+        nodes.add_node("c", {"c": 1}, env={"AIORAY_OBJECT_TRANSFER": "grpc"})
         aioray.init(address=nodes.address)
         nodes.wait_alive(3)
         yield nodes
@@ -63,6 +64,26 @@ def test_seed_walkthrough_a_submits_b_and_c_c_consumes_x(cluster) -> None:
     node_a, (node_c, node_b, first, nbytes) = aioray.get(task_a.remote(50), timeout=120)
     assert (node_a, node_b, node_c) == (ids["a"], ids["b"], ids["c"])
     assert first == 7 and nbytes == 50 * MiB
+
+
+def test_objects_of_a_node_without_data_port_travel_over_grpc(cluster) -> None:
+    @aioray.remote(resources={"c": 0.5})
+    def made_on_c():
+        return here(), np.arange(30 * MiB // 8, dtype=np.int64)
+
+    @aioray.remote(resources={"b": 0.5})
+    def checksum_on_b(pair):
+        return here(), int(pair[1].sum())
+
+    ids = node_ids_by_resource()
+    n = 30 * MiB // 8
+    ref = made_on_c.remote()
+    node_b, total = aioray.get(checksum_on_b.remote(ref), timeout=120)  # c -> b
+    node_c, value = aioray.get(ref, timeout=120)  # c -> the head, for the driver
+    assert (node_b, node_c) == (ids["b"], ids["c"])
+    assert total == n * (n - 1) // 2 and value[-1] == n - 1
+    ports = {node["NodeID"]: node["ObjectManagerPort"] for node in aioray.nodes()}
+    assert ports[ids["c"]] == 0 and ports[ids["b"]] > 0
 
 
 def test_large_transfer_to_the_driver(cluster) -> None:

@@ -136,6 +136,7 @@ def nodes() -> list[dict[str, Any]]:
     out = []
     for n in view.nodes:
         host, _, port = n.address.rpartition(":")
+        object_port = n.object_manager_address.rpartition(":")[2]
         out.append(
             {
                 "NodeID": n.node_id.hex(),
@@ -144,6 +145,7 @@ def nodes() -> list[dict[str, Any]]:
                 "NodeManagerPort": int(port) if port.isdigit() else 0,
                 "Resources": dict(n.total.amounts),
                 "ObjectStoreSocketName": n.store_name,
+                "ObjectManagerPort": int(object_port) if object_port.isdigit() else 0,  # 0: gRPC only
                 "IsHead": n.is_head,
             }
         )

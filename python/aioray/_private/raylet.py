@@ -107,7 +107,7 @@ class Raylet(pb.RayletBase):
         return pb.NodeInfo(
             node_id=self.node_id,
             address=self.address,
-            object_manager_address=self.address,
+            object_manager_address=f"{self.host}:{self.objects.port}" if self.objects.port else "",
             store_name=self.store_name,
             total=pb.ResourceMap(amounts=self.total.to_dict()),
             available=pb.ResourceMap(amounts=self.available.to_dict()),
@@ -136,6 +136,11 @@ class Raylet(pb.RayletBase):
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.05)
+
+    async def refresh_view_now(self) -> None:
+        with contextlib.suppress(Exception):
+            stub = self.channels.stub(self.gcs_address, pb.GcsStub)
+            self.cluster_view = list((await stub.get_cluster_view(pb.Empty(), timeout=5)).nodes)
 
     async def refresh_view(self) -> None:
         stub = self.channels.stub(self.gcs_address, pb.GcsStub)
@@ -282,9 +287,7 @@ class Raylet(pb.RayletBase):
         shape = ResourceSet(lease_request.resources.amounts)
         if not self._feasible_somewhere(shape):
             # The view may predate a node that just joined: look again before saying no.
-            with contextlib.suppress(Exception):
-                stub = self.channels.stub(self.gcs_address, pb.GcsStub)
-                self.cluster_view = list((await stub.get_cluster_view(pb.Empty(), timeout=5)).nodes)
+            await self.refresh_view_now()
         if not self._feasible_somewhere(shape):
             return pb.LeaseReply(
                 status=pb.LeaseReplyStatus.INFEASIBLE,
@@ -446,6 +449,13 @@ class Raylet(pb.RayletBase):
             return pb.RestoreReply(found=False)
         return pb.RestoreReply(found=True, path=on_disk.path, offset=on_disk.offset, size=on_disk.size)
 
+    def data_address_of(self, raylet_address: str) -> tuple[str, int] | None:
+        """The object-manager (data) address of the node whose raylet serves at `raylet_address`."""
+        for node in self.cluster_view:
+            if node.address == raylet_address and node.alive and node.object_manager_address:
+                return rpc.split_address(node.object_manager_address)
+        return None
+
     async def fetch_object(self, fetch_request: pb.FetchRequest) -> pb.FetchReply:
         req = fetch_request
         try:
@@ -492,6 +502,7 @@ class Raylet(pb.RayletBase):
             with contextlib.suppress(ProcessLookupError):
                 p.kill()
         await asyncio.gather(*(p.wait() for p in procs), return_exceptions=True)
+        self.objects.close()
         self.channels.close()
         self.store.destroy()
         self.spill.close()
@@ -502,6 +513,10 @@ async def serve(args: argparse.Namespace, token: str) -> None:
     try:
         server, port = await rpc.start_server([raylet], args.host, args.port, token)
         raylet.address = f"{args.host}:{port}"
+        # Where only the RPC ports pass between machines, AIORAY_OBJECT_TRANSFER=grpc keeps the data
+        # port closed and peers pull this node's objects over its gRPC stream (slower, ~0.3 GB/s).
+        if os.environ.get("AIORAY_OBJECT_TRANSFER", "socket") != "grpc":
+            await raylet.objects.start(args.host)
         await raylet.register_with_gcs()
     except BaseException:
         raylet.store.destroy()

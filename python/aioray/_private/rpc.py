@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
 from grpclib.client import Channel
+from grpclib.config import Configuration
 from grpclib.const import Status
 from grpclib.events import RecvRequest, SendRequest, listen
 from grpclib.exceptions import GRPCError, StreamTerminatedError
@@ -22,6 +23,10 @@ from grpclib.server import Server
 __all__ = ["CONNECTION_ERRORS", "ChannelPool", "GRPCError", "Status", "start_server"]
 
 TOKEN_HEADER = "x-aioray-token"
+# Large HTTP/2 windows: object transfers stream 4 MiB chunks, and a small window would stall
+# every chunk on WINDOW_UPDATE round trips.
+WINDOW = 64 << 20
+CONFIG = Configuration(http2_connection_window_size=WINDOW, http2_stream_window_size=WINDOW)
 StubT = TypeVar("StubT")
 
 # Errors that mean "the peer is gone or unreachable" rather than "the call failed".
@@ -57,7 +62,7 @@ async def _refuse(stream: Any) -> None:
 
 async def start_server(handlers: Collection[Any], host: str, port: int, token: str) -> tuple[Server, int]:
     """Starts a grpclib server that checks the token; returns it and its bound port."""
-    server = Server(list(handlers))
+    server = Server(list(handlers), config=CONFIG)
     expected = token.encode()
 
     async def check_token(event: RecvRequest) -> None:
@@ -84,7 +89,7 @@ class ChannelPool:
         ch = self._channels.get(address)
         if ch is None:
             host, port = split_address(address)
-            ch = Channel(host, port)
+            ch = Channel(host, port, config=CONFIG)
             token = self._token
 
             async def add_token(event: SendRequest) -> None:
