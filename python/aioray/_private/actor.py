@@ -12,6 +12,7 @@ import cloudpickle
 
 from aioray._private import object_ref
 from aioray._private.actor_submitter import death_error
+from aioray._private.arity import CallShape
 from aioray._private.ids import random_id
 from aioray._private.object_ref import ObjectRef
 from aioray._private.remote_function import validate_options
@@ -52,14 +53,14 @@ class HandleMeta:
 
     class_name: str
     methods: dict[str, int]  # name -> num_returns
-    signatures: dict[str, inspect.Signature | None] = field(default_factory=dict)
+    call_shapes: dict[str, CallShape] = field(default_factory=dict)
     is_async: bool = False
     max_task_retries: int = 0
 
 
 def _class_meta(cls: type, max_task_retries: int) -> HandleMeta:
     methods: dict[str, int] = {}
-    signatures: dict[str, inspect.Signature | None] = {}
+    call_shapes: dict[str, CallShape] = {}
     is_async = False
     for name, member in inspect.getmembers(cls, predicate=callable):
         if name.startswith("__") and name != "__call__":
@@ -72,10 +73,10 @@ def _class_meta(cls: type, max_task_retries: int) -> HandleMeta:
             params = list(sig.parameters.values())
             if not isinstance(inspect.getattr_static(cls, name), staticmethod | classmethod) and params:
                 sig = sig.replace(parameters=params[1:])  # drop self
-            signatures[name] = sig
+            call_shapes[name] = CallShape(sig)
         except (TypeError, ValueError):
-            signatures[name] = None
-    return HandleMeta(cls.__name__, methods, signatures, is_async, max_task_retries)
+            call_shapes[name] = CallShape(None)
+    return HandleMeta(cls.__name__, methods, call_shapes, is_async, max_task_retries)
 
 
 class ActorClass:
@@ -103,12 +104,7 @@ class ActorClass:
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
         opts = self._options
-        try:
-            inspect.signature(self._cls).bind(*args, **kwargs)
-        except TypeError as e:
-            raise TypeError(f"{self._cls.__name__}.remote(): {e}") from None
-        except ValueError:
-            pass
+        CallShape.of(self._cls).check(self._cls.__name__, args, kwargs)
         core = object_ref.global_worker()
         max_task_retries = int(opts.get("max_task_retries", 0))
         meta = _class_meta(self._cls, max_task_retries)
@@ -203,12 +199,9 @@ class ActorMethod:
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         meta = self._handle._meta
         label = f"{meta.class_name}.{self._name}"
-        sig = meta.signatures.get(self._name)
-        if sig is not None:
-            try:
-                sig.bind(*args, **kwargs)
-            except TypeError as e:
-                raise TypeError(f"{label}.remote(): {e}") from None
+        shape = meta.call_shapes.get(self._name)
+        if shape is not None:
+            shape.check(label, args, kwargs)
         core = object_ref.global_worker()
         refs = core.submit_actor_task(
             self._handle._actor_id,

@@ -16,7 +16,7 @@ import logging
 import mmap
 import os
 import threading
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Collection, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
 from grpclib.const import Status
@@ -56,6 +56,29 @@ def _map_file(path: str, offset: int, size: int) -> memoryview:
     with open(path, "rb") as f:
         mm = mmap.mmap(f.fileno(), size + offset - start, offset=start, prot=mmap.PROT_READ)
     return memoryview(mm)[offset - start : offset - start + size]
+
+
+async def _wait_some(futures: Collection[asyncio.Future[Any]], needed: int) -> None:
+    """Waits until `needed` of the futures are done, with one callback each and no task per future."""
+    waiting = [f for f in futures if not f.done()]
+    remaining = needed - (len(futures) - len(waiting))
+    if remaining <= 0:
+        return
+    finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def count_down(_: asyncio.Future[Any]) -> None:
+        nonlocal remaining
+        remaining -= 1
+        if remaining == 0 and not finished.done():
+            finished.set_result(None)
+
+    for f in waiting:
+        f.add_done_callback(count_down)
+    try:
+        await finished
+    finally:
+        for f in waiting:  # leave the futures as we found them (removing a fired callback is a no-op)
+            f.remove_done_callback(count_down)
 
 
 class CoreWorker(pb.CoreWorkerBase):
@@ -610,17 +633,43 @@ class CoreWorker(pb.CoreWorkerBase):
         return out
 
     async def _wait_values(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[ObjectValue]:
+        # Objects this process owns are waited for through one countdown over their futures, not a
+        # task per ref: a get of 100k pending refs would otherwise cost seconds and ~2 KiB a ref.
+        values: list[ObjectValue | None] = [None] * len(refs)
+        owned: dict[bytes, asyncio.Future[ObjectValue]] = {}
+        borrowed: list[int] = []
+        for i, r in enumerate(refs):
+            oid = r.binary()
+            entry = self.refs.get(oid)
+            if entry is not None and entry.value is not None:
+                values[i] = entry.value
+            elif r.owner_address != self.address:
+                borrowed.append(i)
+            elif entry is None:
+                raise ObjectLostError(f"object {oid.hex()} was freed: no reference to it was left")
+            elif oid not in owned:
+                fut = self._futures.get(oid)
+                if fut is None:
+                    fut = self._futures[oid] = self.loop.create_future()
+                owned[oid] = fut
         try:
-            return list(
-                await asyncio.wait_for(
-                    asyncio.gather(*(self.wait_value(r.binary(), r.owner_address, None) for r in refs)),
-                    timeout,
-                )
-            )
+            async with asyncio.timeout(timeout):
+                if borrowed:
+                    fetched = await asyncio.gather(
+                        *(self.wait_value(refs[i].binary(), refs[i].owner_address, None) for i in borrowed)
+                    )
+                    for i, v in zip(borrowed, fetched, strict=True):
+                        values[i] = v
+                if owned:
+                    await _wait_some(owned.values(), len(owned))
         except TimeoutError:
             raise GetTimeoutError(
                 f"get timed out after {timeout}s waiting for {len(refs)} object(s)"
             ) from None
+        for i, r in enumerate(refs):
+            if values[i] is None:
+                values[i] = owned[r.binary()].result()
+        return values  # type: ignore[return-value]
 
     async def get_async(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
         values = await self._wait_values(refs, timeout)
@@ -661,25 +710,37 @@ class CoreWorker(pb.CoreWorkerBase):
             )
         if len(set(refs)) != len(refs):
             raise ValueError("wait() got the same ObjectRef more than once")
-        pending = {
-            asyncio.ensure_future(self.wait_value(r.binary(), r.owner_address, None)): r
-            for r in refs
-            if self.refs.value(r.binary()) is None
-        }
-        ready_ids = {r.binary() for r in refs if self.refs.value(r.binary()) is not None}
+        # Owned objects are watched through their futures and borrowed ones through one fetch task
+        # each; a single countdown then wakes us, so a wait over n refs costs O(n), not a task per ref.
+        watched: dict[asyncio.Future[Any], bytes] = {}
+        fetches: list[asyncio.Task[ObjectValue]] = []
+        ready_ids: set[bytes] = set()
+        for r in refs:
+            oid = r.binary()
+            entry = self.refs.get(oid)
+            if entry is not None and entry.value is not None:
+                ready_ids.add(oid)
+            elif r.owner_address == self.address and entry is not None:
+                fut = self._futures.get(oid)
+                if fut is None:
+                    fut = self._futures[oid] = self.loop.create_future()
+                watched[fut] = oid
+            else:  # borrowed, or owned and already freed (the fetch reports that as its error)
+                task = self.loop.create_task(self.wait_value(oid, r.owner_address, None))
+                fetches.append(task)
+                watched[task] = oid
         try:
-            loop = self.loop
-            deadline = None if timeout is None else loop.time() + timeout
-            while len(ready_ids) < num_returns and pending:
-                remaining = None if deadline is None else max(0.0, deadline - loop.time())
-                done, _ = await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-                if not done:
-                    break
-                for f in done:
-                    ready_ids.add(pending.pop(f).binary())
+            needed = num_returns - len(ready_ids)
+            if needed > 0 and watched:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await _wait_some(watched, min(needed, len(watched)))
+            ready_ids.update(oid for f, oid in watched.items() if f.done())
         finally:
-            for f in pending:
-                f.cancel()
+            for task in fetches:
+                if task.done() and not task.cancelled():
+                    task.exception()  # an error counts as ready; the caller's get will raise it
+                task.cancel()
         ready = [r for r in refs if r.binary() in ready_ids][: max(num_returns, 0)]
         chosen = {r.binary() for r in ready}
         return ready, [r for r in refs if r.binary() not in chosen]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 from aioray._private import object_ref
+from aioray._private.arity import CallShape
 from aioray._private.resources import task_resources
 
 _FUNCTION_OPTIONS = {
@@ -69,10 +69,7 @@ class RemoteFunction:
         self._resources = task_resources(
             options.get("num_cpus"), options.get("num_gpus"), options.get("resources"), 1
         )
-        try:
-            self._signature: inspect.Signature | None = inspect.signature(fn)
-        except (TypeError, ValueError):
-            self._signature = None
+        self._call_shape = CallShape.of(fn)
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -86,11 +83,7 @@ class RemoteFunction:
         return RemoteFunction(self._function, {**self._options, **options})
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        if self._signature is not None:
-            try:
-                self._signature.bind(*args, **kwargs)
-            except TypeError as e:
-                raise TypeError(f"{self._name}.remote(): {e}") from None
+        self._call_shape.check(self._name, args, kwargs)
         core = object_ref.global_worker()
         refs = core.submit_task(
             self._function,
