@@ -48,6 +48,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         token=token,
         lifeline=args.block,
         detach=not args.block,
+        prestart_workers=args.prestart_workers,
     )
     info = {**node.info(), "token": node.token}
     path = (
@@ -179,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--num-gpus", type=float, default=None)
     start.add_argument("--resources", default=None, help="JSON, e.g. '{\"accel\": 2}'")
     start.add_argument("--object-store-memory", type=int, default=None)
+    start.add_argument(
+        "--prestart-workers",
+        action="store_true",
+        help="start one worker per CPU now rather than on the first tasks (~0.15 s sooner, ~30 MiB each)",
+    )
     start.add_argument("--block", action="store_true", help="stay in the foreground; Ctrl-C stops the node")
     start.set_defaults(func=cmd_start)
     stop = sub.add_parser("stop", help="stop the nodes started on this machine")

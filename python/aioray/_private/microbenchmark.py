@@ -111,8 +111,12 @@ class Client:
         return n * len(self.servers)
 
 
-def _cluster_rss_mib() -> float:
-    """RSS of this process and every aioray process below it (workers included)."""
+def _cluster_memory_mib() -> tuple[float, float, int]:
+    """(RSS, PSS, process count) of this process and every aioray process below it (workers too).
+
+    RSS counts the pages processes share (interpreter, libraries) once per process; PSS splits
+    them among the sharers, so it sums to the memory the cluster really holds.
+    """
     me = os.getpid()
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -123,18 +127,28 @@ def _cluster_rss_mib() -> float:
             except OSError:
                 continue
             children.setdefault(ppid, []).append(int(entry))
-    total, stack = 0, [me]
+    rss = pss = count = 0
+    stack = [me]
     while stack:
         pid = stack.pop()
         stack.extend(children.get(pid, []))
         try:
-            with open(f"/proc/{pid}/status") as f:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
                 for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+            count += 1
         except OSError:
             pass
-    return total / 1024
+    return rss / 1024, pss / 1024, count
+
+
+@aioray.remote
+def _pause(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
 
 
 def _gigabytes(wanted: Callable[[str], bool], duration: float, runs: int) -> None:
@@ -182,9 +196,17 @@ def run(filter_: str = "", duration: float = 2.0, runs: int = 3, num_cpus: int |
 
     start = time.perf_counter()
     aioray.init(num_cpus=num_cpus)
+    init_s = time.perf_counter() - start
     if wanted("idle"):
-        time.sleep(1.0)  # workers pre-started
-        print(f"idle cluster RSS MiB {_cluster_rss_mib():.1f} (init took {time.perf_counter() - start:.2f}s)")
+        time.sleep(1.0)  # let every process settle
+        rss, pss, count = _cluster_memory_mib()
+        print(f"idle cluster RSS MiB {rss:.1f} (PSS {pss:.1f}; {count} processes, workers start on the first "
+              f"tasks; init took {init_s:.2f}s)")  # fmt: skip
+        cpus = int(aioray.cluster_resources().get("CPU", 1))
+        workers = len(set(aioray.get([_pause.remote(0.3) for _ in range(cpus)])))
+        time.sleep(0.5)
+        rss, pss, count = _cluster_memory_mib()
+        print(f"warm cluster RSS MiB {rss:.1f} (PSS {pss:.1f}; {count} processes, {workers} workers)")
     value = aioray.put(0)
     if wanted("single client get calls"):
         _timeit("single client get calls (Plasma Store)", lambda: (aioray.get(value), 1)[1], duration, runs)

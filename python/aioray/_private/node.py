@@ -93,6 +93,7 @@ def start_node(
     lifeline: bool = True,
     detach: bool = False,
     log_dir: str | None = None,
+    prestart_workers: bool = False,
 ) -> NodeProcesses:
     """Starts a node's processes; on the head also the GCS. Returns once both serve."""
     token = token if token is not None else secrets.token_hex(16)
@@ -139,6 +140,8 @@ def start_node(
         argv += ["--spill-dir", logs]
         if head:
             argv.append("--head")
+        if prestart_workers:
+            argv.append("--prestart-workers")
         raylet = Child.spawn(
             "raylet", argv, env, lifeline=lifeline, detach=detach, log_path=log_path("raylet")
         )

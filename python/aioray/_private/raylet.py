@@ -82,7 +82,9 @@ class Raylet(pb.RayletBase):
         self.spill = SpillManager(
             self.store, os.path.join(args.spill_dir, f"spill-{self.node_id.hex()[:16]}")
         )
-        self.min_workers = max(1, int(self.total.get("CPU"))) if args.prestart else 0
+        # Workers start on demand (a lease that finds none idle starts one), so an idle node is three
+        # processes; --prestart-workers starts one per CPU at once for the first tasks' latency.
+        self.min_workers = max(1, int(self.total.get("CPU"))) if args.prestart_workers else 0
         self.workers: dict[bytes, WorkerProc] = {}
         self.idle: collections.deque[WorkerProc] = collections.deque()
         self.starting = 0
@@ -171,8 +173,14 @@ class Raylet(pb.RayletBase):
             await self.channels.stub(self.gcs_address, pb.GcsStub).report_resources(report, timeout=5)
 
     # -- worker pool -----------------------------------------------------------------------------
-    async def start_worker(self) -> None:
-        self.starting += 1
+    def start_workers(self, count: int) -> None:
+        """Starts `count` workers in the background; counted as starting at once, so that the
+        dispatches that run before they register do not start more for the same demand."""
+        self.starting += count
+        for _ in range(count):
+            self._spawn(self._start_worker())
+
+    async def _start_worker(self) -> None:
         worker_id = random_id(16)
         env = dict(os.environ)
         env.update(
@@ -336,12 +344,16 @@ class Raylet(pb.RayletBase):
             return
         still_waiting = []
         wanted_workers = 0
+        # Waiters that will get the next started workers hold their resources in this budget, so
+        # one free CPU starts one worker however many requests are queued for it.
+        budget = self.available
         for waiter in self.waiting:
             if waiter.future.done():
                 continue
-            if not waiter.resources.fits_in(self.available):
+            if not waiter.resources.fits_in(budget):
                 still_waiting.append(waiter)
                 continue
+            budget = budget - waiter.resources
             if not self.idle:
                 still_waiting.append(waiter)
                 wanted_workers += 1
@@ -361,8 +373,7 @@ class Raylet(pb.RayletBase):
                 )
             )
         self.waiting = still_waiting
-        for _ in range(max(0, wanted_workers - self.starting)):
-            self._spawn(self.start_worker())
+        self.start_workers(max(0, wanted_workers - self.starting))
         self.schedule_report()
 
     def _release(self, lease: Lease) -> None:
@@ -527,8 +538,7 @@ async def serve(args: argparse.Namespace, token: str) -> None:
         loop.add_signal_handler(sig, raylet.stopped.set)
     process.watch_lifeline(loop, raylet.stopped.set)
     raylet._spawn(raylet.refresh_view())
-    for _ in range(raylet.min_workers):
-        raylet._spawn(raylet.start_worker())
+    raylet.start_workers(raylet.min_workers)
     process.announce_ready(
         json.dumps(
             {"address": raylet.address, "node_id": raylet.node_id.hex(), "store_name": raylet.store_name}
@@ -552,7 +562,7 @@ def main() -> None:
     parser.add_argument(
         "--spill-dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "aioray-session")
     )
-    parser.add_argument("--no-prestart", dest="prestart", action="store_false")
+    parser.add_argument("--prestart-workers", action="store_true")
     args = parser.parse_args()
     token = os.environ.get(process.TOKEN_ENV, "")
     process.install_uvloop()
