@@ -125,3 +125,32 @@ def test_spill_directory_is_removed_at_shutdown() -> None:
     finally:
         aioray.shutdown()
     assert not os.path.exists(spill_dir)
+
+
+def test_workers_start_on_demand_one_per_free_cpu() -> None:
+    from .conftest import _aioray_children
+
+    def workers() -> set[int]:
+        pids = set()
+        for pid in _aioray_children():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if b"worker_main" in f.read():
+                        pids.add(pid)
+            except OSError:
+                continue  # exited meanwhile
+        return pids
+
+    @aioray.remote
+    def pid(i: int) -> int:
+        return os.getpid()
+
+    aioray.init(num_cpus=2)
+    try:
+        assert workers() == set(), "an idle cluster has no workers yet"
+        ran_on = set(aioray.get([pid.remote(i) for i in range(300)], timeout=60))
+        started = workers()
+        # Hundreds of queued lease requests for two CPUs start two workers, not one per request.
+        assert ran_on <= started and 1 <= len(started) <= 2
+    finally:
+        aioray.shutdown()
