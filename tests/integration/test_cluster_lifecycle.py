@@ -154,3 +154,42 @@ def test_workers_start_on_demand_one_per_free_cpu() -> None:
         assert ran_on <= started and 1 <= len(started) <= 2
     finally:
         aioray.shutdown()
+
+
+def test_gcs_subscription_starts_with_the_view_then_streams_resource_reports() -> None:
+    from aioray._private import worker_api
+    from aioray._private.pubsub import NODE_CHANNEL, RESOURCE_CHANNEL, VIEW_CHANNEL
+
+    @aioray.remote
+    def one() -> int:
+        return 1
+
+    aioray.init(num_cpus=1, object_store_memory=64 << 20)
+    try:
+        conn = worker_api.require()
+
+        async def follow() -> tuple[pb.ClusterView, pb.ResourceReport]:
+            channels = rpc.ChannelPool(conn.core.token)
+            try:
+                stub = channels.stub(conn.gcs_address, pb.GcsStub)
+                request = pb.SubscribeRequest(
+                    channels=[NODE_CHANNEL, RESOURCE_CHANNEL], with_cluster_view=True
+                )
+                async with asyncio.timeout(30):
+                    stream = stub.subscribe(request).__aiter__()
+                    first = await stream.__anext__()
+                    assert first.channel == VIEW_CHANNEL
+                    await asyncio.to_thread(aioray.get, one.remote(), timeout=30)  # the raylet reports
+                    msg = await stream.__anext__()
+                    while msg.channel != RESOURCE_CHANNEL:  # node messages may come first
+                        msg = await stream.__anext__()
+                    await stream.aclose()
+                return pb.ClusterView().parse(first.data), pb.ResourceReport().parse(msg.data)
+            finally:
+                channels.close()
+
+        view, report = asyncio.run(follow())
+        assert [n.node_id for n in view.nodes] == [report.node_id]
+        assert report.available.amounts["CPU"] in (0.0, 1.0)
+    finally:
+        aioray.shutdown()

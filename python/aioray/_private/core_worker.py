@@ -30,6 +30,7 @@ from aioray._private.functions import FunctionManager
 from aioray._private.ids import IdGenerator, object_id
 from aioray._private.object_ref import ObjectRef
 from aioray._private.ownership import ObjectValue, OwnershipTable, Released
+from aioray._private.pubsub import NODE_CHANNEL
 from aioray._private.resources import ResourceSet
 from aioray._private.spill import SPILL_THRESHOLD
 from aioray._private.submitter import PendingTask, TaskSubmitter
@@ -144,7 +145,7 @@ class CoreWorker(pb.CoreWorkerBase):
     async def _watch_nodes(self) -> None:
         """Learns of node deaths from the GCS, to rebuild lost objects before using them."""
         with contextlib.suppress(*rpc.CONNECTION_ERRORS, rpc.GRPCError):
-            async for msg in self.gcs_stub().subscribe(pb.SubscribeRequest(channels=["nodes"])):
+            async for msg in self.gcs_stub().subscribe(pb.SubscribeRequest(channels=[NODE_CHANNEL])):
                 node = pb.NodeInfo().parse(msg.data)
                 if node.alive:
                     self.node_addresses[node.node_id] = node.address

@@ -16,11 +16,11 @@ from collections.abc import AsyncIterator
 
 from aioray._private import process, rpc
 from aioray._private.gcs_actors import ActorManager
+from aioray._private.pubsub import NODE_CHANNEL, RESOURCE_CHANNEL, VIEW_CHANNEL
 from aioray._proto.aioray import v1 as pb
 
 log = process.setup_logging("gcs")
 
-NODE_CHANNEL = "nodes"
 HEALTH_CHECK_PERIOD_S = 1.0
 HEALTH_CHECK_TIMEOUT_S = 3.0  # a raylet starved of CPU for a moment is not dead
 HEALTH_CHECK_FAILURES = 3
@@ -61,6 +61,8 @@ class GcsService(pb.GcsBase):
             node.spilled_bytes = resource_report.spilled_bytes
             node.restored_bytes = resource_report.restored_bytes
             node.spilled_total = resource_report.spilled_total
+            if self._subscribers.get(RESOURCE_CHANNEL):
+                self._publish(RESOURCE_CHANNEL, bytes(resource_report))
         return pb.Empty()
 
     def _view(self) -> pb.ClusterView:
@@ -195,6 +197,8 @@ class GcsService(pb.GcsBase):
 
     async def subscribe(self, subscribe_request: pb.SubscribeRequest) -> AsyncIterator[pb.PubMessage]:
         q: asyncio.Queue[pb.PubMessage | None] = asyncio.Queue()
+        if subscribe_request.with_cluster_view:  # queued before any update, in the same loop step
+            q.put_nowait(pb.PubMessage(channel=VIEW_CHANNEL, data=bytes(self._view())))
         for ch in subscribe_request.channels:
             self._subscribers.setdefault(ch, set()).add(q)
         try:

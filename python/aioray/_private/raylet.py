@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from aioray._private import process, rpc
 from aioray._private.ids import random_id
 from aioray._private.object_manager import ObjectManager
+from aioray._private.pubsub import NODE_CHANNEL, RESOURCE_CHANNEL, VIEW_CHANNEL
 from aioray._private.resources import ResourceSet
 from aioray._private.spill import Spilled, SpillManager
 from aioray._proto.aioray import v1 as pb
@@ -33,7 +34,7 @@ log = process.setup_logging("raylet")
 
 WORKER_START_TIMEOUT_S = 60.0
 REPORT_DELAY_S = 0.05
-VIEW_REFRESH_S = 0.5
+RESUBSCRIBE_S = 0.5
 
 
 @dataclass(eq=False)
@@ -144,12 +145,32 @@ class Raylet(pb.RayletBase):
             stub = self.channels.stub(self.gcs_address, pb.GcsStub)
             self.cluster_view = list((await stub.get_cluster_view(pb.Empty(), timeout=5)).nodes)
 
-    async def refresh_view(self) -> None:
+    async def follow_cluster(self) -> None:
+        """Keeps `cluster_view` current from the GCS's node and resource channels (no polling)."""
         stub = self.channels.stub(self.gcs_address, pb.GcsStub)
+        request = pb.SubscribeRequest(channels=[NODE_CHANNEL, RESOURCE_CHANNEL], with_cluster_view=True)
         while not self.stopping:
-            await asyncio.sleep(VIEW_REFRESH_S)
-            with contextlib.suppress(Exception):
-                self.cluster_view = list((await stub.get_cluster_view(pb.Empty(), timeout=5)).nodes)
+            with contextlib.suppress(*rpc.CONNECTION_ERRORS, rpc.GRPCError):
+                async for msg in stub.subscribe(request):
+                    self._apply_cluster_update(msg)
+            if not self.stopping:  # the GCS went away: try again (it may come back)
+                await asyncio.sleep(RESUBSCRIBE_S)
+
+    def _apply_cluster_update(self, msg: pb.PubMessage) -> None:
+        if msg.channel == VIEW_CHANNEL:
+            self.cluster_view = list(pb.ClusterView().parse(msg.data).nodes)
+        elif msg.channel == NODE_CHANNEL:
+            node = pb.NodeInfo().parse(msg.data)
+            others = [n for n in self.cluster_view if n.node_id != node.node_id]
+            self.cluster_view = [*others, node]
+        elif msg.channel == RESOURCE_CHANNEL:
+            report = pb.ResourceReport().parse(msg.data)
+            for n in self.cluster_view:
+                if n.node_id == report.node_id:
+                    n.available = report.available
+                    n.store_used = report.store_used
+                    n.store_objects = report.store_objects
+                    n.num_workers = report.num_workers
 
     def schedule_report(self) -> None:
         if not self._report_scheduled and not self.stopping:
@@ -537,7 +558,7 @@ async def serve(args: argparse.Namespace, token: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, raylet.stopped.set)
     process.watch_lifeline(loop, raylet.stopped.set)
-    raylet._spawn(raylet.refresh_view())
+    raylet._spawn(raylet.follow_cluster())
     raylet.start_workers(raylet.min_workers)
     process.announce_ready(
         json.dumps(

@@ -238,6 +238,11 @@ class PubMessage(betterproto.Message):
 @dataclass(eq=False, repr=False)
 class SubscribeRequest(betterproto.Message):
     channels: List[str] = betterproto.string_field(1)
+    with_cluster_view: bool = betterproto.bool_field(2)
+    """
+    First send the whole cluster view (channel "cluster_view", a ClusterView), so that a
+     subscriber misses no change between its snapshot and its first update.
+    """
 
 
 @dataclass(eq=False, repr=False)
