@@ -120,6 +120,10 @@ impl PyObjectStore {
         self.store.set_pinned(object_id, false).map_err(|e| to_py(py, e))
     }
 
+    fn reap_dead_clients(&self, py: Python<'_>) -> PyResult<u64> {
+        self.store.reap_dead_clients().map_err(|e| to_py(py, e))
+    }
+
     fn evict(&self, py: Python<'_>, nbytes: u64) -> PyResult<u64> {
         self.store.evict(nbytes).map_err(|e| to_py(py, e))
     }
@@ -155,6 +159,7 @@ impl PyObjectStore {
         d.set_item("evictable_bytes", s.evictable_bytes)?;
         d.set_item("max_objects", s.max_objects)?;
         d.set_item("num_recoveries", s.num_recoveries)?;
+        d.set_item("reaped_readers", s.reaped_readers)?;
         Ok(d)
     }
 

@@ -2,16 +2,20 @@
 //! inside one shared segment and guarded by a robust process-shared mutex, so a
 //! create, seal or get is a few hundred nanoseconds in any process of the node.
 //!
-//! Segment layout: `[Header | entries | hash index | data region]`.
+//! Segment layout: `[Header | entries | hash index | reader ledgers | data region]`.
+//!
+//! Every process that reads or creates objects claims a *client* slot whose ledger
+//! records the reader references it holds; when it dies without releasing them,
+//! [`Store::reap_dead_clients`] gives them back, so its objects can be freed and evicted.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use crate::alloc::{block_size_for, AllocState, Heap, BLOCK_HEADER};
 use crate::error::{Result, StoreError};
 use crate::segment::Segment;
 
 const MAGIC: u64 = 0x6169_6f72_6179_5354; // "aiorayST"
-const VERSION: u64 = 1;
+const VERSION: u64 = 2;
 const NIL: u32 = u32::MAX;
 const PAGE: u64 = 4096;
 /// Longest object id, in bytes.
@@ -22,6 +26,11 @@ const STATE_CREATED: u32 = 1;
 const STATE_SEALED: u32 = 2;
 const FLAG_PINNED: u32 = 1;
 const FLAG_DELETE_PENDING: u32 = 2;
+/// Processes of a node that may hold reader references at once (each one's references are tracked).
+const MAX_CLIENTS: u64 = 128;
+/// Distinct objects one process's ledger tracks (a power of two, kept at most 3/4 full);
+/// references beyond it are counted but cannot be given back if the process dies.
+const LEDGER_RECORDS: u64 = 512;
 
 #[repr(C)]
 struct Header {
@@ -45,6 +54,8 @@ struct Header {
     evicted_bytes: u64,
     num_reclaimed: u64,
     num_recoveries: u64,
+    clients_off: u64,
+    reaped_readers: u64,
     lru_head: u32,
     lru_tail: u32,
     free_entry: u32,
@@ -78,6 +89,29 @@ impl Entry {
     }
 }
 
+/// One reader reference count a client holds on one object (empty when `count` is 0).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Record {
+    entry: u32,
+    count: u32,
+    generation: u64,
+}
+
+/// A process's ledger of the reader references it holds (free when `pid` is 0).
+#[repr(C)]
+struct Client {
+    pid: i32,
+    _pad: u32,
+    /// The process's start time (clock ticks since boot), so a reused pid is not taken for it.
+    start_time: u64,
+    /// Records in use.
+    held: u32,
+    /// References the full ledger could not record.
+    untracked: u32,
+    records: [Record; LEDGER_RECORDS as usize],
+}
+
 /// A snapshot of the store's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -105,6 +139,8 @@ pub struct Stats {
     pub max_objects: u64,
     /// Times the lock was found abandoned by a dead process and the metadata rebuilt.
     pub num_recoveries: u64,
+    /// Reader references of dead processes given back.
+    pub reaped_readers: u64,
 }
 
 /// A writable object handed out by [`Store::create_object`]; it holds a reader
@@ -138,6 +174,9 @@ pub struct CreateOptions {
 pub struct Store {
     seg: Segment,
     pid: i32,
+    start_time: u64,
+    /// This process's client slot, NIL until its first create or get.
+    client: AtomicU32,
     creator: bool,
     destroyed: AtomicBool,
 }
@@ -153,6 +192,23 @@ fn check_id(id: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The start time of a process (field 22 of `/proc/<pid>/stat`), or 0 when unknown.
+fn process_start_time(pid: i32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whether the process that claimed a client slot is still running (not merely its pid reused).
+fn client_alive(pid: i32, start_time: u64) -> bool {
+    pid_alive(pid) && (start_time == 0 || process_start_time(pid) == start_time)
+}
+
 fn pid_alive(pid: i32) -> bool {
     // SAFETY: signal 0 performs only the existence/permission check.
     let rc = unsafe { libc::kill(pid, 0) };
@@ -164,6 +220,19 @@ fn round_up(v: u64, to: u64) -> u64 {
 }
 
 impl Store {
+    fn new(seg: Segment, creator: bool) -> Self {
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        Store {
+            seg,
+            pid,
+            start_time: process_start_time(pid),
+            client: AtomicU32::new(NIL),
+            creator,
+            destroyed: AtomicBool::new(false),
+        }
+    }
+
     /// Creates a store of `capacity` payload bytes in a new segment `name`.
     pub fn create(name: &str, capacity: u64, opts: CreateOptions) -> Result<Self> {
         let (len, max_objects) = Self::layout_len(capacity, opts)?;
@@ -193,8 +262,7 @@ impl Store {
         if header.segment_len != seg.len() as u64 {
             return Err(StoreError::BadSegment(format!("{name} has the wrong length")));
         }
-        // SAFETY: getpid has no preconditions.
-        Ok(Store { seg, pid: unsafe { libc::getpid() }, creator: false, destroyed: AtomicBool::new(false) })
+        Ok(Store::new(seg, false))
     }
 
     fn layout_len(capacity: u64, opts: CreateOptions) -> Result<(u64, u64)> {
@@ -208,7 +276,8 @@ impl Store {
         let index_slots = (max_objects * 2).next_power_of_two();
         let entries_off = round_up(std::mem::size_of::<Header>() as u64, PAGE);
         let index_off = entries_off + max_objects * std::mem::size_of::<Entry>() as u64;
-        let data_off = round_up(index_off + index_slots * 4, PAGE);
+        let clients_off = round_up(index_off + index_slots * 4, 64);
+        let data_off = round_up(clients_off + MAX_CLIENTS * std::mem::size_of::<Client>() as u64, PAGE);
         // One header of slack, so an object of exactly `capacity` bytes fits an empty store
         // (the same length is formatted in `init`).
         let data_len = round_up(capacity, BLOCK_HEADER) + BLOCK_HEADER;
@@ -219,7 +288,8 @@ impl Store {
         let index_slots = (max_objects * 2).next_power_of_two();
         let entries_off = round_up(std::mem::size_of::<Header>() as u64, PAGE);
         let index_off = entries_off + max_objects * std::mem::size_of::<Entry>() as u64;
-        let data_off = round_up(index_off + index_slots * 4, PAGE);
+        let clients_off = round_up(index_off + index_slots * 4, 64);
+        let data_off = round_up(clients_off + MAX_CLIENTS * std::mem::size_of::<Client>() as u64, PAGE);
         if opts.populate {
             seg.populate(0, seg.len())?;
         }
@@ -233,6 +303,7 @@ impl Store {
         header.index_slots = index_slots;
         header.entries_off = entries_off;
         header.index_off = index_off;
+        header.clients_off = clients_off;
         header.data_off = data_off;
         header.segment_len = seg.len() as u64;
         // SAFETY: attr and the header's mutex are valid memory; the mutex is
@@ -248,13 +319,7 @@ impl Store {
                 return Err(StoreError::Os { op: "pthread_mutex_init", errno: rc });
             }
         }
-        let store = Store {
-            seg,
-            // SAFETY: getpid has no preconditions.
-            pid: unsafe { libc::getpid() },
-            creator: true,
-            destroyed: AtomicBool::new(false),
-        };
+        let store = Store::new(seg, true);
         {
             let mut t = store.lock()?;
             t.heap().format(round_up(capacity, BLOCK_HEADER) + BLOCK_HEADER);
@@ -364,6 +429,7 @@ impl Store {
     /// creators. Returns the bytes freed.
     pub fn evict(&self, nbytes: u64) -> Result<u64> {
         let mut t = self.lock()?;
+        t.reap_dead_clients_only();
         let mut freed = t.reclaim_dead();
         while freed < nbytes {
             match t.evict_one() {
@@ -372,6 +438,14 @@ impl Store {
             }
         }
         Ok(freed)
+    }
+
+    /// Gives back the reader references of processes that died holding them (freeing objects
+    /// whose deletion waited for them) and frees the unsealed objects those processes created.
+    /// The raylet calls it when a worker exits; creates that run short of room do it too.
+    /// Returns the number of references given back.
+    pub fn reap_dead_clients(&self) -> Result<u64> {
+        Ok(self.lock()?.reap_dead_clients())
     }
 
     /// Ids of sealed, unpinned, unread objects in LRU order (oldest first), at most `limit`.
@@ -431,6 +505,7 @@ impl Store {
             evictable_bytes,
             max_objects: h.max_objects,
             num_recoveries: h.num_recoveries,
+            reaped_readers: h.reaped_readers,
         })
     }
 
@@ -521,6 +596,161 @@ impl Locked<'_> {
         let off = h.index_off as usize + s as usize * 4;
         // SAFETY: s is below index_slots, so the slot lies inside the index; the lock is held.
         unsafe { &mut *(self.base().add(off) as *mut u32) }
+    }
+
+    fn client(&mut self, c: u32) -> &mut Client {
+        let h = self.header();
+        assert!((c as u64) < MAX_CLIENTS, "client index {c} out of range");
+        let off = h.clients_off as usize + c as usize * std::mem::size_of::<Client>();
+        // SAFETY: c is in range, so the client lies inside the clients array; the lock is held.
+        unsafe { &mut *(self.base().add(off) as *mut Client) }
+    }
+
+    /// This process's client slot, claimed on first use; None when every slot is taken by a
+    /// live process (its references then go untracked).
+    fn client_slot(&mut self) -> Option<u32> {
+        let cached = self.store.client.load(Ordering::Relaxed);
+        if cached != NIL {
+            return Some(cached);
+        }
+        let (pid, start_time) = (self.store.pid, self.store.start_time);
+        let mut free = None;
+        for c in 0..MAX_CLIENTS as u32 {
+            let cl = self.client(c);
+            if cl.pid == pid && cl.start_time == start_time {
+                free = Some(c); // another mapping of the store in this process: share its ledger
+                break;
+            }
+            if cl.pid == 0 && free.is_none() {
+                free = Some(c);
+            }
+        }
+        if free.is_none() && self.reap_dead_clients_only() > 0 {
+            free = (0..MAX_CLIENTS as u32).find(|&c| self.client(c).pid == 0);
+        }
+        let c = free?;
+        let cl = self.client(c);
+        if cl.pid != pid {
+            cl.pid = pid;
+            cl.start_time = start_time;
+            cl.held = 0;
+            cl.untracked = 0;
+        }
+        self.store.client.store(c, Ordering::Relaxed);
+        Some(c)
+    }
+
+    /// Records one more reader reference of this process on entry `e`.
+    fn ledger_add(&mut self, e: u32, generation: u64) {
+        let Some(c) = self.client_slot() else { return };
+        let cl = self.client(c);
+        let mask = LEDGER_RECORDS - 1;
+        let mut r = (e as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32 & mask;
+        loop {
+            let rec = &mut cl.records[r as usize];
+            if rec.count == 0 {
+                if cl.held as u64 >= LEDGER_RECORDS * 3 / 4 {
+                    cl.untracked += 1;
+                    return;
+                }
+                *rec = Record { entry: e, count: 1, generation };
+                cl.held += 1;
+                return;
+            }
+            if rec.entry == e && rec.generation == generation {
+                rec.count += 1;
+                return;
+            }
+            r = (r + 1) & mask;
+        }
+    }
+
+    /// Forgets one reader reference of this process on entry `e`.
+    fn ledger_remove(&mut self, e: u32, generation: u64) {
+        let Some(c) = self.client_slot() else { return };
+        let cl = self.client(c);
+        let mask = LEDGER_RECORDS - 1;
+        let home = |entry: u32| (entry as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32 & mask;
+        let mut r = home(e);
+        loop {
+            let rec = cl.records[r as usize];
+            if rec.count == 0 {
+                cl.untracked = cl.untracked.saturating_sub(1); // it was one the full ledger skipped
+                return;
+            }
+            if rec.entry == e && rec.generation == generation {
+                break;
+            }
+            r = (r + 1) & mask;
+        }
+        cl.records[r as usize].count -= 1;
+        if cl.records[r as usize].count > 0 {
+            return;
+        }
+        // Backward-shift deletion, as in the hash index.
+        cl.held -= 1;
+        let (mut hole, mut j) = (r, r);
+        loop {
+            j = (j + 1) & mask;
+            let rec = cl.records[j as usize];
+            if rec.count == 0 {
+                break;
+            }
+            let h = home(rec.entry);
+            let stays = if hole <= j { hole < h && h <= j } else { hole < h || h <= j };
+            if !stays {
+                cl.records[hole as usize] = rec;
+                hole = j;
+            }
+        }
+        cl.records[hole as usize].count = 0;
+    }
+
+    /// Frees the client slots of dead processes, giving back their reader references;
+    /// returns how many references were given back.
+    fn reap_dead_clients_only(&mut self) -> u64 {
+        let mut given_back = 0;
+        for c in 0..MAX_CLIENTS as u32 {
+            let (pid, start_time) = {
+                let cl = self.client(c);
+                (cl.pid, cl.start_time)
+            };
+            if pid == 0 || client_alive(pid, start_time) {
+                continue;
+            }
+            for r in 0..LEDGER_RECORDS as usize {
+                let rec = self.client(c).records[r];
+                if rec.count == 0 || rec.entry as u64 >= self.header().max_objects {
+                    continue;
+                }
+                let en = self.entry(rec.entry);
+                if en.state == STATE_FREE || en.generation != rec.generation {
+                    continue;
+                }
+                let n = rec.count.min(en.readers);
+                en.readers -= n;
+                given_back += n as u64;
+                if en.readers == 0 && en.flags & FLAG_DELETE_PENDING != 0 {
+                    self.free_entry(rec.entry);
+                }
+            }
+            let cl = self.client(c);
+            cl.pid = 0;
+            cl.start_time = 0;
+            cl.held = 0;
+            cl.untracked = 0;
+            for rec in cl.records.iter_mut() {
+                rec.count = 0;
+            }
+        }
+        self.header().reaped_readers += given_back;
+        given_back
+    }
+
+    fn reap_dead_clients(&mut self) -> u64 {
+        let given_back = self.reap_dead_clients_only();
+        self.reclaim_dead();
+        given_back
     }
 
     fn heap(&mut self) -> Heap<'_> {
@@ -680,6 +910,7 @@ impl Locked<'_> {
         en.state = STATE_CREATED;
         let generation = en.generation;
         self.index_insert(e);
+        self.ledger_add(e, generation);
         let h = self.header();
         h.num_objects += 1;
         h.object_bytes += size;
@@ -698,7 +929,9 @@ impl Locked<'_> {
         // every evictable object could not hold the request. Only then is it worth
         // scanning the whole table for unsealed objects of dead creators.
         if self.heap().free_bytes() + self.evictable_bytes() < need {
-            if self.reclaim_dead() > 0 {
+            // Readers that died may be all that holds objects in place.
+            let given_back = self.reap_dead_clients_only();
+            if self.reclaim_dead() > 0 || given_back > 0 {
                 if let Some(b) = self.heap().alloc(need) {
                     return Ok(b);
                 }
@@ -832,6 +1065,7 @@ impl Locked<'_> {
         let en = self.entry(e);
         en.readers += 1;
         let (block, len, generation) = (en.block, en.size as usize, en.generation);
+        self.ledger_add(e, generation);
         Some(ObjectRef { ptr: self.payload_ptr(block), len, entry: e, generation })
     }
 
@@ -844,7 +1078,9 @@ impl Locked<'_> {
             return;
         }
         en.readers -= 1;
-        if en.readers == 0 && en.flags & FLAG_DELETE_PENDING != 0 {
+        let now_unread = en.readers == 0 && en.flags & FLAG_DELETE_PENDING != 0;
+        self.ledger_remove(e, generation);
+        if now_unread {
             self.free_entry(e);
         }
     }
@@ -991,6 +1227,28 @@ impl Locked<'_> {
         }
         if in_lru != sealed || self.header().lru_tail != prev {
             return Err(format!("LRU holds {in_lru} of {sealed} sealed objects"));
+        }
+        // No object has fewer readers than the ledgers record for it.
+        let mut recorded = std::collections::HashMap::<(u32, u64), u64>::new();
+        for c in 0..MAX_CLIENTS as u32 {
+            let cl = self.client(c);
+            if cl.pid == 0 {
+                continue;
+            }
+            let held = cl.records.iter().filter(|r| r.count > 0).count();
+            if held != cl.held as usize {
+                return Err(format!("client {c} says it holds {} records, has {held}", cl.held));
+            }
+            for rec in cl.records.iter().filter(|r| r.count > 0) {
+                *recorded.entry((rec.entry, rec.generation)).or_default() += rec.count as u64;
+            }
+        }
+        // Records of an older generation belong to dead processes whose objects were reclaimed.
+        for ((e, generation), count) in recorded {
+            let en = self.entry(e);
+            if en.state != STATE_FREE && en.generation == generation && (en.readers as u64) < count {
+                return Err(format!("entry {e} has {} readers, its ledgers record {count}", en.readers));
+            }
         }
         Ok(())
     }

@@ -95,6 +95,15 @@ class ObjectStore:
         """Protects the object from eviction (``KeyError`` if absent)."""
     def unpin(self, object_id: bytes) -> None:
         """Makes the object evictable again (``KeyError`` if absent)."""
+    def reap_dead_clients(self) -> int:
+        """Gives back the reader references of processes that died without releasing them.
+
+        Objects whose deletion waited on those readers are freed, objects they kept from
+        eviction become evictable again, and unsealed objects the dead processes created
+        are reclaimed. The raylet calls it when a worker exits. Returns the number of
+        references given back. Each process's references are tracked on its first create
+        or get, for up to 128 processes and 384 distinct objects per process.
+        """
     def evict(self, nbytes: int) -> int:
         """Evicts LRU objects until ``nbytes`` are freed or nothing is evictable.
 
@@ -111,7 +120,8 @@ class ObjectStore:
     def stats(self) -> dict[str, int]:
         """Counters: ``capacity``, ``used_bytes``, ``object_bytes``, ``num_objects``,
         ``num_sealed``, ``num_pinned``, ``num_evicted``, ``evicted_bytes``,
-        ``num_reclaimed``, ``evictable_bytes``, ``max_objects``, ``num_recoveries``."""
+        ``num_reclaimed``, ``evictable_bytes``, ``max_objects``, ``num_recoveries``,
+        ``reaped_readers``."""
     def populate(self) -> None:
         """Faults in every page of the segment in this process, contents unchanged."""
     def verify(self) -> None:

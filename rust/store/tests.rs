@@ -164,6 +164,72 @@ fn recovery_rebuilds_identical_metadata() {
     assert_eq!(s.evictable(100).unwrap().len(), 9);
 }
 
+/// A pid that belonged to a process that has exited.
+fn dead_pid() -> i32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    child.wait().unwrap();
+    child.id() as i32
+}
+
+#[test]
+fn readers_of_a_dead_client_are_given_back() {
+    let s = store(1 << 20, 64);
+    put(&s, b"a", 1000);
+    put(&s, b"b", 1000);
+    let _r1 = s.get(b"a").unwrap().unwrap();
+    let _r2 = s.get(b"a").unwrap().unwrap();
+    let _r3 = s.get(b"b").unwrap().unwrap();
+    let _unsealed = s.create_object(b"c", 10).unwrap();
+    {
+        // Hand this process's ledger to a dead process, as if it had made those calls and died.
+        let mut t = s.lock().unwrap();
+        let c = t.client_slot().unwrap();
+        let pid = dead_pid();
+        t.client(c).pid = pid;
+        t.store.client.store(NIL, Ordering::Relaxed);
+        let (_, e) = t.find(b"c").unwrap();
+        t.entry(e).creator_pid = pid;
+    }
+    s.delete(b"a").unwrap();
+    assert_eq!(s.evictable(10).unwrap().len(), 0);
+    assert_eq!(s.reap_dead_clients().unwrap(), 4);
+    let st = s.stats().unwrap();
+    assert_eq!((st.num_objects, st.reaped_readers, st.num_reclaimed), (1, 4, 1));
+    assert_eq!(s.evictable(10).unwrap().len(), 1); // b is unread now
+    s.verify().unwrap().unwrap();
+    // This process claims a fresh slot and is tracked again.
+    let r = s.get(b"b").unwrap().unwrap();
+    assert_eq!(s.reap_dead_clients().unwrap(), 0);
+    s.release(r.entry, r.generation).unwrap();
+    s.verify().unwrap().unwrap();
+}
+
+#[test]
+fn a_full_ledger_counts_the_rest_untracked() {
+    let s = store(4 << 20, 1024);
+    let n = LEDGER_RECORDS as usize; // more distinct objects than a ledger records
+    let refs: Vec<ObjectRef> = (0..n as u16)
+        .map(|i| {
+            put(&s, &i.to_le_bytes(), 8);
+            s.get(&i.to_le_bytes()).unwrap().unwrap()
+        })
+        .collect();
+    {
+        let mut t = s.lock().unwrap();
+        let c = t.client_slot().unwrap();
+        let cl = t.client(c);
+        assert_eq!(cl.held as u64, LEDGER_RECORDS * 3 / 4);
+        assert_eq!(cl.untracked as usize, n - cl.held as usize);
+    }
+    s.verify().unwrap().unwrap();
+    for r in refs {
+        s.release(r.entry, r.generation).unwrap();
+    }
+    let mut t = s.lock().unwrap();
+    let c = t.client_slot().unwrap();
+    assert_eq!((t.client(c).held, t.client(c).untracked), (0, 0));
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Create(u8, u16),

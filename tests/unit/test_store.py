@@ -200,6 +200,55 @@ def test_evict_reclaims_unsealed_objects_of_dead_creators(store: ObjectStore) ->
     assert store.stats()["num_objects"] == 0
 
 
+def test_readers_of_a_dead_process_are_given_back(store: ObjectStore) -> None:
+    put(store, b"read-then-killed", b"x" * (4 * MiB))
+    used = store.stats()["used_bytes"]
+    run_child(
+        """
+        import os, sys
+        from aioray._store import ObjectStore
+        s = ObjectStore.attach(sys.argv[1])
+        views = [s.get(b"read-then-killed") for _ in range(3)]  # three references, never released
+        half = s.create(b"never-sealed", 1024)
+        os._exit(0)
+        """,
+        store.name,
+    )
+    assert store.delete(b"read-then-killed")  # deferred: the dead reader still counts
+    assert store.stats()["used_bytes"] >= used
+    assert store.evictable() == []
+    assert store.reap_dead_clients() == 4  # three gets and the create
+    stats = store.stats()
+    assert stats["used_bytes"] == 0 and stats["num_objects"] == 0
+    assert stats["reaped_readers"] == 4 and stats["num_reclaimed"] == 1
+
+
+def test_reaping_spares_live_readers(store: ObjectStore) -> None:
+    put(store, b"shared", b"y" * 1000)
+    mine = store.get(b"shared")
+    child = spawn_child(
+        """
+        import sys, time
+        from aioray._store import ObjectStore
+        s = ObjectStore.attach(sys.argv[1])
+        v = s.get(b"shared")
+        print("reading", flush=True)
+        time.sleep(60)
+        """,
+        store.name,
+    )
+    assert child.stdout is not None and child.stdout.readline().strip() == "reading"
+    assert store.reap_dead_clients() == 0
+    assert store.delete(b"shared")
+    assert bytes(memoryview(mine)[:1]) == b"y"
+    mine.release()
+    assert store.stats()["used_bytes"] > 0  # the child still reads it
+    child.kill()
+    child.wait()
+    assert store.reap_dead_clients() == 1
+    assert store.stats()["used_bytes"] == 0
+
+
 def test_process_killed_while_holding_the_lock(store: ObjectStore) -> None:
     put(store, b"before", b"kept")
     child = spawn_child(

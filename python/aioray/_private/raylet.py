@@ -249,6 +249,9 @@ class Raylet(pb.RayletBase):
         code = await worker.proc.wait()
         with contextlib.suppress(OSError):
             os.close(worker.lifeline)
+        # Views of store objects it still held would keep them from being freed or evicted.
+        with contextlib.suppress(Exception):
+            self.store.reap_dead_clients()
         self.workers.pop(worker.worker_id, None)
         with contextlib.suppress(ValueError):
             self.idle.remove(worker)
