@@ -108,3 +108,28 @@ def test_objects_made_by_nested_tasks_are_freed(ray, store_of_node) -> None:
     total, oid = ray.get(outer.remote(), timeout=30)
     assert total == BIG
     eventually(lambda: not store.contains(oid), 10, "the nested task's return leaving the store")
+
+
+def test_views_held_by_a_crashed_worker_do_not_pin_the_memory(ray, store_of_node) -> None:
+    import os
+
+    import pytest
+
+    @ray.remote(max_retries=0)
+    def crash_while_reading(x):
+        assert x.nbytes == BIG  # a zero-copy view of the store object, never released
+        os._exit(1)
+
+    store = store_of_node()
+    used_before = store.stats()["used_bytes"]
+    ref = ray.put(np.ones(BIG, dtype=np.uint8))
+    with pytest.raises(ray.exceptions.WorkerCrashedError):
+        ray.get(crash_while_reading.remote(ref), timeout=60)
+    del ref
+    gc.collect()
+    # The owner deletes the object; the dead worker's reference is given back when the raylet
+    # sees it exit, so the memory returns instead of waiting for a release that never comes.
+    eventually(
+        lambda: store.stats()["used_bytes"] <= used_before, 10, "the crashed reader's memory returning"
+    )
+    assert store.stats()["reaped_readers"] >= 1
