@@ -527,6 +527,13 @@ class CoreWorker(pb.CoreWorkerBase):
         if fut is not None and not fut.done():
             fut.set_result(value)
 
+    def _value_future(self, oid: bytes) -> asyncio.Future[ObjectValue]:
+        """On the loop: the future `set_result` completes when the value of owned `oid` arrives."""
+        fut = self._futures.get(oid)
+        if fut is None:
+            fut = self._futures[oid] = self.loop.create_future()
+        return fut
+
     async def wait_value(self, oid: bytes, owner: str, timeout: float | None) -> ObjectValue:
         """On the loop: the object's value (location), waiting for it to exist."""
         entry = self.refs.get(oid)
@@ -535,10 +542,7 @@ class CoreWorker(pb.CoreWorkerBase):
         if owner == self.address:
             if entry is None:
                 raise ObjectLostError(f"object {oid.hex()} was freed: no reference to it was left")
-            fut = self._futures.get(oid)
-            if fut is None:
-                fut = self._futures[oid] = self.loop.create_future()
-            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+            return await asyncio.wait_for(asyncio.shield(self._value_future(oid)), timeout)
         fetch = self._fetches.get(oid)
         if fetch is None:
             fetch = self._fetches[oid] = self.loop.create_task(self._fetch_from_owner(oid, owner))
@@ -649,10 +653,7 @@ class CoreWorker(pb.CoreWorkerBase):
             elif entry is None:
                 raise ObjectLostError(f"object {oid.hex()} was freed: no reference to it was left")
             elif oid not in owned:
-                fut = self._futures.get(oid)
-                if fut is None:
-                    fut = self._futures[oid] = self.loop.create_future()
-                owned[oid] = fut
+                owned[oid] = self._value_future(oid)
         try:
             async with asyncio.timeout(timeout):
                 if borrowed:
@@ -722,10 +723,7 @@ class CoreWorker(pb.CoreWorkerBase):
             if entry is not None and entry.value is not None:
                 ready_ids.add(oid)
             elif r.owner_address == self.address and entry is not None:
-                fut = self._futures.get(oid)
-                if fut is None:
-                    fut = self._futures[oid] = self.loop.create_future()
-                watched[fut] = oid
+                watched[self._value_future(oid)] = oid
             else:  # borrowed, or owned and already freed (the fetch reports that as its error)
                 task = self.loop.create_task(self.wait_value(oid, r.owner_address, None))
                 fetches.append(task)
