@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aioray.object_manager")
 CHUNK = 4 << 20
+TRANSFER_TIMEOUT_S = 600
 MISSING = (1 << 64) - 1
 _REQUEST_HEAD = struct.Struct("<HB")  # token length, object id length
 _SIZE = struct.Struct("<Q")
@@ -81,7 +82,8 @@ class ObjectManager:
             body = bytearray(token_len + oid_len)
             await _recv_exactly(loop, conn, memoryview(body))
             if not hmac.compare_digest(bytes(body[:token_len]), self.raylet.token.encode()):
-                return  # wrong token: hang up without a word
+                log.warning("refused an object request with a wrong auth token")
+                return  # hang up without a word
             oid = bytes(body[token_len:])
             buf = await self._readable(oid)
             if buf is None:
@@ -95,8 +97,8 @@ class ObjectManager:
                 view.release()
                 if hasattr(buf, "release"):
                     buf.release()
-        except (ConnectionError, OSError):
-            pass
+        except OSError as e:  # the puller went away; it retries or reports the loss itself
+            log.debug("an object transfer to a peer ended early: %s", e)
         finally:
             conn.close()
 
@@ -142,10 +144,11 @@ class ObjectManager:
                 buf = store.create(oid, size)
             view = memoryview(buf)
             try:
-                if sock is not None:
-                    await self._receive_raw(sock, oid, source, view)
-                else:
-                    await self._receive_grpc(oid, source, view)
+                async with asyncio.timeout(TRANSFER_TIMEOUT_S):  # a peer that stalls mid-transfer
+                    if sock is not None:
+                        await self._receive_raw(sock, oid, source, view)
+                    else:
+                        await self._receive_grpc(oid, source, view)
             except BaseException:
                 view.release()
                 buf.release()
@@ -194,7 +197,9 @@ class ObjectManager:
     async def _receive_grpc(self, oid: bytes, source: str, view: memoryview) -> None:
         offset = 0
         stub = self.raylet.channels.stub(source, pb.RayletStub)
-        async for chunk in stub.read_object(pb.ReadRequest(object_id=oid, chunk_size=CHUNK), timeout=600):
+        async for chunk in stub.read_object(
+            pb.ReadRequest(object_id=oid, chunk_size=CHUNK), timeout=TRANSFER_TIMEOUT_S
+        ):
             n = len(chunk.data)
             if offset + n > len(view):
                 raise ConnectionError(f"object {oid.hex()} arrived larger than {len(view)} bytes")
