@@ -24,6 +24,7 @@ import struct
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+from aioray._private.spill import create_off_loop
 from aioray._proto.aioray import v1 as pb
 from aioray.exceptions import ObjectStoreFullError
 
@@ -138,10 +139,10 @@ class ObjectManager:
         sock = await self._connect(data_address) if data_address is not None else None
         try:
             try:
-                buf = store.create(oid, size)
+                buf = await create_off_loop(store, oid, size)
             except ObjectStoreFullError:
                 await self.raylet.spill.spill(size)
-                buf = store.create(oid, size)
+                buf = await create_off_loop(store, oid, size)
             view = memoryview(buf)
             try:
                 async with asyncio.timeout(TRANSFER_TIMEOUT_S):  # a peer that stalls mid-transfer
