@@ -730,8 +730,20 @@ impl Locked<'_> {
                 let n = rec.count.min(en.readers);
                 en.readers -= n;
                 given_back += n as u64;
+                let unsealed_orphan = en.state == STATE_CREATED
+                    && en.creator_pid == pid
+                    && en.readers == 0
+                    && en.flags & FLAG_DELETE_PENDING == 0;
                 if en.readers == 0 && en.flags & FLAG_DELETE_PENDING != 0 {
                     self.free_entry(rec.entry);
+                } else if unsealed_orphan {
+                    // Its creator died before sealing it; known by the ledger, so a reused pid
+                    // cannot pass for the creator as it can in `reclaim_dead`.
+                    let id = self.entry(rec.entry).id().to_vec();
+                    if let Some((slot, e)) = self.find(&id) {
+                        self.remove(slot, e);
+                        self.header().num_reclaimed += 1;
+                    }
                 }
             }
             let cl = self.client(c);

@@ -205,6 +205,24 @@ fn readers_of_a_dead_client_are_given_back() {
 }
 
 #[test]
+fn a_reused_pid_does_not_keep_a_dead_creators_object() {
+    let s = store(1 << 20, 64);
+    let _unsealed = s.create_object(b"half", 100).unwrap();
+    {
+        // The creator died and its pid went to a new process (this one): same pid, later start.
+        let mut t = s.lock().unwrap();
+        let c = t.client_slot().unwrap();
+        t.client(c).start_time += 1;
+        t.store.client.store(NIL, Ordering::Relaxed);
+    }
+    assert_eq!(s.lock().unwrap().reclaim_dead(), 0, "by pid alone the creator looks alive");
+    assert_eq!(s.reap_dead_clients().unwrap(), 1);
+    let st = s.stats().unwrap();
+    assert_eq!((st.num_objects, st.num_reclaimed, st.used_bytes), (0, 1, 0));
+    s.verify().unwrap().unwrap();
+}
+
+#[test]
 fn a_full_ledger_counts_the_rest_untracked() {
     let s = store(4 << 20, 1024);
     let n = LEDGER_RECORDS as usize; // more distinct objects than a ledger records
