@@ -43,6 +43,20 @@ class Keeper:
         return here()
 
 
+@aioray.remote(resources={"a": 0.1})
+class Borrower:
+    """Holds a ref nested in its argument (so it borrows it) without reading it until asked."""
+
+    def __init__(self, refs):
+        self.refs = refs
+
+    def ready(self):
+        return True
+
+    def first_byte(self):
+        return int(aioray.get(self.refs[0], timeout=120)[0])
+
+
 @aioray.remote(num_cpus=0, resources={"slot": 1}, max_retries=3)
 def slow(seconds: float):
     time.sleep(seconds)
@@ -61,6 +75,8 @@ def test_node_death_retries_restarts_and_reconstructs(cluster) -> None:
     keeper = next(k for k in keepers if aioray.get(k.node.remote(), timeout=60) == victim_id)
     # A task running on the victim when it dies (one "slot" per node: one runs on each).
     running = [slow.remote(3) for _ in range(2)]
+    borrower = Borrower.remote([made])
+    assert aioray.get(borrower.ready.remote(), timeout=60)
     time.sleep(1.0)
 
     start = time.monotonic()
@@ -73,7 +89,9 @@ def test_node_death_retries_restarts_and_reconstructs(cluster) -> None:
     assert set(aioray.get(running, timeout=120)) == {survivor_id}
     # The actor restarts on the survivor.
     eventually(lambda: _node_of(keeper) == survivor_id, 60, "the actor restarting on the survivor")
-    # The object whose only copy was there is rebuilt by re-running its task.
+    # The object whose only copy was there is rebuilt by re-running its task: first at a borrower's
+    # request (it cannot read the copy and asks the owner), then the owner reads the new copy.
+    assert aioray.get(borrower.first_byte.remote(), timeout=120) == 3
     value = aioray.get(made, timeout=120)
     assert value.nbytes == 30 * MiB and value[0] == 3
     assert aioray.get(where, timeout=60) == survivor_id, "the task re-ran on the survivor"

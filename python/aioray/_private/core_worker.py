@@ -549,14 +549,16 @@ class CoreWorker(pb.CoreWorkerBase):
             fetch.add_done_callback(lambda _: self._fetches.pop(oid, None))
         return await asyncio.wait_for(asyncio.shield(fetch), timeout)
 
-    async def _fetch_from_owner(self, oid: bytes, owner: str) -> ObjectValue:
+    async def _fetch_from_owner(self, oid: bytes, owner: str, lost: bool = False) -> ObjectValue:
         stub = self.channels.stub(owner, pb.CoreWorkerStub)
         try:
-            reply = await stub.get_object(pb.GetObjectRequest(object_id=oid))
+            reply = await stub.get_object(pb.GetObjectRequest(object_id=oid, lost=lost))
         except rpc.CONNECTION_ERRORS as e:
             raise OwnerDiedError(f"the owner of object {oid.hex()} ({owner}) is unreachable: {e}") from None
         if reply.status == pb.GetObjectReplyStatus.FREED:
             raise ObjectLostError(f"object {oid.hex()} was already freed by its owner")
+        if reply.status == pb.GetObjectReplyStatus.LOST:
+            raise ObjectLostError(reply.message)
         if reply.inline_value:
             value = ObjectValue(reply.inline_value)
         else:
@@ -566,6 +568,28 @@ class CoreWorker(pb.CoreWorkerBase):
         if entry is not None:
             entry.value = value
         return value
+
+    async def recover_lost(self, ref: ObjectRef) -> ObjectValue:
+        """On the loop: the value of an object whose copy could not be read, rebuilt if its node died.
+
+        The owner re-runs the task that made it (lineage); a borrower asks the owner to.
+        """
+        oid = ref.binary()
+        if ref.owner_address == self.address:
+            await self.submitter.reconstruct(oid)
+            value = self.refs.value(oid)
+            if value is None:
+                raise ObjectLostError(f"object {oid.hex()} was freed while it was being rebuilt")
+            return value
+        return await self._fetch_from_owner(oid, ref.owner_address, lost=True)
+
+    async def _node_is_gone(self, node_id: bytes) -> bool:
+        if node_id in self.dead_nodes:
+            return True
+        with contextlib.suppress(*rpc.CONNECTION_ERRORS, rpc.GRPCError):
+            view = await self.gcs_stub().get_cluster_view(pb.Empty(), timeout=10)
+            return any(n.node_id == node_id and not n.alive for n in view.nodes)
+        return False
 
     def materialize(self, oid: bytes, value: ObjectValue, buf: Any = None) -> Any:
         """The Python value; raises the stored error. Any thread but the loop, unless `buf` is given."""
@@ -627,14 +651,21 @@ class CoreWorker(pb.CoreWorkerBase):
                 values[i] = v
         out = []
         for r, v in zip(refs, values, strict=True):
-            try:
-                out.append(self.materialize(r.binary(), v))  # type: ignore[arg-type]
-            except ObjectLostError:
-                if r.owner_address != self.address:
-                    raise
-                # Lost with its node: re-run the task that made it (lineage), then read the new copy.
-                self.run_sync(self.submitter.reconstruct(r.binary()))
-                out.append(self.materialize(r.binary(), self.refs.value(r.binary())))  # type: ignore[arg-type]
+            oid = r.binary()
+            buf = None
+            if v.inline is None:  # type: ignore[union-attr]
+                # Only a copy that cannot be read counts as lost here: an ObjectLostError stored
+                # as the value (a task's own failure) is raised by materialize, never rebuilt.
+                try:
+                    buf = self.local_buffer(oid, v.node_id, v.node_address, v.size)  # type: ignore[union-attr]
+                    if buf is None:
+                        raise ObjectLostError(f"object {oid.hex()} could not be read from any store")
+                except ObjectLostError:
+                    # Lost with its node: rebuilt from lineage (by us or by its owner), then read anew.
+                    v = self.run_sync(self.recover_lost(r))
+                    if v.inline is None:
+                        buf = self.local_buffer(oid, v.node_id, v.node_address, v.size)
+            out.append(self.materialize(oid, v, buf))  # type: ignore[arg-type]
         return out
 
     async def _wait_values(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[ObjectValue]:
@@ -677,16 +708,27 @@ class CoreWorker(pb.CoreWorkerBase):
         values = await self._wait_values(refs, timeout)
         out = []
         for r, v in zip(refs, values, strict=True):
-            buf = None
-            if v.inline is None:
-                buf = self.store.get(r.binary())
-                if buf is None and (not v.node_id or v.node_id == self.node_id):
-                    buf = await self.restore(r.binary())
-                elif buf is None and v.node_id:
-                    source = v.node_address or self.node_addresses.get(v.node_id, "")
-                    buf = await self.fetch(r.binary(), v.node_id, source, v.size)
+            try:
+                buf = await self._read_buffer(r.binary(), v)
+                if buf is None and v.inline is None:
+                    raise ObjectLostError(f"object {r.binary().hex()} could not be read from any store")
+            except ObjectLostError:
+                v = await self.recover_lost(r)  # lost with its node: rebuilt from lineage
+                buf = await self._read_buffer(r.binary(), v)
             out.append(self.materialize(r.binary(), v, buf))
         return out
+
+    async def _read_buffer(self, oid: bytes, v: ObjectValue) -> Any:
+        """On the loop: a read buffer of a store object (restored or fetched as needed); None if inline."""
+        if v.inline is not None:
+            return None
+        buf = self.store.get(oid)
+        if buf is None and (not v.node_id or v.node_id == self.node_id):
+            buf = await self.restore(oid)
+        elif buf is None and v.node_id:
+            source = v.node_address or self.node_addresses.get(v.node_id, "")
+            buf = await self.fetch(oid, v.node_id, source, v.size)
+        return buf
 
     def get_future(self, ref: ObjectRef) -> concurrent.futures.Future[Any]:
         out: concurrent.futures.Future[Any] = concurrent.futures.Future()
@@ -867,6 +909,13 @@ class CoreWorker(pb.CoreWorkerBase):
         if oid not in self.refs:
             return pb.GetObjectReply(status=pb.GetObjectReplyStatus.FREED)
         timeout = get_object_request.timeout or None
+        if get_object_request.lost:
+            value = self.refs.value(oid)
+            if value is not None and value.node_id and await self._node_is_gone(value.node_id):
+                try:
+                    await self.submitter.reconstruct(oid)
+                except ObjectLostError as e:
+                    return pb.GetObjectReply(status=pb.GetObjectReplyStatus.LOST, message=str(e))
         try:
             value = await self.wait_value(oid, self.address, timeout)
         except TimeoutError:

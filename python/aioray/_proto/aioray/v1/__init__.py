@@ -29,6 +29,7 @@ class GetObjectReplyStatus(betterproto.Enum):
     READY = 0
     TIMEOUT = 1
     FREED = 2
+    LOST = 3
 
 
 class ActorInfoState(betterproto.Enum):
@@ -102,6 +103,11 @@ class NodeInfo(betterproto.Message):
 class GetObjectRequest(betterproto.Message):
     object_id: bytes = betterproto.bytes_field(1)
     timeout: float = betterproto.double_field(2)
+    lost: bool = betterproto.bool_field(3)
+    """
+    The caller could not read the copy at the location it was given: if that node is gone,
+     the owner rebuilds the object (lineage) before it answers.
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -111,6 +117,7 @@ class GetObjectReply(betterproto.Message):
     node_id: bytes = betterproto.bytes_field(3)
     node_address: str = betterproto.string_field(4)
     size: int = betterproto.uint64_field(5)
+    message: str = betterproto.string_field(6)
 
 
 @dataclass(eq=False, repr=False)
