@@ -16,7 +16,8 @@ import time
 import numpy as np
 
 import aioray
-from aioray._private import rpc, worker_api
+from aioray._private import worker_api
+from aioray._private.common import rpc
 
 MiB = 1 << 20
 

@@ -14,7 +14,7 @@ import threading
 import time
 
 import aioray
-from aioray._private.object_ref import global_worker
+from aioray._private.core_worker.object_ref import global_worker
 
 
 @aioray.remote

@@ -25,7 +25,7 @@ from aioray._private.api import (
     wait,
 )
 from aioray._private.cluster import Cluster, connect
-from aioray._private.object_ref import ObjectRef, shield
+from aioray._private.core_worker.object_ref import ObjectRef, shield
 from aioray._private.remote_function import RemoteFunction
 from aioray._private.runtime_context import get_runtime_context
 from aioray.exceptions import (

@@ -14,7 +14,8 @@ import time
 from typing import Any
 
 from aioray._private import node as node_mod
-from aioray._private import process, rpc, worker_api
+from aioray._private import worker_api
+from aioray._private.common import process, rpc
 from aioray._proto.aioray import v1 as pb
 
 
@@ -130,7 +131,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     async def fetch() -> pb.ClusterView:
         channels = rpc.ChannelPool(token)
         try:
-            return await channels.stub(address, pb.GcsStub).get_cluster_view(pb.Empty(), timeout=5)
+            return await channels.stub(address, pb.NodeInfoGcsServiceStub).get_cluster_view(
+                pb.Empty(), timeout=5
+            )
         finally:
             channels.close()
 

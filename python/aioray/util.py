@@ -8,7 +8,7 @@ from typing import Any
 
 from aioray._private import api
 from aioray._private.actor import ActorHandle
-from aioray._private.object_ref import ObjectRef
+from aioray._private.core_worker.object_ref import ObjectRef
 
 __all__ = ["ActorPool"]
 

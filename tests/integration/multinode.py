@@ -10,7 +10,8 @@ import sys
 import time
 
 import aioray
-from aioray._private import rpc, worker_api
+from aioray._private import worker_api
+from aioray._private.common import rpc
 
 MiB = 1 << 20
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 import aioray
-from aioray._private import rpc
+from aioray._private.common import rpc
 from aioray._proto.aioray import v1 as pb
 
 
@@ -25,7 +25,9 @@ def test_wrong_token_is_refused() -> None:
         async def call(token: str) -> pb.ClusterView:
             channels = rpc.ChannelPool(token)
             try:
-                return await channels.stub(address, pb.GcsStub).get_cluster_view(pb.Empty(), timeout=5)
+                return await channels.stub(address, pb.NodeInfoGcsServiceStub).get_cluster_view(
+                    pb.Empty(), timeout=5
+                )
             finally:
                 channels.close()
 
@@ -135,7 +137,7 @@ def test_workers_start_on_demand_one_per_free_cpu() -> None:
         for pid in _aioray_children():
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if b"worker_main" in f.read():
+                    if b"aioray._private.core_worker" in f.read():
                         pids.add(pid)
             except OSError:
                 continue  # exited meanwhile
@@ -158,7 +160,7 @@ def test_workers_start_on_demand_one_per_free_cpu() -> None:
 
 def test_gcs_subscription_starts_with_the_view_then_streams_resource_reports() -> None:
     from aioray._private import worker_api
-    from aioray._private.pubsub import NODE_CHANNEL, RESOURCE_CHANNEL, VIEW_CHANNEL
+    from aioray._private.common.pubsub import NODE_CHANNEL, RESOURCE_CHANNEL, VIEW_CHANNEL
 
     @aioray.remote
     def one() -> int:
@@ -171,7 +173,7 @@ def test_gcs_subscription_starts_with_the_view_then_streams_resource_reports() -
         async def follow() -> tuple[pb.ClusterView, pb.ResourceReport]:
             channels = rpc.ChannelPool(conn.core.token)
             try:
-                stub = channels.stub(conn.gcs_address, pb.GcsStub)
+                stub = channels.stub(conn.gcs_address, pb.PubSubGcsServiceStub)
                 request = pb.SubscribeRequest(
                     channels=[NODE_CHANNEL, RESOURCE_CHANNEL], with_cluster_view=True
                 )

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from aioray._private.arity import CallShape
-from aioray._private.core_worker import _wait_some
+from aioray._private.core_worker.reader import wait_some
 
 
 def f(a, b, c=3):
@@ -58,7 +58,7 @@ async def test_wait_some_wakes_after_the_needed_count() -> None:
     loop = asyncio.get_running_loop()
     futures = [loop.create_future() for _ in range(5)]
     futures[0].set_result(0)  # already done counts
-    waiter = asyncio.ensure_future(_wait_some(futures, 3))
+    waiter = asyncio.ensure_future(wait_some(futures, 3))
     futures[1].set_result(1)
     await asyncio.sleep(0)
     await asyncio.sleep(0)
@@ -73,6 +73,6 @@ async def test_wait_some_timeout_leaves_no_callbacks_behind() -> None:
     futures = [loop.create_future() for _ in range(3)]
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.01):
-            await _wait_some(futures, 3)
+            await wait_some(futures, 3)
     # The futures belong to the owner and outlive this wait: no countdown may stay attached to them.
     assert all(not fut._callbacks for fut in futures)  # type: ignore[attr-defined]

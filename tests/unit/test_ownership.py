@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aioray._private.ownership import ObjectValue, OwnershipTable
+from aioray._private.core_worker.ownership import ObjectValue, OwnershipTable
 
 ME = "127.0.0.1:1000"
 OTHER = "127.0.0.1:2000"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aioray._private import serialization
-from aioray._private.resources import ResourceSet, task_resources
+from aioray._private.common import serialization
+from aioray._private.common.resources import ResourceSet, task_resources
 
 
 def test_fractional_resources_do_not_drift() -> None:

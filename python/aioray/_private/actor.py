@@ -10,13 +10,12 @@ from typing import Any
 
 import cloudpickle
 
-from aioray._private import object_ref
-from aioray._private.actor_submitter import death_error
 from aioray._private.arity import CallShape
-from aioray._private.ids import random_id
-from aioray._private.object_ref import ObjectRef
+from aioray._private.common.ids import random_id
+from aioray._private.common.resources import task_resources
+from aioray._private.core_worker import object_ref
+from aioray._private.core_worker.object_ref import ObjectRef
 from aioray._private.remote_function import validate_options
-from aioray._private.resources import task_resources
 from aioray._proto.aioray import v1 as pb
 
 _ACTOR_OPTIONS = {
@@ -175,10 +174,8 @@ class ActorHandle:
     async def _wait_ready(self) -> ActorHandle:
         """Waits until the actor is alive; raises its death cause (e.g. the constructor's error)."""
         core = object_ref.global_worker()
-        fut = asyncio.run_coroutine_threadsafe(core.actors.wait_settled(self._actor_id), core.loop)
-        info = await asyncio.wrap_future(fut)
-        if info is not None and info.state == pb.ActorInfoState.DEAD:
-            raise death_error(info.death_cause)
+        fut = asyncio.run_coroutine_threadsafe(core.wait_actor_started(self._actor_id), core.loop)
+        await asyncio.wrap_future(fut)
         return self
 
 

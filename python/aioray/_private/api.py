@@ -8,9 +8,9 @@ from typing import Any, overload
 
 from aioray._private import worker_api
 from aioray._private.actor import DEFAULT_NAMESPACE, ActorClass, ActorHandle, HandleMeta
-from aioray._private.object_ref import ObjectRef, global_worker
+from aioray._private.common.resources import ResourceSet
+from aioray._private.core_worker.object_ref import ObjectRef, global_worker
 from aioray._private.remote_function import RemoteFunction
-from aioray._private.resources import ResourceSet
 from aioray._proto.aioray import v1 as pb
 
 
@@ -121,18 +121,18 @@ def wait(
     return global_worker().wait(list(refs), num_returns, timeout)
 
 
-def _gcs_call(call: Callable[[pb.GcsStub], Any], timeout: float = 10) -> Any:
+def _node_table_call(call: Callable[[pb.NodeInfoGcsServiceStub], Any], timeout: float = 10) -> Any:
     conn = worker_api.require()
 
     async def run() -> Any:
-        return await call(conn.core.gcs_stub())
+        return await call(conn.core.gcs(pb.NodeInfoGcsServiceStub))
 
     return asyncio.run_coroutine_threadsafe(run(), conn.loop).result(timeout)
 
 
 def nodes() -> list[dict[str, Any]]:
     """Every node that ever joined, with Ray's keys."""
-    view = _gcs_call(lambda gcs: gcs.get_cluster_view(pb.Empty(), timeout=10))
+    view = _node_table_call(lambda gcs: gcs.get_cluster_view(pb.Empty(), timeout=10))
     out = []
     for n in view.nodes:
         host, _, port = n.address.rpartition(":")
@@ -153,7 +153,7 @@ def nodes() -> list[dict[str, Any]]:
 
 
 def _sum_resources(field: str) -> dict[str, float]:
-    view = _gcs_call(lambda gcs: gcs.get_cluster_view(pb.Empty(), timeout=10))
+    view = _node_table_call(lambda gcs: gcs.get_cluster_view(pb.Empty(), timeout=10))
     total = ResourceSet()
     for n in view.nodes:
         if n.alive:
@@ -176,20 +176,20 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"kill() takes an actor handle, got {type(actor).__name__}")
     core = global_worker()
-    core.run_sync(core.actors.kill(actor._actor_id, no_restart), timeout=30)
+    core.run_sync(core.kill_actor(actor._actor_id, no_restart), timeout=30)
 
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     """The handle of the live actor called `name`; ValueError if there is none."""
     import cloudpickle
 
-    from aioray._private import rpc
+    from aioray._private.common import rpc
 
     core = global_worker()
     ns = namespace or core.namespace or DEFAULT_NAMESPACE
 
     async def lookup() -> pb.ActorInfo:
-        return await core.gcs_stub().get_named_actor(
+        return await core.gcs(pb.ActorInfoGcsServiceStub).get_named_actor(
             pb.NamedActorRequest(name=name, namespace=ns), timeout=10
         )
 
@@ -224,7 +224,7 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
 
 def stats() -> dict[str, Any]:
     """Object store use across the live nodes: bytes used and held, spilled to disk, restored, per node too."""
-    view = _gcs_call(lambda gcs: gcs.get_cluster_view(pb.Empty(), timeout=10))
+    view = _node_table_call(lambda gcs: gcs.get_cluster_view(pb.Empty(), timeout=10))
     nodes = {
         n.node_id.hex(): {
             "store_capacity_bytes": n.store_capacity,

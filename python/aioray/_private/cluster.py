@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aioray._private import worker_api
-from aioray._private.object_ref import ObjectRef
+from aioray._private.core_worker.object_ref import ObjectRef
 
 
 class Cluster:

@@ -10,8 +10,8 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from aioray._private import process, rpc
-from aioray._private.process import Child
+from aioray._private.common import process, rpc
+from aioray._private.common.process import Child
 
 START_TIMEOUT_S = 60.0
 DEFAULT_STORE_CAP = 4 << 30

@@ -6,9 +6,9 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from aioray._private import object_ref
 from aioray._private.arity import CallShape
-from aioray._private.resources import task_resources
+from aioray._private.common.resources import task_resources
+from aioray._private.core_worker import object_ref
 
 _FUNCTION_OPTIONS = {
     "num_cpus",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aioray._private import object_ref
+from aioray._private.core_worker import object_ref
 
 
 class RuntimeContext:

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from aioray._private import node as node_mod
-from aioray._private import object_ref, process, rpc
-from aioray._private.core_worker import CoreWorker, connect
-from aioray._private.ids import random_id
+from aioray._private.common import process, rpc
+from aioray._private.common.ids import random_id
+from aioray._private.core_worker import object_ref
+from aioray._private.core_worker.worker import CoreWorker, connect
 from aioray._proto.aioray import v1 as pb
 
 CONNECT_RETRY_S = 30.0
@@ -144,7 +145,7 @@ async def _start_core(
     namespace: str,
 ) -> CoreWorker:
     channels = rpc.ChannelPool(token)
-    gcs = channels.stub(gcs_address, pb.GcsStub)
+    gcs = channels.stub(gcs_address, pb.NodeInfoGcsServiceStub)
     deadline = loop.time() + CONNECT_RETRY_S
     local = None
     while local is None:
@@ -188,14 +189,15 @@ async def _start_core(
         request = pb.RegisterJobRequest(
             driver_address=core.address, driver_pid=os.getpid(), namespace=namespace
         )
-        core.job_id = (await gcs.register_job(request, timeout=10)).job_id
+        core.job_id = (
+            await channels.stub(gcs_address, pb.JobInfoGcsServiceStub).register_job(request, timeout=10)
+        ).job_id
     except BaseException:
         await core.close()
         raise
     finally:
         channels.close()
-    for n in view.nodes:
-        core.node_addresses[n.node_id] = n.address
+    core.note_nodes(view.nodes)
     return core
 
 
@@ -221,7 +223,9 @@ def shutdown() -> None:
         core = conn.core
 
         async def finish_job() -> None:
-            await core.gcs_stub().mark_job_finished(pb.JobId(job_id=core.job_id), timeout=2)
+            await core.gcs(pb.JobInfoGcsServiceStub).mark_job_finished(
+                pb.JobId(job_id=core.job_id), timeout=2
+            )
 
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(finish_job(), conn.loop).result(3)

@@ -12,10 +12,10 @@ import concurrent.futures
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-from aioray._private import serialization
+from aioray._private.common import serialization
 
 if TYPE_CHECKING:
-    from aioray._private.core_worker import CoreWorker
+    from aioray._private.core_worker.worker import CoreWorker
 
 # The process's connected core worker, set by core_worker.connect().
 _worker: CoreWorker | None = None

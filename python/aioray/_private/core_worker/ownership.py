@@ -69,6 +69,8 @@ class OwnershipTable:
         self._entries: dict[bytes, Entry] = {}
         self._lock = threading.RLock()
         self._pending_registrations: dict[bytes, str] = {}
+        # Refs of other owners that this process passed on to a borrower: (owner, borrower) -> ids.
+        self._pending_lends: dict[tuple[str, str], list[bytes]] = {}
 
     # -- counting -----------------------------------------------------------------------------
     def _entry(self, oid: bytes, owner: str) -> Entry:
@@ -202,6 +204,21 @@ class OwnershipTable:
         for oid, owner in pending.items():
             by_owner.setdefault(owner, []).append(oid)
         return by_owner
+
+    def note_lent(self, refs: Iterable[tuple[bytes, str]], borrower: str) -> None:
+        """Refs of other owners inside a value sent to `borrower`: their owners must learn of it."""
+        with self._lock:
+            for oid, owner in refs:
+                self._pending_lends.setdefault((owner, borrower), []).append(oid)
+
+    def take_lends(self) -> dict[tuple[str, str], list[bytes]]:
+        """Lends not yet reported, by (owner, borrower)."""
+        with self._lock:
+            lends, self._pending_lends = self._pending_lends, {}
+        return lends
+
+    def has_pending_registrations(self) -> bool:
+        return bool(self._pending_lends) or bool(self._pending_registrations)
 
     def stats(self) -> dict[str, int]:
         with self._lock:

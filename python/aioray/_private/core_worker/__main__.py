@@ -8,9 +8,9 @@ import os
 import sys
 from typing import Any
 
-from aioray._private import process, rpc
-from aioray._private.core_worker import CoreWorker, connect
-from aioray._private.executor import TaskContext
+from aioray._private.common import process, rpc
+from aioray._private.core_worker.executor import TaskContext
+from aioray._private.core_worker.worker import CoreWorker, connect
 from aioray._proto.aioray import v1 as pb
 
 
@@ -70,7 +70,7 @@ async def run() -> None:
     sys.stderr = PrefixedStream(sys.__stderr__, core.executor.context)
     stopped = asyncio.Event()
     process.watch_lifeline(loop, stopped.set)
-    stub = core.channels.stub(node.address, pb.RayletStub)
+    stub = core.channels.stub(node.address, pb.NodeManagerStub)
     reply = await stub.register_worker(
         pb.RegisterWorkerRequest(worker_id=worker_id, address=core.address, pid=os.getpid()), timeout=30
     )

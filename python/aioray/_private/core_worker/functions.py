@@ -6,22 +6,20 @@ import asyncio
 import hashlib
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cloudpickle
 
-from aioray._private.serialization import SerializationError
+from aioray._private.common.serialization import SerializationError
+from aioray._private.core_worker.runtime import Runtime
 from aioray._proto.aioray import v1 as pb
-
-if TYPE_CHECKING:
-    from aioray._private.core_worker import CoreWorker
 
 FUNCTION_KEY = "fn:"
 
 
 class FunctionManager:
-    def __init__(self, core: CoreWorker) -> None:
-        self.core = core
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
         self._ids: dict[int, tuple[Any, bytes, bytes]] = {}  # id(fn) -> (fn, function id, pickled)
         self._exported: dict[bytes, asyncio.Future[None]] = {}
         self._loaded: dict[bytes, Callable[..., Any]] = {}
@@ -52,18 +50,18 @@ class FunctionManager:
         """On the core loop: starts exporting `fid` unless done or under way."""
         if fid in self._exported:
             return
-        fut = self._exported[fid] = self.core.loop.create_future()
+        fut = self._exported[fid] = self._runtime.loop.create_future()
 
         async def put() -> None:
             try:
-                stub = self.core.gcs_stub()
+                stub = self._runtime.gcs(pb.InternalKvGcsServiceStub)
                 await stub.kv_put(pb.KvPutRequest(key=FUNCTION_KEY + fid.hex(), value=pickled), timeout=30)
                 fut.set_result(None)
             except Exception as e:
                 del self._exported[fid]
                 fut.set_exception(e)
 
-        self.core.spawn(put())
+        self._runtime.spawn(put())
 
     async def wait_exported(self, fid: bytes) -> None:
         fut = self._exported.get(fid)
@@ -76,9 +74,11 @@ class FunctionManager:
         if fn is None:
 
             async def fetch() -> pb.KvGetReply:
-                return await self.core.gcs_stub().kv_get(pb.KvKey(key=FUNCTION_KEY + fid.hex()), timeout=30)
+                return await self._runtime.gcs(pb.InternalKvGcsServiceStub).kv_get(
+                    pb.KvKey(key=FUNCTION_KEY + fid.hex()), timeout=30
+                )
 
-            reply = self.core.run_sync(fetch(), timeout=60)
+            reply = self._runtime.run_sync(fetch(), timeout=60)
             if not reply.found:
                 raise LookupError(f"function {fid.hex()} was never exported to this cluster")
             fn = self._loaded[fid] = cloudpickle.loads(reply.value)

@@ -17,14 +17,13 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from aioray._private.common.config import SPILL_TARGET, SPILL_THRESHOLD
 from aioray._store import ObjectStore
 from aioray.exceptions import ObjectStoreFullError
 
 log = logging.getLogger("aioray.spill")
 
 PAGE = 4096
-SPILL_THRESHOLD = 0.8  # background spilling starts above this fraction of the store
-SPILL_TARGET = 0.6  # ... and brings usage down to this
 MAX_BATCH_BYTES = 256 << 20
 OFF_LOOP_CREATE_BYTES = 1 << 20
 

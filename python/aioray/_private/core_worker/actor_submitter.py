@@ -14,16 +14,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from aioray._private import rpc, serialization, task_spec
-from aioray._private.ownership import ObjectValue
-from aioray._private.submitter import LeasedWorker, PendingTask
+from aioray._private.common import rpc, serialization, task_spec
+from aioray._private.core_worker.dependencies import DependencyResolver
+from aioray._private.core_worker.functions import FunctionManager
+from aioray._private.core_worker.lease_pool import LeasedWorker, PendingTask
+from aioray._private.core_worker.ownership import ObjectValue
+from aioray._private.core_worker.runtime import Runtime
 from aioray._proto.aioray import v1 as pb
 from aioray.exceptions import ActorDiedError, RayActorError, RayTaskError, TaskCancelledError
-
-if TYPE_CHECKING:
-    from aioray._private.core_worker import CoreWorker
 
 State = pb.ActorInfoState
 SETTLE_TIMEOUT_S = 60.0
@@ -37,6 +37,22 @@ def death_error(frame: bytes) -> BaseException:
         died.cause = err.cause  # type: ignore[attr-defined]
         return died
     return err
+
+
+class CallOwner(Protocol):
+    """The task submitter, as the actor client sees it: where calls are registered and end."""
+
+    tasks: dict[bytes, PendingTask]
+    dependencies: DependencyResolver
+
+    def on_result(self, p: PendingTask, result: task_spec.Result) -> None: ...
+    def fail_task(self, p: PendingTask, err: BaseException) -> None: ...
+    def complete(
+        self,
+        p: PendingTask,
+        values: list[ObjectValue],
+        inner: list[tuple[tuple[bytes, str], ...]] | tuple[()],
+    ) -> None: ...
 
 
 class ActorQueue:
@@ -57,10 +73,10 @@ class ActorQueue:
         self.pending.append(p)
         self.wake.set()
         if self.runner is None or self.runner.done():
-            self.runner = self.client.core.spawn(self.run())
+            self.runner = self.client.runtime.spawn(self.run())
 
     async def run(self) -> None:
-        submitter = self.client.core.submitter
+        submitter = self.client.owner
         while True:
             if not self.pending and not self.lost:
                 self.wake.clear()
@@ -94,9 +110,9 @@ class ActorQueue:
                 self.stream.outbox.put_nowait(batch)
 
     async def _resolve(self, p: PendingTask) -> bool:
-        submitter = self.client.core.submitter
+        submitter = self.client.owner
         try:
-            failed = await submitter.resolve_dependencies(p.spec.args, p.deps)
+            failed = await submitter.dependencies.resolve(p.spec.args, p.deps)
         except Exception as e:
             submitter.fail_task(p, e)
             return False
@@ -126,7 +142,7 @@ class ActorQueue:
         self.need_restart = False
         self.restarts_seen = info.num_restarts
         lw = LeasedWorker(self, b"", info.address, "")
-        lw.task = self.client.core.spawn(lw.run(self.client.core.channels))
+        lw.task = self.client.runtime.spawn(lw.run(self.client.runtime.channels))
         self.stream = lw
 
     def _settle_lost(self) -> None:
@@ -135,7 +151,7 @@ class ActorQueue:
         for p in lost:
             p.worker = None
             if p.cancelled:
-                self.client.core.submitter.fail_task(p, TaskCancelledError(f"{p.spec.name} was cancelled"))
+                self.client.owner.fail_task(p, TaskCancelledError(f"{p.spec.name} was cancelled"))
             elif self.dead is None and p.retries_left > 0:
                 p.retries_left -= 1
                 retry.append(p)
@@ -144,12 +160,12 @@ class ActorQueue:
                     f"the actor died while running {p.spec.name}; it restarted, but the call was not retried "
                     "(set max_task_retries to retry)"
                 )
-                self.client.core.submitter.fail_task(p, err)
+                self.client.owner.fail_task(p, err)
         self.pending.extendleft(reversed(retry))
 
     # -- StreamSink ----------------------------------------------------------------------------
     def on_results(self, lw: LeasedWorker, results: list[task_spec.Result]) -> None:
-        submitter = self.client.core.submitter
+        submitter = self.client.owner
         for result in results:
             p = self.in_flight.pop(result[0], None)
             if p is not None:
@@ -169,8 +185,10 @@ class ActorQueue:
 
 
 class ActorClient:
-    def __init__(self, core: CoreWorker) -> None:
-        self.core = core
+    def __init__(self, runtime: Runtime, owner: CallOwner, functions: FunctionManager) -> None:
+        self.runtime = runtime
+        self.owner = owner
+        self.functions = functions
         self.queues: dict[bytes, ActorQueue] = {}
 
     def queue(self, actor_id: bytes) -> ActorQueue:
@@ -181,7 +199,7 @@ class ActorClient:
 
     def submit(self, p: PendingTask) -> None:
         """On the core loop."""
-        self.core.submitter.tasks[p.spec.task_id] = p
+        self.owner.tasks[p.spec.task_id] = p
         self.queue(p.spec.actor_id).push(p)
 
     def unqueue(self, p: PendingTask) -> None:
@@ -197,7 +215,9 @@ class ActorClient:
         request = pb.GetActorInfoRequest(
             actor_id=actor_id, wait_settled=True, min_restarts=min_restarts, timeout=SETTLE_TIMEOUT_S
         )
-        info = await self.core.gcs_stub().get_actor_info(request, timeout=SETTLE_TIMEOUT_S + 10)
+        info = await self.runtime.gcs(pb.ActorInfoGcsServiceStub).get_actor_info(
+            request, timeout=SETTLE_TIMEOUT_S + 10
+        )
         if info.state == State.DEAD or (info.state == State.ALIVE and info.num_restarts >= min_restarts):
             return info
         return None
@@ -208,27 +228,14 @@ class ActorClient:
         deps: list[tuple[int, bytes, str]],
         spec: task_spec.ActorCreationSpec,
     ) -> pb.ActorInfo:
-        core = self.core
-        await core.functions.wait_exported(spec.function_id)
-        failed = await core.submitter.resolve_dependencies(spec.args, deps)
+        await self.functions.wait_exported(spec.function_id)
+        failed = await self.owner.dependencies.resolve(spec.args, deps)
         if failed is not None:
             error, _ = serialization.deserialize(failed)
             raise error.as_instanceof_cause() if isinstance(error, RayTaskError) else error
-        request.spec = serialization.dumps_plain(
-            (
-                spec.actor_id,
-                spec.function_id,
-                spec.class_name,
-                spec.args,
-                spec.kwarg_names,
-                spec.max_concurrency,
-                spec.is_async,
-                spec.owner,
-                spec.job_id,
-            )
-        )
+        request.spec = spec.encode()
         try:
-            return await core.gcs_stub().create_actor(request, timeout=30)
+            return await self.runtime.gcs(pb.ActorInfoGcsServiceStub).create_actor(request, timeout=30)
         except rpc.GRPCError as e:
             if e.status == rpc.Status.ALREADY_EXISTS:
                 raise ValueError(e.message) from None
@@ -239,7 +246,7 @@ class ActorClient:
             actor_id=actor_id, no_restart=no_restart, only_if_not_detached=only_if_not_detached
         )
         with contextlib.suppress(*rpc.CONNECTION_ERRORS):
-            await self.core.gcs_stub().kill_actor(request, timeout=10)
+            await self.runtime.gcs(pb.ActorInfoGcsServiceStub).kill_actor(request, timeout=10)
 
     def close(self) -> None:
         for q in self.queues.values():

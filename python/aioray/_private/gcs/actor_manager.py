@@ -12,16 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from aioray._private import rpc, serialization
-from aioray._private.resources import ResourceSet
+from aioray._private.common import rpc, serialization
+from aioray._private.common.resources import ResourceSet
 from aioray._proto.aioray import v1 as pb
 from aioray.exceptions import ActorDiedError, RayActorError
-
-if TYPE_CHECKING:
-    from aioray._private.gcs import GcsService
 
 log = logging.getLogger("aioray.gcs")
 State = pb.ActorInfoState
@@ -45,15 +42,36 @@ class Actor:
         self.changed = asyncio.Event()
 
 
-class ActorManager:
-    def __init__(self, gcs: GcsService, channels: rpc.ChannelPool) -> None:
-        self.gcs = gcs
+class ActorManager(pb.ActorInfoGcsServiceBase):
+    def __init__(self, channels: rpc.ChannelPool, nodes: Callable[[], Iterable[pb.NodeInfo]]) -> None:
         self.channels = channels
+        self._nodes = nodes
         self.actors: dict[bytes, Actor] = {}
         self.named: dict[tuple[str, str], bytes] = {}
         # Callers may ask about an actor before its creator's request arrived (a handle
         # passed on at once): they wait here for the registration.
         self._registered: dict[bytes, asyncio.Event] = {}
+
+    # -- the ActorInfoGcsService ---------------------------------------------------------------
+    async def create_actor(self, create_actor_request: pb.CreateActorRequest) -> pb.ActorInfo:
+        return await self.create(create_actor_request)
+
+    async def get_actor_info(self, get_actor_info_request: pb.GetActorInfoRequest) -> pb.ActorInfo:
+        return await self.get_info(get_actor_info_request)
+
+    async def get_named_actor(self, named_actor_request: pb.NamedActorRequest) -> pb.ActorInfo:
+        return self.named_actor(named_actor_request)
+
+    async def kill_actor(self, kill_actor_request: pb.KillActorRequest) -> pb.Empty:
+        actor = self.actors.get(kill_actor_request.actor_id)
+        if actor is not None and not (kill_actor_request.only_if_not_detached and actor.info.detached):
+            stop = self.kill(actor, "it was killed", no_restart=kill_actor_request.no_restart)
+            if stop is not None:
+                await stop  # the worker is gone when the caller hears back
+        return pb.Empty()
+
+    async def list_actors(self, empty: pb.Empty) -> pb.ActorList:
+        return pb.ActorList(actors=[a.info for a in self.actors.values()])
 
     # -- creation and scheduling ---------------------------------------------------------------
     async def create(self, request: pb.CreateActorRequest) -> pb.ActorInfo:
@@ -89,7 +107,7 @@ class ActorManager:
     def _candidates(self, actor: Actor) -> list[pb.NodeInfo]:
         nodes = [
             n
-            for n in self.gcs.nodes.values()
+            for n in self._nodes()
             if n.alive and actor.resources.fits_in(ResourceSet.from_wire(n.total.amounts))
         ]
         # Nodes with the resources free right now first.
@@ -120,7 +138,7 @@ class ActorManager:
         )
         address = nodes[0].address
         for _ in range(8):
-            reply = await self.channels.stub(address, pb.RayletStub).request_worker_lease(request)
+            reply = await self.channels.stub(address, pb.NodeManagerStub).request_worker_lease(request)
             if reply.status == pb.LeaseReplyStatus.SPILLBACK:
                 address = reply.retry_address
                 continue
@@ -153,7 +171,7 @@ class ActorManager:
 
     async def _return_lease(self, raylet: str, lease_id: bytes, failed: bool) -> None:
         with contextlib.suppress(Exception):
-            await self.channels.stub(raylet, pb.RayletStub).return_worker_lease(
+            await self.channels.stub(raylet, pb.NodeManagerStub).return_worker_lease(
                 pb.ReturnLeaseRequest(lease_id=lease_id, worker_failed=failed), timeout=10
             )
 
@@ -263,3 +281,14 @@ class ActorManager:
                 rpc.Status.NOT_FOUND, f"no actor named {request.name!r} in namespace {request.namespace!r}"
             )
         return self.actors[actor_id].info
+
+
+class WorkerTable(pb.WorkerInfoGcsServiceBase):
+    """Raylets report their workers' deaths here; the actor manager restarts or buries their actors."""
+
+    def __init__(self, on_worker_death: Callable[[pb.WorkerDeath], None]) -> None:
+        self._on_worker_death = on_worker_death
+
+    async def report_worker_death(self, worker_death: pb.WorkerDeath) -> pb.Empty:
+        self._on_worker_death(worker_death)
+        return pb.Empty()

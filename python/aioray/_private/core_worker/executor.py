@@ -28,14 +28,15 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from aioray._private import serialization, task_spec
-from aioray._private.task_spec import ActorCreationSpec, TaskSpec
+from aioray._private.common import serialization, task_spec
+from aioray._private.common.process import new_event_loop
+from aioray._private.common.task_spec import ActorCreationSpec, TaskSpec
+from aioray._private.core_worker.borrowing import BorrowProtocol
+from aioray._private.core_worker.ownership import ObjectValue
+from aioray._private.core_worker.runtime import Runtime
 from aioray.exceptions import ObjectLostError, RayTaskError, TaskCancelledError
-
-if TYPE_CHECKING:
-    from aioray._private.core_worker import CoreWorker
 
 log = logging.getLogger("aioray.executor")
 Reply = Callable[[task_spec.Result], None]
@@ -49,8 +50,28 @@ class TaskContext(threading.local):
 
 
 class Executor:
-    def __init__(self, core: CoreWorker) -> None:
-        self.core = core
+    def __init__(
+        self,
+        runtime: Runtime,
+        borrows: BorrowProtocol,
+        load_function: Callable[[bytes], Any],
+        read_buffer: Callable[[bytes, ObjectValue], Any],
+        write_to_store: Callable[[bytes, serialization.Frame], None],
+        cancel_owned: Callable[[bytes, bool, bool], None],
+        node_id: bytes,
+        inline_limit: int,
+    ) -> None:
+        """`read_buffer` and `write_to_store` run on the task thread; `cancel_owned(task_id, force,
+        recursive)` cancels a task this process submitted (on the loop)."""
+        self._runtime = runtime
+        self._borrows = borrows
+        self._load_function = load_function
+        self._read_buffer = read_buffer
+        self._write_to_store = write_to_store
+        self._cancel_owned = cancel_owned
+        self._node_id = node_id
+        self._inline_limit = inline_limit
+        self.children: dict[bytes, list[bytes]] = {}  # running task id -> tasks it submitted (to cancel)
         self.context = TaskContext()
         self.actor: Any = None
         self.actor_id: bytes | None = None
@@ -66,6 +87,12 @@ class Executor:
         self._cv = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="aioray-task", daemon=True)
         self._thread.start()
+
+    def note_child(self, task_id: bytes) -> None:
+        """Any thread: inside a running task, remembers what it submits, for recursive cancellation."""
+        parent = self.context.task_id
+        if parent is not None:
+            self.children.setdefault(parent, []).append(task_id)
 
     # -- the task thread -----------------------------------------------------------------------
     def _run(self) -> None:
@@ -102,18 +129,17 @@ class Executor:
         self._reply(reply, (task_id, status, returns, time.perf_counter() - start))
 
     def _reply(self, reply: Reply, result: task_spec.Result) -> None:
-        self.core.loop.call_soon_threadsafe(self._send, result, reply)
+        self._runtime.call_soon(self._send, result, reply)
 
     def _send(self, result: task_spec.Result, reply: Reply) -> None:
         # Borrow registrations go out (and are acknowledged) before the result does.
-        core = self.core
-        if core.has_pending_registrations():
-            core.spawn(self._register_then_reply(result, reply))
+        if self._borrows.has_pending():
+            self._runtime.spawn(self._register_then_reply(result, reply))
         else:
             reply(result)
 
     async def _register_then_reply(self, result: task_spec.Result, reply: Reply) -> None:
-        await self.core.flush_registrations()
+        await self._borrows.flush_registrations()
         reply(result)
 
     # -- running one task ----------------------------------------------------------------------
@@ -122,7 +148,7 @@ class Executor:
             if self.actor is None or spec.actor_id != self.actor_id:
                 raise RuntimeError(f"this worker hosts no actor {spec.actor_id.hex()}")
             return getattr(self.actor, spec.method)
-        return self.core.functions.load(spec.function_id)
+        return self._load_function(spec.function_id)
 
     def execute(self, spec: TaskSpec, lease_id: bytes) -> Outcome:
         task_id = spec.task_id
@@ -160,7 +186,7 @@ class Executor:
         finally:
             ctx.task_id, ctx.task_name, ctx.lease_id = None, "", None
             self.cancelled.discard(task_id)
-            self.core.children.pop(task_id, None)
+            self.children.pop(task_id, None)
 
     def _cancelled_result(self, spec: TaskSpec) -> Outcome:
         frame = serialization.serialize(
@@ -171,8 +197,8 @@ class Executor:
     def cancel(self, task_id: bytes, force: bool, recursive: bool) -> bool:
         """On the core loop: stops a task queued or running here; False if it is not here."""
         if recursive:
-            for child in self.core.children.pop(task_id, ()):
-                self.core.submitter.cancel(child, force, recursive)
+            for child in self.children.pop(task_id, ()):
+                self._cancel_owned(child, force, recursive)
         coro = self._coros.get(task_id)
         if coro is not None and self._actor_loop is not None:
             self._actor_loop.call_soon_threadsafe(coro.cancel)
@@ -183,7 +209,7 @@ class Executor:
                 self.cancelled.add(task_id)
                 if force:
                     # The owner sees the stream break and reports the task cancelled.
-                    self.core.loop.call_later(0.05, os._exit, 1)
+                    self._runtime.loop.call_later(0.05, os._exit, 1)
                 else:
                     # KeyboardInterrupt, as Ray: an `except Exception` in user code does not swallow it.
                     exc = ctypes.py_object(KeyboardInterrupt)
@@ -219,7 +245,7 @@ class Executor:
         return values, {}
 
     def _read_store_arg(self, oid: bytes, node_id: bytes, source: str, size: int) -> Any:
-        buf = self.core.local_buffer(oid, node_id, source, size)
+        buf = self._read_buffer(oid, ObjectValue(None, node_id, source, size))
         if buf is None:
             raise ObjectLostError(f"argument {oid.hex()} is in no reachable object store")
         value, _ = serialization.deserialize(buf)
@@ -238,17 +264,18 @@ class Executor:
                 )
             outputs = list(value)
         returns = []
-        core = self.core
         for oid, out in zip(spec.return_ids, outputs, strict=True):
             frame = serialization.serialize(out)
             inner = [(r.binary(), r.owner_address) for r in frame.contained_refs]
             if inner:
-                core.lend_refs(inner, spec.owner)
-            if frame.size <= core.inline_limit:
+                self._borrows.lend_refs(inner, spec.owner)
+            if frame.size <= self._inline_limit:
                 returns.append((task_spec.RET_INLINE, frame.to_bytes(), inner))
             else:
-                core.write_to_store(oid, frame)
-                returns.append((task_spec.RET_STORE, core.node_id, frame.size, inner, core.raylet_address))
+                self._write_to_store(oid, frame)
+                returns.append(
+                    (task_spec.RET_STORE, self._node_id, frame.size, inner, self._runtime.raylet_address)
+                )
         return returns
 
     def _error_result(self, spec: TaskSpec, err: RayTaskError, status: int) -> Outcome:
@@ -268,7 +295,7 @@ class Executor:
 
         def construct() -> None:
             try:
-                cls = self.core.functions.load(spec.function_id)
+                cls = self._load_function(spec.function_id)
                 args, kwargs = self.resolve_args(spec.args, spec.kwarg_names)
                 self.actor_id, self.actor_name = spec.actor_id, spec.class_name
                 self.actor = cls(*args, **kwargs)
@@ -295,8 +322,6 @@ class Executor:
         return outcome
 
     def _start_actor_loop(self, max_concurrency: int) -> None:
-        from aioray._private.process import new_event_loop
-
         loop = new_event_loop()
         ready = threading.Event()
 

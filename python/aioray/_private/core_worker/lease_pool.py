@@ -1,0 +1,298 @@
+"""Worker leases (seed 000, protocol b): one queue per resource shape, the workers leased for it.
+
+For each queue the pool asks the local raylet for worker leases (following
+spillback to other nodes), then streams batches of task specs straight to each
+leased worker, several in flight per worker once tasks are known to be short,
+and reuses the lease until the queue is empty; a lease idle for a moment is
+returned. A worker that dies takes its in-flight tasks with it: they are
+queued again while `retries_left` allows, else fail with WorkerCrashedError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from grpclib.const import Cardinality
+
+from aioray._private.common import rpc, task_spec
+from aioray._private.common.resources import ResourceSet
+from aioray._proto.aioray import v1 as pb
+from aioray.exceptions import RayError, TaskCancelledError, WorkerCrashedError
+
+log = logging.getLogger("aioray.submitter")
+
+PIPELINE_DEPTH = 16  # tasks in flight per leased worker, once tasks are known to be short
+SHORT_TASK_S = 0.005  # pipelining only pays for tasks shorter than this; longer ones would queue
+MAX_LEASE_REQUESTS = 8  # outstanding lease requests per queue
+LEASE_IDLE_S = 0.05  # keep an idle lease this long for the next task
+MAX_BATCH = 256
+LEASE_RETRY_S = 60.0  # how long to keep asking for a worker while raylets come and go
+MAX_SPILLBACK_HOPS = 8
+
+
+class TaskUnschedulableError(RayError):
+    """No node of the cluster can ever provide the resources the task asks for."""
+
+
+@dataclass(eq=False)
+class PendingTask:
+    spec: task_spec.TaskSpec
+    shape: ResourceSet
+    retries_left: int
+    retry_exceptions: bool | tuple[type[BaseException], ...]
+    arg_refs: list[bytes]  # refs this task keeps alive (submitted counts) until it finishes
+    deps: list[tuple[int, bytes, str]] = field(default_factory=list)  # (arg index, oid, owner)
+    worker: LeasedWorker | None = None  # where it was pushed, once it was
+    cancelled: bool = False
+    # The args and dependencies before resolution, kept to re-run the task from lineage.
+    original: tuple[list[tuple[Any, ...]], list[tuple[int, bytes, str]]] | None = None
+
+
+class StreamSink(Protocol):
+    def on_results(self, lw: LeasedWorker, results: list[task_spec.Result]) -> None: ...
+    def on_worker_gone(self, lw: LeasedWorker) -> None: ...
+
+
+class TaskOwner(Protocol):
+    """What a lease pool reports to the submitter that owns its tasks."""
+
+    def on_result(self, p: PendingTask, result: task_spec.Result) -> None: ...
+    def fail_task(self, p: PendingTask, err: BaseException) -> None: ...
+
+
+class LeasedWorker:
+    """One open PushTasks stream to a worker: a leased one, or an actor's."""
+
+    def __init__(self, sink: StreamSink, lease_id: bytes, address: str, raylet_address: str) -> None:
+        self.sink = sink
+        self.lease_id = lease_id
+        self.address = address
+        self.raylet_address = raylet_address
+        self.in_flight: dict[bytes, PendingTask] = {}
+        self.outbox: asyncio.Queue[list[PendingTask] | None] = asyncio.Queue()
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.dead = False
+        self.task: asyncio.Task[None] | None = None
+
+    async def run(self, channels: rpc.ChannelPool) -> None:
+        """Streams batches to the worker and results back until closed or broken."""
+        channel = channels.channel(self.address)
+        try:
+            async with channel.request(
+                task_spec.PUSH_TASKS_PATH, Cardinality.STREAM_STREAM, pb.Blob, pb.Blob
+            ) as stream:
+                await stream.send_request()
+                sender = asyncio.get_running_loop().create_task(self._send(stream))
+                try:
+                    # Returns when the worker ends the stream (after we ended ours); raises
+                    # when the connection breaks, e.g. because the worker died.
+                    await self._read(stream)
+                finally:
+                    sender.cancel()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the worker died or the connection broke
+            log.debug("lease %s broke: %r", self.lease_id.hex()[:8], e)
+            channels.drop(self.address)
+        finally:
+            self.dead = True
+            self.sink.on_worker_gone(self)
+
+    async def _send(self, stream: Any) -> None:
+        with contextlib.suppress(*rpc.CONNECTION_ERRORS):  # the reader sees the same break
+            while (batch := await self.outbox.get()) is not None:
+                frame = task_spec.encode_batch(self.lease_id, [p.spec for p in batch])
+                await stream.send_message(pb.Blob(data=frame))
+            await stream.end()
+
+    async def _read(self, stream: Any) -> None:
+        while (msg := await stream.recv_message()) is not None:
+            self.sink.on_results(self, task_spec.decode_results(msg.data))
+
+
+class RayletClient(Protocol):
+    """How a lease pool talks to raylets (the NodeManager service); faked in unit tests."""
+
+    async def request_lease(self, address: str, request: pb.LeaseRequest) -> pb.LeaseReply: ...
+    def return_lease(self, address: str, lease_id: bytes) -> None: ...
+    def forget(self, address: str) -> None: ...
+    def start_stream(self, lw: LeasedWorker) -> asyncio.Task[None]: ...
+
+
+class LeasePool:
+    """The queue of one resource shape and the workers leased for it."""
+
+    def __init__(
+        self,
+        owner: TaskOwner,
+        raylets: RayletClient,
+        shape: ResourceSet,
+        local_raylet: str,
+        own_address: str,
+        job_id: bytes,
+    ) -> None:
+        self.owner = owner
+        self.raylets = raylets
+        self.shape = shape
+        self.local_raylet = local_raylet
+        self.own_address = own_address
+        self.job_id = job_id
+        self.avg_exec_s: float | None = None  # moving average of the function's run time
+        self.queue: collections.deque[PendingTask] = collections.deque()
+        self.leases: list[LeasedWorker] = []
+        self.requests: set[asyncio.Task[None]] = set()
+
+    def pump(self) -> None:
+        """Pushes queued tasks to leased workers and asks for more leases as needed."""
+        queue = self.queue
+        # Keep one queued task per lease on its way, so a new lease gets work at once
+        # instead of everything piling up on the first worker.
+        reserve = len(self.requests)
+        batches: dict[LeasedWorker, list[PendingTask]] = {}
+        while len(queue) > 0:
+            live = [lw for lw in self.leases if not lw.dead]
+            if not live:
+                break
+            lw = min(live, key=lambda w: len(w.in_flight))
+            short = self.avg_exec_s is not None and self.avg_exec_s < SHORT_TASK_S
+            depth = PIPELINE_DEPTH if short and len(queue) > reserve else 1
+            if len(lw.in_flight) >= depth:
+                break
+            p = queue.popleft()
+            p.worker = lw
+            lw.in_flight[p.spec.task_id] = p
+            batches.setdefault(lw, []).append(p)
+        for lw, batch in batches.items():
+            if lw.idle_timer is not None:
+                lw.idle_timer.cancel()
+                lw.idle_timer = None
+            for i in range(0, len(batch), MAX_BATCH):
+                lw.outbox.put_nowait(batch[i : i + MAX_BATCH])
+        wanted = min(len(queue), MAX_LEASE_REQUESTS) - len(self.requests)
+        for _ in range(wanted):
+            self._request_lease()
+        if not queue:
+            for t in list(self.requests):
+                t.cancel()
+            for lw in self.leases:
+                if not lw.in_flight and lw.idle_timer is None and not lw.dead:
+                    lw.idle_timer = asyncio.get_running_loop().call_later(LEASE_IDLE_S, self._return, lw)
+
+    def _request_lease(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._lease())
+        self.requests.add(task)
+        task.add_done_callback(self.requests.discard)
+
+    async def _lease(self) -> None:
+        """Leases a worker: from the local raylet, following spillback; a raylet that is gone or
+        shutting down sends us back to the local raylet to try again, for up to LEASE_RETRY_S."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LEASE_RETRY_S
+        last_error = ""
+        while loop.time() < deadline:
+            address = self.local_raylet
+            request = pb.LeaseRequest(
+                resources=pb.ResourceMap(amounts=self.shape.to_dict()),
+                owner_address=self.own_address,
+                job_id=self.job_id,
+            )
+            for _ in range(MAX_SPILLBACK_HOPS):
+                try:
+                    reply = await self.raylets.request_lease(address, request)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    self.raylets.forget(address)
+                    last_error = f"raylet {address} is unreachable: {e}"
+                    break
+                if reply.status == pb.LeaseReplyStatus.GRANTED:
+                    lw = LeasedWorker(self, reply.lease_id, reply.worker_address, address)
+                    self.leases.append(lw)
+                    lw.task = self.raylets.start_stream(lw)
+                    current = asyncio.current_task()
+                    if current is not None:
+                        self.requests.discard(current)  # type: ignore[arg-type]
+                    self.pump()
+                    return
+                if reply.status == pb.LeaseReplyStatus.SPILLBACK:
+                    address = reply.retry_address
+                    request.no_spillback = True
+                    continue
+                if reply.status == pb.LeaseReplyStatus.INFEASIBLE:
+                    self._fail_queue(TaskUnschedulableError(f"task cannot be scheduled: {reply.message}"))
+                    return
+                last_error = f"raylet {address}: {reply.message or 'too many spillback hops'}"
+                break
+            await asyncio.sleep(0.2)
+        self._fail_queue(
+            WorkerCrashedError(f"could not lease a worker within {LEASE_RETRY_S:.0f}s: {last_error}")
+        )
+
+    def _fail_queue(self, err: BaseException) -> None:
+        while self.queue:
+            self.owner.fail_task(self.queue.popleft(), err)
+
+    def _return(self, lw: LeasedWorker) -> None:
+        lw.idle_timer = None
+        if lw.in_flight or lw.dead or self.queue:
+            return
+        self._drop(lw)
+        lw.outbox.put_nowait(None)
+        self.raylets.return_lease(lw.raylet_address, lw.lease_id)
+
+    def _drop(self, lw: LeasedWorker) -> None:
+        with contextlib.suppress(ValueError):
+            self.leases.remove(lw)
+
+    def remove(self, p: PendingTask) -> bool:
+        """Takes a task that was not pushed yet off the queue."""
+        if p in self.queue:
+            self.queue.remove(p)
+            return True
+        return False
+
+    # -- StreamSink ----------------------------------------------------------------------------
+    def on_results(self, lw: LeasedWorker, results: list[task_spec.Result]) -> None:
+        for result in results:
+            duration = result[3]
+            self.avg_exec_s = duration if self.avg_exec_s is None else 0.8 * self.avg_exec_s + 0.2 * duration
+            p = lw.in_flight.pop(result[0], None)
+            if p is not None:
+                self.owner.on_result(p, result)
+        self.pump()
+
+    def on_worker_gone(self, lw: LeasedWorker) -> None:
+        self._drop(lw)
+        if lw.idle_timer is not None:
+            lw.idle_timer.cancel()
+        crashed, lw.in_flight = list(lw.in_flight.values()), {}
+        for p in crashed:
+            p.worker = None
+            if p.cancelled:
+                self.owner.fail_task(
+                    p, TaskCancelledError(f"{p.spec.name} was cancelled (its worker was killed)")
+                )
+            elif p.retries_left > 0:
+                p.retries_left -= 1
+                self.queue.appendleft(p)
+            else:
+                self.owner.fail_task(
+                    p,
+                    WorkerCrashedError(
+                        f"the worker running {p.spec.name} died (it crashed or was killed); "
+                        "no retries left (set max_retries to retry)"
+                    ),
+                )
+        self.pump()
+
+    def close(self) -> None:
+        for t in list(self.requests):
+            t.cancel()
+        for lw in list(self.leases):
+            if lw.task is not None:
+                lw.task.cancel()

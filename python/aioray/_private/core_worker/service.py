@@ -1,0 +1,135 @@
+"""The CoreWorker gRPC service (seed 000, protocol a): what other processes ask of a worker or driver.
+
+- Owners push tasks to a leased worker (`PushTasks`, frames in `common.task_spec`).
+- Borrowers ask the owner for an object's value (`GetObject`) and register
+  their borrows (`UpdateBorrowers`); a borrower that could not read a copy
+  asks with ``lost=True`` and the owner rebuilds it from lineage if its node died.
+- The GCS asks a leased worker to become an actor (`CreateActor`).
+- Anyone may ask to cancel a task (`CancelTask`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from aioray._private.common import task_spec
+from aioray._private.core_worker.borrowing import BorrowProtocol
+from aioray._private.core_worker.executor import Executor
+from aioray._private.core_worker.ownership import OwnershipTable
+from aioray._private.core_worker.reader import ObjectReader
+from aioray._private.core_worker.task_submitter import TaskSubmitter
+from aioray._proto.aioray import v1 as pb
+from aioray.exceptions import ObjectLostError
+
+
+class CoreWorkerService(pb.CoreWorkerBase):
+    def __init__(
+        self,
+        refs: OwnershipTable,
+        reader: ObjectReader,
+        borrows: BorrowProtocol,
+        submitter: TaskSubmitter,
+        executor: Executor | None,
+        node_is_gone: Callable[[bytes], Awaitable[bool]],
+        own_address: Callable[[], str],
+    ) -> None:
+        self._refs = refs
+        self._reader = reader
+        self._borrows = borrows
+        self._submitter = submitter
+        self._executor = executor
+        self._node_is_gone = node_is_gone
+        self._own_address = own_address
+
+    async def get_object(self, get_object_request: pb.GetObjectRequest) -> pb.GetObjectReply:
+        oid = get_object_request.object_id
+        if oid not in self._refs:
+            return pb.GetObjectReply(status=pb.GetObjectReplyStatus.FREED)
+        timeout = get_object_request.timeout or None
+        if get_object_request.lost:
+            value = self._refs.value(oid)
+            if value is not None and value.node_id and await self._node_is_gone(value.node_id):
+                try:
+                    await self._submitter.reconstruct(oid)
+                except ObjectLostError as e:
+                    return pb.GetObjectReply(status=pb.GetObjectReplyStatus.LOST, message=str(e))
+        try:
+            value = await self._reader.wait_value(oid, self._own_address(), timeout)
+        except TimeoutError:
+            return pb.GetObjectReply(status=pb.GetObjectReplyStatus.TIMEOUT)
+        except ObjectLostError:
+            return pb.GetObjectReply(status=pb.GetObjectReplyStatus.FREED)
+        if value.inline is not None:
+            return pb.GetObjectReply(status=pb.GetObjectReplyStatus.READY, inline_value=value.inline)
+        return pb.GetObjectReply(
+            status=pb.GetObjectReplyStatus.READY,
+            node_id=value.node_id or b"",
+            node_address=value.node_address or "",
+            size=value.size,
+        )
+
+    async def update_borrowers(self, borrower_update: pb.BorrowerUpdate) -> pb.Empty:
+        self._borrows.on_update(borrower_update)
+        return pb.Empty()
+
+    async def push_tasks(self, blob_iterator: AsyncIterator[pb.Blob]) -> AsyncIterator[pb.Blob]:
+        executor = self._executor
+        if executor is None:
+            raise GRPCError(Status.FAILED_PRECONDITION, "a driver does not execute tasks")
+        outbox: asyncio.Queue[task_spec.Result | None] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for blob in blob_iterator:
+                    lease_id, specs = task_spec.decode_batch(blob.data)
+                    executor.submit(specs, lease_id, outbox.put_nowait)
+            finally:
+                outbox.put_nowait(None)
+
+        # The owner ends its side only once every result arrived (it returns the lease
+        # when nothing is in flight), so the end of its stream is the end of ours.
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            while (item := await outbox.get()) is not None:
+                batch = [item]
+                while not outbox.empty():
+                    nxt = outbox.get_nowait()
+                    if nxt is None:
+                        yield pb.Blob(data=task_spec.encode_results(batch))
+                        return
+                    batch.append(nxt)
+                yield pb.Blob(data=task_spec.encode_results(batch))
+        finally:
+            reader.cancel()
+
+    async def create_actor(self, blob: pb.Blob) -> pb.Blob:
+        if self._executor is None:
+            raise GRPCError(Status.FAILED_PRECONDITION, "a driver does not host actors")
+        spec = task_spec.ActorCreationSpec.decode(blob.data)
+        outcome = await self._executor.create_actor(spec)
+        if self._borrows.has_pending():
+            await self._borrows.flush_registrations()
+        return pb.Blob(data=outcome)
+
+    async def cancel_task(self, cancel_request: pb.CancelRequest) -> pb.Empty:
+        req = cancel_request
+        # Running (or queued) here? Else it is one of ours, asked by a non-owner.
+        if self._executor is None or not self._executor.cancel(req.task_id, req.force, req.recursive):
+            self._submitter.cancel(req.task_id, req.force, req.recursive)
+        return pb.Empty()
+
+    async def exit(self, empty: pb.Empty) -> pb.Empty:
+        asyncio.get_running_loop().call_later(0.05, _exit_process)
+        return pb.Empty()
+
+
+def _exit_process() -> None:
+    os._exit(0)
+
+
+__all__ = ["CoreWorkerService"]

@@ -1,0 +1,269 @@
+"""The owner's side of task execution: resolve dependencies, queue by shape, take results, keep lineage.
+
+Tasks wait in one `LeasePool` per (resource shape, function), as Ray's
+scheduling keys; actor calls go to the actor's queue (`actor_submitter`).
+Results land in the owner's ownership table; an application error is retried
+while `max_retries` and `retry_exceptions` allow. Finished tasks whose outputs
+live in a store are kept as lineage, to be re-run if a node loses them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from aioray._private.common import serialization, task_spec
+from aioray._private.common.resources import ResourceSet
+from aioray._private.core_worker.dependencies import DependencyResolver
+from aioray._private.core_worker.functions import FunctionManager
+from aioray._private.core_worker.lease_pool import (
+    LeasedWorker,
+    LeasePool,
+    PendingTask,
+    TaskUnschedulableError,
+)
+from aioray._private.core_worker.ownership import ObjectValue, OwnershipTable
+from aioray._private.core_worker.runtime import Runtime, quietly
+from aioray._proto.aioray import v1 as pb
+from aioray.exceptions import ObjectLostError, TaskCancelledError
+
+
+class ActorCalls(Protocol):
+    """The actor side of submission, for calls that are retried or cancelled before they left."""
+
+    def retry(self, p: PendingTask) -> None: ...
+    def unqueue(self, p: PendingTask) -> None: ...
+
+
+StoreResult = Callable[[bytes, ObjectValue, tuple[tuple[bytes, str], ...]], None]
+WaitValue = Callable[[bytes, str, float | None], Awaitable[ObjectValue]]
+
+
+class GrpcRaylets:
+    """The lease pools' way to the raylets: the NodeManager service over the core worker's channels."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    async def request_lease(self, address: str, request: pb.LeaseRequest) -> pb.LeaseReply:
+        return await self._runtime.channels.stub(address, pb.NodeManagerStub).request_worker_lease(request)
+
+    def return_lease(self, address: str, lease_id: bytes) -> None:
+        stub = self._runtime.channels.stub(address, pb.NodeManagerStub)
+        request = pb.ReturnLeaseRequest(lease_id=lease_id)
+        self._runtime.spawn(stub.return_worker_lease(request, timeout=10))
+
+    def forget(self, address: str) -> None:
+        self._runtime.channels.drop(address)
+
+    def start_stream(self, lw: LeasedWorker) -> asyncio.Task[None]:
+        return self._runtime.loop.create_task(lw.run(self._runtime.channels))
+
+
+class TaskSubmitter:
+    def __init__(
+        self,
+        runtime: Runtime,
+        job_id: Callable[[], bytes],
+        refs: OwnershipTable,
+        functions: FunctionManager,
+        dependencies: DependencyResolver,
+        wait_value: WaitValue,
+        store_result: StoreResult,
+        note_node: Callable[[bytes, str], None],
+    ) -> None:
+        self._runtime = runtime
+        self._job_id = job_id
+        self._refs = refs
+        self._functions = functions
+        self.dependencies = dependencies
+        self._wait_value = wait_value
+        self._store_result = store_result
+        self._note_node = note_node
+        self.actors: ActorCalls | None = None  # set by the core worker once its actor client exists
+        self.raylets = GrpcRaylets(runtime)
+        self.pools: dict[tuple[ResourceSet, bytes], LeasePool] = {}
+        self.tasks: dict[bytes, PendingTask] = {}  # every unfinished task this process owns
+        self.actor_tasks: set[bytes] = set()  # unfinished actor calls (force-cancel refuses them)
+        # Finished tasks whose outputs live in a store, kept to re-run them if a node loses them.
+        self.lineage: dict[bytes, PendingTask] = {}
+
+    # -- submission ----------------------------------------------------------------------------
+    def submit_new(self, p: PendingTask, fid: bytes, pickled: bytes) -> None:
+        """On the loop: a new task from the user; its function is exported first if it was not yet."""
+        self.tasks[p.spec.task_id] = p  # cancellable from now on
+        if not self._functions.is_exported(fid):
+            self._functions.export(fid, pickled)
+            if not p.deps:
+                self._runtime.spawn(self._export_then_submit(p, fid))
+                return
+        self.submit(p)
+
+    async def _export_then_submit(self, p: PendingTask, fid: bytes) -> None:
+        try:
+            await self._functions.wait_exported(fid)
+        except Exception as e:
+            self.fail_task(p, e)
+            return
+        if not p.cancelled:
+            self.submit(p)
+
+    def submit(self, p: PendingTask) -> None:
+        """On the loop: resolve dependencies, then queue."""
+        self.tasks[p.spec.task_id] = p
+        if p.original is None:
+            p.original = (list(p.spec.args), list(p.deps))
+        if p.deps:
+            self._runtime.spawn(self._resolve_then_queue(p))
+        else:
+            self._queue(p)
+
+    async def _resolve_then_queue(self, p: PendingTask) -> None:
+        try:
+            await self._functions.wait_exported(p.spec.function_id)
+            failed = await self.dependencies.resolve(p.spec.args, p.deps)
+        except Exception as e:
+            self.fail_task(p, e)
+            return
+        if failed is not None:  # a failed dependency fails the task with the same error
+            self.complete(p, [ObjectValue(failed)] * p.spec.num_returns, ())
+        elif not p.cancelled:
+            self._queue(p)
+
+    def _pool(self, p: PendingTask) -> LeasePool | None:
+        return self.pools.get((p.shape, p.spec.function_id))
+
+    def _queue(self, p: PendingTask) -> None:
+        # One queue per (shape, function), as Ray's scheduling keys: run times differ by function.
+        pool = self._pool(p)
+        if pool is None:
+            pool = self.pools[(p.shape, p.spec.function_id)] = LeasePool(
+                self,
+                self.raylets,
+                p.shape,
+                self._runtime.raylet_address,
+                self._runtime.address,
+                self._job_id(),
+            )
+        pool.queue.append(p)
+        pool.pump()
+
+    def retry(self, p: PendingTask) -> None:
+        if p.spec.actor_id:
+            assert self.actors is not None
+            self.actors.retry(p)
+        else:
+            self._queue(p)
+
+    # -- results -------------------------------------------------------------------------------
+    def on_result(self, p: PendingTask, result: task_spec.Result) -> None:
+        _, status, returns, _ = result
+        retryable = status == task_spec.APP_ERROR and not p.cancelled and p.retries_left > 0
+        if retryable and self._retryable(p, returns[0]):
+            p.retries_left -= 1
+            self.retry(p)
+            return
+        values = []
+        inner_all: list[tuple[tuple[bytes, str], ...]] = []
+        for ret in returns:
+            if ret[0] == task_spec.RET_INLINE:
+                values.append(ObjectValue(ret[1]))
+                inner_all.append(tuple(ret[2]))
+            else:
+                node_id, size, inner, raylet = ret[1], ret[2], ret[3], ret[4]
+                self._note_node(node_id, raylet)
+                values.append(ObjectValue(None, node_id, raylet, size))
+                inner_all.append(tuple(inner))
+        self.complete(p, values, inner_all)
+
+    @staticmethod
+    def _retryable(p: PendingTask, ret: tuple[Any, ...]) -> bool:
+        if p.retry_exceptions is False:
+            return False
+        if p.retry_exceptions is True:
+            return True
+        try:
+            err, _ = serialization.deserialize(ret[1])
+        except Exception:
+            return False
+        cause = getattr(err, "cause", err)
+        return isinstance(cause, p.retry_exceptions)
+
+    def complete(
+        self,
+        p: PendingTask,
+        values: list[ObjectValue],
+        inner: list[tuple[tuple[bytes, str], ...]] | tuple[()],
+    ) -> None:
+        if self.tasks.pop(p.spec.task_id, None) is None:
+            return  # completed already (e.g. cancelled while its result was on the way)
+        self.actor_tasks.discard(p.spec.task_id)
+        if not p.spec.actor_id and any(v.inline is None for v in values):
+            self.lineage[p.spec.task_id] = p
+        for i, (oid, value) in enumerate(zip(p.spec.return_ids, values, strict=True)):
+            self._store_result(oid, value, inner[i] if inner else ())
+        if p.arg_refs:
+            self._refs.remove_submitted(p.arg_refs)
+
+    def fail_task(self, p: PendingTask, err: BaseException) -> None:
+        frame = serialization.serialize(err, is_error=True).to_bytes()
+        self.complete(p, [ObjectValue(frame)] * p.spec.num_returns, ())
+
+    # -- lineage -------------------------------------------------------------------------------
+    async def reconstruct(self, oid: bytes) -> None:
+        """Re-runs the task that made `oid` (an object lost with its node) and waits for the new copy."""
+        task_id = oid[: len(oid) - 4]
+        p = self.lineage.get(task_id)
+        if p is None or p.original is None:
+            raise ObjectLostError(
+                f"object {oid.hex()} was lost with its node and cannot be rebuilt: only the outputs of tasks "
+                "can be reconstructed (objects made by put() cannot)"
+            )
+        if task_id not in self.tasks:
+            for rid in p.spec.return_ids:
+                entry = self._refs.get(rid)
+                if entry is not None:
+                    entry.value = None
+            args, deps = p.original
+            p.spec.args, p.deps = list(args), list(deps)
+            p.worker, p.cancelled = None, False
+            self._refs.add_submitted([(dep_oid, owner) for _, dep_oid, owner in deps])
+            p.arg_refs = [dep_oid for _, dep_oid, _ in deps]
+            self.submit(p)
+        await self._wait_value(oid, self._runtime.address, None)
+
+    def forget_lineage(self, oid: bytes) -> None:
+        p = self.lineage.get(oid[: len(oid) - 4])
+        if p is not None and not any(rid in self._refs for rid in p.spec.return_ids):
+            del self.lineage[p.spec.task_id]
+
+    # -- cancellation --------------------------------------------------------------------------
+    def cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
+        """On the loop: cancels a task this process owns (a no-op once it finished)."""
+        p = self.tasks.get(task_id)
+        if p is None:
+            return
+        p.cancelled = True
+        lw = p.worker
+        if lw is None:
+            # Not pushed yet: queued here, waiting for its arguments, or behind other actor calls.
+            if p.spec.actor_id:
+                assert self.actors is not None
+                self.actors.unqueue(p)
+            else:
+                pool = self._pool(p)
+                if pool is not None:
+                    pool.remove(p)
+            self.fail_task(p, TaskCancelledError(f"{p.spec.name} was cancelled before it started"))
+            return
+        stub = self._runtime.channels.stub(lw.address, pb.CoreWorkerStub)
+        request = pb.CancelRequest(task_id=task_id, force=force, recursive=recursive)
+        self._runtime.spawn(quietly(stub.cancel_task(request, timeout=10)))
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
+
+
+__all__ = ["PendingTask", "TaskSubmitter", "TaskUnschedulableError"]

@@ -1,0 +1,363 @@
+"""The core worker: the part of every driver and worker process that owns objects and submits tasks.
+
+It runs on one asyncio loop (the driver starts it on a background thread; a
+worker process runs it on its main thread) and serves the CoreWorker gRPC
+service. This module wires the parts together and is the facade the public
+API calls; each part receives only the collaborators it uses:
+
+- `runtime`     the loop bridge and channels       - `nodes`      node addresses, dead nodes
+- `ownership`   reference counts and values        - `borrowing`  the borrow protocol, frees
+- `reader`      get / await / wait                 - `writer`     put, store writes, spilling
+- `dependencies` argument packing and resolution   - `task_submitter` + `lease_pool` normal tasks
+- `actor_submitter` actor creation and calls       - `executor`   running tasks, hosting an actor
+- `functions`   the function table                 - `service`    the CoreWorker gRPC service
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+from aioray._private.common import rpc, task_spec
+from aioray._private.common.config import INLINE_LIMIT
+from aioray._private.common.ids import IdGenerator, object_id
+from aioray._private.common.resources import ResourceSet
+from aioray._private.core_worker import object_ref as object_ref_mod
+from aioray._private.core_worker.actor_submitter import ActorClient, death_error
+from aioray._private.core_worker.borrowing import BorrowProtocol
+from aioray._private.core_worker.dependencies import DependencyResolver
+from aioray._private.core_worker.executor import Executor
+from aioray._private.core_worker.functions import FunctionManager
+from aioray._private.core_worker.lease_pool import PendingTask
+from aioray._private.core_worker.nodes import NodeDirectory
+from aioray._private.core_worker.object_ref import ObjectRef
+from aioray._private.core_worker.ownership import ObjectValue, OwnershipTable, Released
+from aioray._private.core_worker.reader import ObjectReader
+from aioray._private.core_worker.runtime import Runtime, quietly
+from aioray._private.core_worker.service import CoreWorkerService
+from aioray._private.core_worker.task_submitter import TaskSubmitter
+from aioray._private.core_worker.writer import ObjectWriter
+from aioray._proto.aioray import v1 as pb
+from aioray._store import ObjectStore
+
+T = TypeVar("T")
+
+
+class CoreWorker:
+    def __init__(
+        self,
+        *,
+        is_driver: bool,
+        worker_id: bytes,
+        node: pb.NodeInfo,
+        gcs_address: str,
+        token: str,
+        job_id: bytes,
+        loop: asyncio.AbstractEventLoop,
+        namespace: str = "",
+    ) -> None:
+        self.is_driver = is_driver
+        self.worker_id = worker_id
+        self.node_id = node.node_id
+        self.token = token
+        self.job_id = job_id
+        self.namespace = namespace
+        self.loop = loop
+        self.runtime = runtime = Runtime(loop, token, gcs_address, node.address)
+        self.channels = runtime.channels
+        self.store = ObjectStore.attach(node.store_name)
+        self.nodes = NodeDirectory(runtime, node.node_id, node.address)
+        self.refs = OwnershipTable("", self._on_release)
+        self.borrows = BorrowProtocol(runtime, self.refs, self.store, node.node_id, self._on_freed)
+        self.functions = FunctionManager(runtime)
+        self.writer = ObjectWriter(
+            runtime, self.refs, self.store, IdGenerator(worker_id), node.node_id, node.spill_dir
+        )
+        self.ids = self.writer.ids
+        self.reader = ObjectReader(
+            runtime,
+            self.refs,
+            self.store,
+            self.nodes,
+            node.node_id,
+            reconstruct=lambda oid: self.submitter.reconstruct(oid),
+            blocking=self._set_blocked,
+            cancel=lambda ref: self.cancel(ref, force=False, recursive=True),
+        )
+        self.dependencies = DependencyResolver(
+            self.refs,
+            self.writer.put_frame,
+            self.reader.wait_value,
+            reconstruct=lambda oid: self.submitter.reconstruct(oid),
+            dead_nodes=self.nodes.dead,
+            own_address=lambda: runtime.address,
+            inline_limit=INLINE_LIMIT,
+        )
+        self.submitter = TaskSubmitter(
+            runtime,
+            lambda: self.job_id,
+            self.refs,
+            self.functions,
+            self.dependencies,
+            self.reader.wait_value,
+            self._store_result,
+            self.nodes.note,
+        )
+        self.actors = ActorClient(runtime, self.submitter, self.functions)
+        self.submitter.actors = self.actors
+        self.actor_lifetimes: dict[bytes, bytes] = {}  # lifetime object id -> actor id (owned actors)
+        self.executor: Executor | None = None
+        if not is_driver:
+            self.executor = Executor(
+                runtime,
+                self.borrows,
+                self.functions.load,
+                self.reader.read_buffer_blocking,
+                self.writer.write_to_store,
+                self.submitter.cancel,
+                node.node_id,
+                INLINE_LIMIT,
+            )
+        self._server: Any = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        return self.runtime.address
+
+    @property
+    def spill_dir(self) -> str:
+        return self.writer.spill_dir
+
+    @spill_dir.setter
+    def spill_dir(self, path: str) -> None:
+        self.writer.spill_dir = path
+
+    @property
+    def actor_tasks(self) -> set[bytes]:
+        return self.submitter.actor_tasks
+
+    def note_nodes(self, nodes: Sequence[pb.NodeInfo]) -> None:
+        for n in nodes:
+            self.nodes.addresses[n.node_id] = n.address
+
+    async def start(self, host: str = "127.0.0.1") -> None:
+        self.runtime.bind_loop_thread()
+        service = CoreWorkerService(
+            self.refs,
+            self.reader,
+            self.borrows,
+            self.submitter,
+            self.executor,
+            self.nodes.is_gone,
+            lambda: self.runtime.address,
+        )
+        self._server, port = await rpc.start_server([service], host, 0, self.token)
+        self.runtime.address = f"{host}:{port}"
+        self.refs.address = self.borrows.address = self.runtime.address
+        self.runtime.spawn(self.nodes.follow())
+
+    async def close(self) -> None:
+        self.runtime.closed = True
+        self.submitter.close()
+        self.actors.close()
+        if self._server is not None:
+            self._server.close()
+        self.runtime.close()
+
+    def run_sync(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return self.runtime.run_sync(coro, timeout)
+
+    def gcs(self, service: Any) -> Any:
+        return self.runtime.gcs(service)
+
+    # -- submission (any thread) -----------------------------------------------------------------
+    def _note_child(self, task_id: bytes) -> None:
+        if self.executor is not None:
+            self.executor.note_child(task_id)
+
+    def submit_task(
+        self,
+        fn: Any,
+        name: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        *,
+        num_returns: int,
+        resources: ResourceSet,
+        max_retries: int,
+        retry_exceptions: bool | tuple[type[BaseException], ...],
+    ) -> list[ObjectRef]:
+        fid, pickled = self.functions.function_id(fn)
+        task_id = self.ids.task_id()
+        packed = self.dependencies.pack(name, args, kwargs)
+        return_ids = [object_id(task_id, i + 1) for i in range(num_returns)]
+        refs = [ObjectRef(oid, self.address) for oid in return_ids]
+        self._note_child(task_id)
+        spec = task_spec.TaskSpec(
+            task_id, fid, name, packed.args, tuple(kwargs), num_returns, self.address, self.job_id, return_ids
+        )
+        kept = [oid for oid, _ in packed.kept_alive]
+        pending = PendingTask(spec, resources, max_retries, retry_exceptions, kept, packed.deps)
+        self.runtime.call_soon(self.submitter.submit_new, pending, fid, pickled)
+        return refs
+
+    def submit_actor_task(
+        self,
+        actor_id: bytes,
+        method: str,
+        name: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        *,
+        num_returns: int,
+        max_task_retries: int,
+    ) -> list[ObjectRef]:
+        task_id = self.ids.task_id()
+        packed = self.dependencies.pack(name, args, kwargs)
+        return_ids = [object_id(task_id, i + 1) for i in range(num_returns)]
+        refs = [ObjectRef(oid, self.address) for oid in return_ids]
+        self._note_child(task_id)
+        spec = task_spec.TaskSpec(
+            task_id, b"", name, packed.args, tuple(kwargs), num_returns, self.address, self.job_id, return_ids,
+            actor_id, method,
+        )  # fmt: skip
+        kept = [oid for oid, _ in packed.kept_alive]
+        pending = PendingTask(spec, ResourceSet(), max_task_retries, False, kept, packed.deps)
+        self.submitter.actor_tasks.add(task_id)
+        self.runtime.call_soon(self.actors.submit, pending)
+        return refs
+
+    def start_actor(
+        self,
+        cls: type,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        request: pb.CreateActorRequest,
+        *,
+        max_concurrency: int,
+        is_async: bool,
+        wait: bool,
+    ) -> tuple[bytes, ObjectRef | None, concurrent.futures.Future[pb.ActorInfo]]:
+        """Registers an actor with the GCS; returns its id, its lifetime ref and the GCS's answer."""
+        fid, pickled = self.functions.function_id(cls)
+        packed = self.dependencies.pack(f"{cls.__name__}.__init__", args, kwargs)
+        spec = task_spec.ActorCreationSpec(
+            request.actor_id, fid, cls.__name__, packed.args, tuple(kwargs), max_concurrency, is_async,
+            self.address, self.job_id,
+        )  # fmt: skip
+        request.owner_address = self.address
+        request.job_id = self.job_id
+        # The actor lives while this object is referenced: by its handles here and wherever they are passed.
+        lifetime: ObjectRef | None = None
+        if not request.detached:
+            lifetime = self.put(request.actor_id)
+            self.actor_lifetimes[lifetime.binary()] = request.actor_id
+
+        async def create() -> pb.ActorInfo:
+            self.functions.export(fid, pickled)
+            try:
+                return await self.actors.create(request, packed.deps, spec)
+            finally:
+                self.refs.remove_submitted([oid for oid, _ in packed.kept_alive])
+
+        fut = self.runtime.submit(create())
+        if wait:
+            fut.result(60)
+        return request.actor_id, lifetime, fut
+
+    async def wait_actor_started(self, actor_id: bytes) -> None:
+        """On the loop: returns once the actor is alive; raises the error its calls would raise if it died."""
+        info = await self.actors.wait_settled(actor_id)
+        if info is not None and info.state == pb.ActorInfoState.DEAD:
+            raise death_error(info.death_cause)
+
+    async def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
+        await self.actors.kill(actor_id, no_restart)
+
+    # -- cancellation ----------------------------------------------------------------------------
+    def cancel(self, ref: ObjectRef, force: bool, recursive: bool) -> None:
+        """Cancels the task that makes `ref` (any thread; returns at once)."""
+        task_id = ref.task_id()
+        if ref.owner_address == self.address:
+            self.runtime.call_soon(self.submitter.cancel, task_id, force, recursive)
+            return
+
+        async def forward() -> None:
+            stub = self.channels.stub(ref.owner_address, pb.CoreWorkerStub)
+            await stub.cancel_task(
+                pb.CancelRequest(task_id=task_id, force=force, recursive=recursive), timeout=10
+            )
+
+        self.runtime.submit(quietly(forward()))
+
+    # -- objects ---------------------------------------------------------------------------------
+    def put(self, value: Any) -> ObjectRef:
+        return self.writer.put(value)
+
+    def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
+        return self.reader.get(refs, timeout)
+
+    async def get_async(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
+        return await self.reader.get_async(refs, timeout)
+
+    def get_future(self, ref: ObjectRef) -> concurrent.futures.Future[Any]:
+        return self.reader.get_future(ref)
+
+    async def await_ref(self, ref: ObjectRef, cancel_on_cancel: bool = True) -> Any:
+        return await self.reader.await_ref(ref, cancel_on_cancel)
+
+    def wait(
+        self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None
+    ) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        return self.reader.wait(refs, num_returns, timeout)
+
+    async def wait_async(
+        self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None
+    ) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        return await self.reader.wait_async(refs, num_returns, timeout)
+
+    def _store_result(self, oid: bytes, value: ObjectValue, inner: tuple[tuple[bytes, str], ...]) -> None:
+        """On the loop: a task's return value arrived."""
+        if not self.reader.set_result(oid, value, inner):
+            # Nobody wants it any more: free it at once.
+            self.borrows.released([(oid, self.address, value, True, False)])
+
+    def _set_blocked(self, blocked: bool) -> bool:
+        """Lends (or takes back) the running task's CPU while it blocks; True if it applied."""
+        if self.executor is None:
+            return False
+        lease_id = self.executor.context.lease_id
+        if lease_id is None:
+            return False
+        request = pb.BlockedRequest(lease_id=lease_id, blocked=blocked)
+
+        async def notify() -> None:
+            await self.runtime.raylet(pb.NodeManagerStub).notify_blocked(request, timeout=10)
+
+        with contextlib.suppress(Exception):
+            self.run_sync(notify(), timeout=15)
+        return True
+
+    # -- releases --------------------------------------------------------------------------------
+    def _on_release(self, released: list[Released]) -> None:
+        self.borrows.on_release(released)
+
+    def _on_freed(self, oid: bytes, owned: bool) -> None:
+        """On the loop, for each released object: forget what only mattered while it lived."""
+        self.reader.forget(oid)
+        if owned and self.submitter.lineage:
+            self.submitter.forget_lineage(oid)
+        actor_id = self.actor_lifetimes.pop(oid, None)
+        if actor_id is not None:  # the last handle of an actor we own is gone
+            self.runtime.spawn(self.actors.kill(actor_id, no_restart=True, only_if_not_detached=True))
+
+
+def connect(core: CoreWorker) -> None:
+    object_ref_mod.set_global_worker(core)
+
+
+__all__ = ["CoreWorker", "connect"]

@@ -1,0 +1,101 @@
+"""The node table: membership, each node's resources (seed 000, protocol c) and health checks.
+
+Raylets register and then report their free resources; both are published on
+the node and resource channels, which is how every raylet keeps its view of
+the cluster for spillback. A raylet that misses several health checks in a row
+is declared dead: the callback lets the actor manager restart its actors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from aioray._private.common import rpc
+from aioray._private.common.pubsub import NODE_CHANNEL, RESOURCE_CHANNEL
+from aioray._proto.aioray import v1 as pb
+
+HEALTH_CHECK_PERIOD_S = 1.0
+HEALTH_CHECK_TIMEOUT_S = 3.0  # a raylet starved of CPU for a moment is not dead
+HEALTH_CHECK_FAILURES = 3
+
+Publish = Callable[[str, bytes], None]
+RecordEvent = Callable[[str, str, str], None]
+
+
+class NodeTable(pb.NodeInfoGcsServiceBase):
+    def __init__(
+        self,
+        channels: rpc.ChannelPool,
+        publish: Publish,
+        has_subscribers: Callable[[str], bool],
+        record_event: RecordEvent,
+        on_node_death: Callable[[bytes], None],
+    ) -> None:
+        self.nodes: dict[bytes, pb.NodeInfo] = {}
+        self._channels = channels
+        self._publish = publish
+        self._has_subscribers = has_subscribers
+        self._record_event = record_event
+        self._on_node_death = on_node_death
+        self._health_task: asyncio.Task[None] | None = None
+
+    def view(self) -> pb.ClusterView:
+        return pb.ClusterView(nodes=list(self.nodes.values()))
+
+    async def register_node(self, node_info: pb.NodeInfo) -> pb.RegisterNodeReply:
+        node_info.alive = True
+        node_info.start_time = node_info.start_time or time.time()
+        self.nodes[node_info.node_id] = node_info
+        self._record_event(
+            "gcs", "INFO", f"node {node_info.node_id.hex()[:12]} joined at {node_info.address}"
+        )
+        self._publish(NODE_CHANNEL, bytes(node_info))
+        if self._health_task is None:
+            self._health_task = asyncio.get_running_loop().create_task(self._health_check())
+        return pb.RegisterNodeReply(view=self.view())
+
+    async def report_resources(self, resource_report: pb.ResourceReport) -> pb.Empty:
+        node = self.nodes.get(resource_report.node_id)
+        if node is not None and node.alive:
+            node.available = resource_report.available
+            node.store_used = resource_report.store_used
+            node.store_objects = resource_report.store_objects
+            node.num_workers = resource_report.num_workers
+            node.spilled_bytes = resource_report.spilled_bytes
+            node.restored_bytes = resource_report.restored_bytes
+            node.spilled_total = resource_report.spilled_total
+            if self._has_subscribers(RESOURCE_CHANNEL):
+                self._publish(RESOURCE_CHANNEL, bytes(resource_report))
+        return pb.Empty()
+
+    async def get_cluster_view(self, empty: pb.Empty) -> pb.ClusterView:
+        return self.view()
+
+    async def _health_check(self) -> None:
+        """Declares a raylet dead after several failed pings in a row."""
+        failures: dict[bytes, int] = {}
+        while True:
+            await asyncio.sleep(HEALTH_CHECK_PERIOD_S)
+            for node in list(self.nodes.values()):
+                if not node.alive:
+                    continue
+                stub = self._channels.stub(node.address, pb.NodeManagerStub)
+                try:
+                    await stub.get_node_info(pb.Empty(), timeout=HEALTH_CHECK_TIMEOUT_S)
+                    failures.pop(node.node_id, None)
+                except Exception:
+                    failures[node.node_id] = failures.get(node.node_id, 0) + 1
+                    if failures[node.node_id] >= HEALTH_CHECK_FAILURES:
+                        node.alive = False
+                        self._channels.drop(node.address)
+                        self._on_node_death(node.node_id)
+                        self._record_event(
+                            "gcs", "ERROR", f"node {node.node_id.hex()[:12]} is dead (no answer)"
+                        )
+                        self._publish(NODE_CHANNEL, bytes(node))
+
+    def close(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()

@@ -1,0 +1,86 @@
+"""The raylet's view of the cluster (seed 000, protocol c), kept current from the GCS without polling.
+
+The raylet registers its node with the GCS (which answers with the view so
+far), then subscribes to the node and resource channels, receiving a snapshot
+first and every change after it. The view drives spillback and tells the
+object manager where other nodes' raylets and data ports are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+from aioray._private.common import rpc
+from aioray._private.common.pubsub import NODE_CHANNEL, RESOURCE_CHANNEL, VIEW_CHANNEL
+from aioray._proto.aioray import v1 as pb
+
+RESUBSCRIBE_S = 0.5
+REGISTER_TIMEOUT_S = 30.0
+
+
+class ClusterView:
+    def __init__(self, channels: rpc.ChannelPool, gcs_address: str) -> None:
+        self._channels = channels
+        self._gcs_address = gcs_address
+        self.nodes: list[pb.NodeInfo] = []
+        self.stopping = False
+
+    async def register(self, node_info: Callable[[], pb.NodeInfo]) -> None:
+        """Registers this node with the GCS, retrying while the GCS is still starting."""
+        stub = self._channels.stub(self._gcs_address, pb.NodeInfoGcsServiceStub)
+        deadline = time.monotonic() + REGISTER_TIMEOUT_S
+        while True:
+            try:
+                reply = await stub.register_node(node_info(), timeout=5)
+                self.nodes = list(reply.view.nodes)
+                return
+            except rpc.CONNECTION_ERRORS:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+
+    async def refresh_now(self) -> None:
+        with contextlib.suppress(Exception):
+            stub = self._channels.stub(self._gcs_address, pb.NodeInfoGcsServiceStub)
+            self.nodes = list((await stub.get_cluster_view(pb.Empty(), timeout=5)).nodes)
+
+    async def follow(self) -> None:
+        """Keeps the view current from the GCS's node and resource channels until stopped."""
+        stub = self._channels.stub(self._gcs_address, pb.PubSubGcsServiceStub)
+        request = pb.SubscribeRequest(channels=[NODE_CHANNEL, RESOURCE_CHANNEL], with_cluster_view=True)
+        while not self.stopping:
+            with contextlib.suppress(*rpc.CONNECTION_ERRORS, rpc.GRPCError):
+                async for msg in stub.subscribe(request):
+                    self.apply(msg)
+            if not self.stopping:  # the GCS went away: try again (it may come back)
+                await asyncio.sleep(RESUBSCRIBE_S)
+
+    def apply(self, msg: pb.PubMessage) -> None:
+        if msg.channel == VIEW_CHANNEL:
+            self.nodes = list(pb.ClusterView().parse(msg.data).nodes)
+        elif msg.channel == NODE_CHANNEL:
+            node = pb.NodeInfo().parse(msg.data)
+            others = [n for n in self.nodes if n.node_id != node.node_id]
+            self.nodes = [*others, node]
+        elif msg.channel == RESOURCE_CHANNEL:
+            report = pb.ResourceReport().parse(msg.data)
+            for n in self.nodes:
+                if n.node_id == report.node_id:
+                    n.available = report.available
+                    n.store_used = report.store_used
+                    n.store_objects = report.store_objects
+                    n.num_workers = report.num_workers
+
+    def data_address_of(self, raylet_address: str) -> tuple[str, int] | None:
+        """The object-manager (data) address of the node whose raylet serves at `raylet_address`."""
+        for node in self.nodes:
+            if node.address == raylet_address and node.alive and node.object_manager_address:
+                return rpc.split_address(node.object_manager_address)
+        return None
+
+    def raylet_addresses(self) -> dict[bytes, str]:
+        """Node id -> raylet address of every live node."""
+        return {n.node_id: n.address for n in self.nodes if n.alive}

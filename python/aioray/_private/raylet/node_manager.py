@@ -1,0 +1,211 @@
+"""The node manager (seed 000, protocol b): worker leases on this node.
+
+Owners lease workers here for a resource shape (``RequestWorkerLease``). The
+scheduling policy (`scheduling`) decides whether the request is infeasible,
+goes on to another node (spillback) or queues here; queued requests are
+granted in order as resources and workers free up, starting workers on
+demand. A lease ends when its owner returns it, its worker dies, or its owner
+dies; a leased worker blocked in get/wait lends its resources back meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aioray._private.common import rpc
+from aioray._private.common.ids import random_id
+from aioray._private.common.resources import ResourceSet
+from aioray._private.raylet import scheduling
+from aioray._private.raylet.cluster_view import ClusterView
+from aioray._private.raylet.worker_pool import WorkerPool, WorkerProc
+from aioray._proto.aioray import v1 as pb
+
+log = logging.getLogger("aioray.raylet")
+
+
+@dataclass(eq=False)
+class Lease:
+    lease_id: bytes
+    worker: WorkerProc
+    resources: ResourceSet
+    owner: str
+    blocked: bool = False
+
+
+@dataclass(eq=False)
+class LeaseWaiter:
+    request: pb.LeaseRequest
+    resources: ResourceSet
+    future: asyncio.Future[pb.LeaseReply]
+
+
+class NodeManager(pb.NodeManagerBase):
+    def __init__(
+        self,
+        node_id: bytes,
+        total: ResourceSet,
+        view: ClusterView,
+        pool: WorkerPool,
+        node_info: Callable[[], pb.NodeInfo],
+        resources_changed: Callable[[], None],
+        gcs_address: str,
+        on_shutdown: Callable[[], None],
+    ) -> None:
+        self.node_id = node_id
+        self.total = total
+        self.available = total
+        self.view = view
+        self.pool = pool
+        self._node_info = node_info
+        self._resources_changed = resources_changed
+        self._gcs_address = gcs_address
+        self._on_shutdown = on_shutdown
+        self.leases: dict[bytes, Lease] = {}
+        self.waiting: list[LeaseWaiter] = []
+        self.stopping = False
+
+    # -- leases ----------------------------------------------------------------------------------
+    async def request_worker_lease(self, lease_request: pb.LeaseRequest) -> pb.LeaseReply:
+        if self.stopping:
+            return pb.LeaseReply(status=pb.LeaseReplyStatus.REJECTED, message="the raylet is shutting down")
+        shape = ResourceSet(lease_request.resources.amounts)
+        if not scheduling.feasible_somewhere(shape, self.total, self.view.nodes, self.node_id):
+            # The view may predate a node that just joined: look again before saying no.
+            await self.view.refresh_now()
+        if not scheduling.feasible_somewhere(shape, self.total, self.view.nodes, self.node_id):
+            return pb.LeaseReply(
+                status=pb.LeaseReplyStatus.INFEASIBLE,
+                message=f"no node of the cluster has {shape.to_dict()} (this node has {self.total.to_dict()})",
+            )
+        target = scheduling.spillback_target(
+            shape, self.available, self.total, self.view.nodes, self.node_id, lease_request.no_spillback
+        )
+        if target is not None:
+            return pb.LeaseReply(status=pb.LeaseReplyStatus.SPILLBACK, retry_address=target)
+        waiter = LeaseWaiter(lease_request, shape, asyncio.get_running_loop().create_future())
+        self.waiting.append(waiter)
+        self.dispatch()
+        try:
+            return await waiter.future
+        except asyncio.CancelledError:
+            # The owner gave up (its call was cancelled): hand a granted lease back.
+            if waiter in self.waiting:
+                self.waiting.remove(waiter)
+            elif waiter.future.done() and not waiter.future.cancelled():
+                lease = self.leases.get(waiter.future.result().lease_id)
+                if lease is not None:
+                    self._return(lease, failed=False)
+            raise
+
+    def dispatch(self) -> None:
+        """Grants queued requests that fit, to idle workers; starts workers for the rest that fit."""
+        if self.stopping:
+            return
+        queued = [w for w in self.waiting if not w.future.done()]
+        plan = scheduling.plan_dispatch([w.resources for w in queued], self.available, len(self.pool.idle))
+        for i in plan.grant:
+            waiter = queued[i]
+            worker = self.pool.take_idle()
+            lease = Lease(random_id(16), worker, waiter.resources, waiter.request.owner_address)
+            worker.lease_id = lease.lease_id
+            self.leases[lease.lease_id] = lease
+            self.available = self.available - waiter.resources
+            waiter.future.set_result(
+                pb.LeaseReply(
+                    status=pb.LeaseReplyStatus.GRANTED,
+                    lease_id=lease.lease_id,
+                    worker_id=worker.worker_id,
+                    worker_address=worker.address,
+                    node_id=self.node_id,
+                )
+            )
+        self.waiting = [queued[i] for i in plan.waiting]
+        self.pool.start(max(0, plan.workers_needed - self.pool.starting))
+        self._resources_changed()
+
+    def _release(self, lease: Lease) -> None:
+        if not lease.blocked:
+            self.available = self.available + lease.resources
+        lease.worker.lease_id = None
+
+    def _return(self, lease: Lease, failed: bool) -> None:
+        self.leases.pop(lease.lease_id, None)
+        self._release(lease)
+        self.pool.give_back(lease.worker, failed)
+        self.dispatch()
+
+    async def return_worker_lease(self, return_lease_request: pb.ReturnLeaseRequest) -> pb.Empty:
+        lease = self.leases.get(return_lease_request.lease_id)
+        if lease is not None:
+            self._return(lease, return_lease_request.worker_failed)
+        return pb.Empty()
+
+    async def notify_blocked(self, blocked_request: pb.BlockedRequest) -> pb.Empty:
+        """A leased worker blocked in `get` lends its resources back, so nested tasks can run."""
+        lease = self.leases.get(blocked_request.lease_id)
+        if lease is not None and lease.blocked != blocked_request.blocked:
+            lease.blocked = blocked_request.blocked
+            if lease.blocked:
+                self.available = self.available + lease.resources
+                self.dispatch()
+            else:
+                self.available = self.available - lease.resources
+                self._resources_changed()
+        return pb.Empty()
+
+    # -- workers ---------------------------------------------------------------------------------
+    async def register_worker(
+        self, register_worker_request: pb.RegisterWorkerRequest
+    ) -> pb.RegisterWorkerReply:
+        worker = self.pool.register(register_worker_request.worker_id, register_worker_request.address)
+        if worker is None:
+            raise rpc.GRPCError(rpc.Status.FAILED_PRECONDITION, "unknown worker")
+        self.dispatch()
+        return pb.RegisterWorkerReply(node=self._node_info(), gcs_address=self._gcs_address)
+
+    def on_worker_exit(self, worker: WorkerProc, code: int | None) -> pb.WorkerDeath | None:
+        """A worker process ended: its lease ends, and so do the leases it held as an owner.
+        Returns the death to report to the GCS, if the worker had registered."""
+        if worker.lease_id is not None:
+            lease = self.leases.pop(worker.lease_id, None)
+            if lease is not None:
+                self._release(lease)
+        if worker.address:
+            # Leases that the dead worker held as an owner will never be returned.
+            for lease in [ls for ls in self.leases.values() if ls.owner == worker.address]:
+                self._return(lease, failed=False)
+        if self.stopping:
+            return None
+        if code not in (0, None) and not worker.killed:
+            log.warning(
+                "worker %s (pid %d) exited with code %s", worker.worker_id.hex()[:8], worker.proc.pid, code
+            )
+        self.dispatch()
+        if not worker.address:
+            return None
+        return pb.WorkerDeath(
+            node_id=self.node_id, worker_id=worker.worker_id, address=worker.address, exit_code=code or 0
+        )
+
+    # -- node ------------------------------------------------------------------------------------
+    async def get_node_info(self, empty: pb.Empty) -> pb.NodeInfo:
+        return self._node_info()
+
+    async def shutdown(self, empty: pb.Empty) -> pb.Empty:
+        asyncio.get_running_loop().call_soon(self._on_shutdown)
+        return pb.Empty()
+
+    def stop(self) -> None:
+        """Refuses new requests and rejects the queued ones."""
+        self.stopping = True
+        for waiter in self.waiting:
+            if not waiter.future.done():
+                waiter.future.set_result(
+                    pb.LeaseReply(status=pb.LeaseReplyStatus.REJECTED, message="the raylet is shutting down")
+                )
+
+
+__all__ = ["Lease", "NodeManager"]

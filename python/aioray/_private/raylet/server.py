@@ -1,0 +1,219 @@
+"""The raylet process: one per node. It owns the node's store segment, its workers and local scheduling.
+
+It serves two gRPC services: the node manager (leases, workers) and the
+object manager (the store as seen from outside, transfers between nodes),
+plus the raw data port. This module wires them together, keeps the GCS
+informed of the node's free resources, and runs the process:
+``python -m aioray._private.raylet`` (see `aioray._private.node`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from aioray._private.common import process, rpc
+from aioray._private.common.ids import random_id
+from aioray._private.common.resources import ResourceSet
+from aioray._private.raylet.cluster_view import ClusterView
+from aioray._private.raylet.node_manager import NodeManager
+from aioray._private.raylet.object_manager import ObjectManager
+from aioray._private.raylet.spill import SpillManager
+from aioray._private.raylet.worker_pool import WorkerPool, WorkerProc
+from aioray._proto.aioray import v1 as pb
+from aioray._store import ObjectStore
+
+log = process.setup_logging("raylet")
+
+REPORT_DELAY_S = 0.05
+
+
+class Raylet:
+    def __init__(self, args: argparse.Namespace, token: str) -> None:
+        self.node_id = random_id(16)
+        self.host = args.host
+        self.gcs_address = args.gcs_address
+        self.token = token
+        self.is_head = args.head
+        self.address = ""
+        # AIORAY_SESSION_TAG (optional) marks every segment of one test session or deployment.
+        tag = os.environ.get("AIORAY_SESSION_TAG", "")
+        self.store_name = f"aioray-{tag + '-' if tag else ''}{self.node_id.hex()[:16]}"
+        self.store = ObjectStore.create(self.store_name, args.object_store_memory)
+        self.spill = SpillManager(
+            self.store, os.path.join(args.spill_dir, f"spill-{self.node_id.hex()[:16]}")
+        )
+        self.channels = rpc.ChannelPool(token)
+        self.view = ClusterView(self.channels, self.gcs_address)
+        self.pool = WorkerPool(self._worker_env, self._spawn, self._on_worker_exit)
+        self.nodes = NodeManager(
+            self.node_id,
+            ResourceSet(json.loads(args.resources)),
+            self.view,
+            self.pool,
+            self.node_info,
+            self.schedule_report,
+            self.gcs_address,
+            lambda: self.stopped.set(),
+        )
+        self.objects = ObjectManager(
+            self.node_id,
+            self.store,
+            self.spill,
+            self.view,
+            self.channels,
+            self.gcs_address,
+            token,
+            self._spawn,
+            self.schedule_report,
+        )
+        # Workers start on demand (a lease that finds none idle starts one), so an idle node is three
+        # processes; --prestart-workers starts one per CPU at once for the first tasks' latency.
+        self.min_workers = max(1, int(self.nodes.total.get("CPU"))) if args.prestart_workers else 0
+        self.stopping = False
+        self.stopped = asyncio.Event()
+        self._report_scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def services(self) -> list[object]:
+        return [self.nodes, self.objects]
+
+    def _worker_env(self) -> dict[str, str]:
+        return {
+            process.TOKEN_ENV: self.token,
+            "AIORAY_RAYLET_ADDRESS": self.address,
+            "AIORAY_GCS_ADDRESS": self.gcs_address,
+            "AIORAY_NODE_ID": self.node_id.hex(),
+            "AIORAY_STORE_NAME": self.store_name,
+        }
+
+    def _on_worker_exit(self, worker: WorkerProc, code: int | None) -> None:
+        # Views of store objects it still held would keep them from being freed or evicted.
+        with contextlib.suppress(Exception):
+            self.store.reap_dead_clients()
+        death = self.nodes.on_worker_exit(worker, code)
+        if death is not None:
+            self._spawn(self._report_death(death))
+
+    async def _report_death(self, death: pb.WorkerDeath) -> None:
+        with contextlib.suppress(Exception):
+            stub = self.channels.stub(self.gcs_address, pb.WorkerInfoGcsServiceStub)
+            await stub.report_worker_death(death, timeout=10)
+
+    # -- node info and resource reports ----------------------------------------------------------
+    def node_info(self) -> pb.NodeInfo:
+        stats = self.store.stats()
+        port = self.objects.data_port.port
+        return pb.NodeInfo(
+            node_id=self.node_id,
+            address=self.address,
+            object_manager_address=f"{self.host}:{port}" if port else "",
+            store_name=self.store_name,
+            total=pb.ResourceMap(amounts=self.nodes.total.to_dict()),
+            available=pb.ResourceMap(amounts=self.nodes.available.to_dict()),
+            alive=True,
+            is_head=self.is_head,
+            start_time=time.time(),
+            store_capacity=stats["capacity"],
+            store_used=stats["used_bytes"],
+            store_objects=stats["num_objects"],
+            num_workers=len(self.pool.workers),
+            spill_dir=self.spill.dir,
+            spilled_bytes=self.spill.spilled_bytes,
+            restored_bytes=self.spill.restored_bytes,
+            spilled_total=self.spill.spilled_total,
+        )
+
+    def schedule_report(self) -> None:
+        """Reports the node's free resources and store use to the GCS soon (changes coalesce)."""
+        if not self._report_scheduled and not self.stopping:
+            self._report_scheduled = True
+            asyncio.get_running_loop().call_later(REPORT_DELAY_S, lambda: self._spawn(self._report()))
+
+    async def _report(self) -> None:
+        self._report_scheduled = False
+        stats = self.store.stats()
+        report = pb.ResourceReport(
+            node_id=self.node_id,
+            available=pb.ResourceMap(amounts=self.nodes.available.to_dict()),
+            store_used=stats["used_bytes"],
+            store_objects=stats["num_objects"],
+            num_workers=len(self.pool.workers),
+            spilled_bytes=self.spill.spilled_bytes,
+            restored_bytes=self.spill.restored_bytes,
+            spilled_total=self.spill.spilled_total,
+        )
+        with contextlib.suppress(Exception):
+            stub = self.channels.stub(self.gcs_address, pb.NodeInfoGcsServiceStub)
+            await stub.report_resources(report, timeout=5)
+
+    async def stop(self) -> None:
+        self.stopping = self.view.stopping = self.pool.stopping = True
+        self.nodes.stop()
+        await self.pool.stop()
+        self.objects.close()
+        self.channels.close()
+        self.store.destroy()
+        self.spill.close()
+
+
+async def serve(args: argparse.Namespace, token: str) -> None:
+    raylet = Raylet(args, token)
+    try:
+        server, port = await rpc.start_server(raylet.services(), args.host, args.port, token)
+        raylet.address = f"{args.host}:{port}"
+        # Where only the RPC ports pass between machines, AIORAY_OBJECT_TRANSFER=grpc keeps the data
+        # port closed and peers pull this node's objects over its gRPC stream (slower, ~0.3 GB/s).
+        if os.environ.get("AIORAY_OBJECT_TRANSFER", "socket") != "grpc":
+            await raylet.objects.data_port.start(args.host)
+        await raylet.view.register(raylet.node_info)
+    except BaseException:
+        raylet.store.destroy()
+        raylet.spill.close()
+        raise
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, raylet.stopped.set)
+    process.watch_lifeline(loop, raylet.stopped.set)
+    raylet._spawn(raylet.view.follow())
+    raylet.pool.start(raylet.min_workers)
+    process.announce_ready(
+        json.dumps(
+            {"address": raylet.address, "node_id": raylet.node_id.hex(), "store_name": raylet.store_name}
+        )
+    )
+    await raylet.stopped.wait()
+    await raylet.stop()
+    server.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(server.wait_closed(), 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="aioray-raylet")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--gcs-address", required=True)
+    parser.add_argument("--resources", default="{}", help="JSON map, CPU and GPU included")
+    parser.add_argument("--object-store-memory", type=int, required=True)
+    parser.add_argument("--head", action="store_true")
+    parser.add_argument(
+        "--spill-dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "aioray-session")
+    )
+    parser.add_argument("--prestart-workers", action="store_true")
+    args = parser.parse_args()
+    token = os.environ.get(process.TOKEN_ENV, "")
+    process.install_uvloop()
+    asyncio.run(serve(args, token))
