@@ -253,6 +253,10 @@ impl Buffer {
 
 #[pymethods]
 impl Buffer {
+    /// Exports the payload through the buffer protocol (`memoryview(buf)`).
+    ///
+    /// # Safety
+    /// Called by CPython only, with `view` a valid, writable `Py_buffer` to fill.
     unsafe fn __getbuffer__(slf: PyRef<'_, Self>, view: *mut ffi::Py_buffer, flags: c_int) -> PyResult<()> {
         if slf.released.load(Ordering::Acquire) {
             return Err(PyBufferError::new_err("the object buffer was released"));
@@ -277,6 +281,10 @@ impl Buffer {
         Ok(())
     }
 
+    /// Ends one export made by `__getbuffer__`.
+    ///
+    /// # Safety
+    /// Called by CPython only, once for each successful `__getbuffer__`, with the view it filled.
     unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {
         self.exports.fetch_sub(1, Ordering::AcqRel);
     }

@@ -1,4 +1,6 @@
+use super::layout::LEDGER_RECORDS;
 use super::*;
+use crate::alloc::block_size_for;
 use proptest::prelude::*;
 
 fn store(capacity: u64, max_objects: u64) -> Store {
