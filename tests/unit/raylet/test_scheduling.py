@@ -1,0 +1,132 @@
+"""The raylet's scheduling policy: feasibility, spillback and dispatch, on hand-made cluster views."""
+
+from __future__ import annotations
+
+from aioray._private.common.resources import ResourceSet
+from aioray._private.raylet.scheduling import feasible_somewhere, plan_dispatch, spillback_target
+from aioray._proto.aioray import v1 as pb
+
+LOCAL = b"local"
+
+
+def node(
+    node_id: bytes, total: dict[str, float], available: dict[str, float] | None = None, alive: bool = True
+) -> pb.NodeInfo:
+    return pb.NodeInfo(
+        node_id=node_id,
+        address=f"{node_id.decode()}:1",
+        total=pb.ResourceMap(amounts=total),
+        available=pb.ResourceMap(amounts=total if available is None else available),
+        alive=alive,
+    )
+
+
+def cpus(n: float) -> ResourceSet:
+    return ResourceSet({"CPU": n})
+
+
+# -- feasible_somewhere ------------------------------------------------------------------------
+
+
+def test_feasible_when_it_fits_locally_in_total() -> None:
+    assert feasible_somewhere(cpus(2), cpus(4), [], LOCAL)
+
+
+def test_feasible_when_only_another_live_node_has_it() -> None:
+    view = [node(b"a", {"CPU": 1}), node(b"b", {"CPU": 2, "GPU": 1})]
+    assert feasible_somewhere(ResourceSet({"GPU": 1}), cpus(4), view, LOCAL)
+
+
+def test_a_dead_node_does_not_make_it_feasible() -> None:
+    view = [node(b"a", {"CPU": 8, "GPU": 1}, alive=False)]
+    assert not feasible_somewhere(ResourceSet({"GPU": 1}), cpus(4), view, LOCAL)
+
+
+def test_infeasible_when_no_node_has_it() -> None:
+    view = [node(b"a", {"CPU": 4}), node(LOCAL, {"CPU": 16})]
+    # The local node's own view entry is not consulted: its local total is what counts.
+    assert not feasible_somewhere(cpus(8), cpus(4), view, LOCAL)
+
+
+# -- spillback_target --------------------------------------------------------------------------
+
+
+def test_full_here_spills_to_the_first_other_node_with_it_free() -> None:
+    view = [
+        node(LOCAL, {"CPU": 4}),
+        node(b"busy", {"CPU": 4}, {"CPU": 0}),
+        node(b"dead", {"CPU": 4}, alive=False),
+        node(b"free1", {"CPU": 4}, {"CPU": 2}),
+        node(b"free2", {"CPU": 4}),
+    ]
+    assert spillback_target(cpus(1), cpus(0), cpus(4), view, LOCAL, no_spillback=False) == "free1:1"
+
+
+def test_full_here_with_no_node_free_stays_here() -> None:
+    view = [node(b"busy", {"CPU": 4}, {"CPU": 0})]
+    assert spillback_target(cpus(1), cpus(0), cpus(4), view, LOCAL, no_spillback=False) is None
+
+
+def test_no_spillback_keeps_it_here_when_it_fits_in_total() -> None:
+    view = [node(b"free", {"CPU": 4})]
+    assert spillback_target(cpus(1), cpus(0), cpus(4), view, LOCAL, no_spillback=True) is None
+
+
+def test_never_fits_here_goes_to_a_node_that_fits_in_total_preferring_free_now() -> None:
+    shape = ResourceSet({"GPU": 1})
+    view = [
+        node(b"small", {"CPU": 4}),
+        node(b"gpu-busy", {"GPU": 1}, {"GPU": 0}),
+        node(b"gpu-free", {"GPU": 2}, {"GPU": 1}),
+    ]
+    # Even a request spilled here already must move on: this node can never run it.
+    for no_spillback in (False, True):
+        assert spillback_target(shape, cpus(4), cpus(4), view, LOCAL, no_spillback) == "gpu-free:1"
+
+
+def test_never_fits_here_and_every_able_node_busy_picks_the_first_able_one() -> None:
+    shape = ResourceSet({"GPU": 1})
+    view = [node(b"gpu-a", {"GPU": 1}, {"GPU": 0}), node(b"gpu-b", {"GPU": 1}, {"GPU": 0})]
+    assert spillback_target(shape, cpus(4), cpus(4), view, LOCAL, no_spillback=True) == "gpu-a:1"
+
+
+def test_fits_here_now_is_not_spilled() -> None:
+    view = [node(b"free", {"CPU": 64})]
+    assert spillback_target(cpus(1), cpus(2), cpus(4), view, LOCAL, no_spillback=False) is None
+
+
+# -- plan_dispatch -----------------------------------------------------------------------------
+
+
+def test_grants_in_order_up_to_the_idle_workers() -> None:
+    plan = plan_dispatch([cpus(1)] * 4, cpus(8), idle_workers=2)
+    assert plan.grant == [0, 1]
+    assert plan.waiting == [2, 3]
+    assert plan.workers_needed == 2
+
+
+def test_a_request_over_budget_waits_but_later_smaller_ones_still_go() -> None:
+    plan = plan_dispatch([cpus(1), cpus(4), cpus(1)], cpus(2), idle_workers=4)
+    assert plan.grant == [0, 2]
+    assert plan.waiting == [1]
+    assert plan.workers_needed == 0
+
+
+def test_workers_needed_counts_fitting_requests_without_idle_workers() -> None:
+    plan = plan_dispatch([cpus(1), cpus(8), cpus(1), cpus(1)], cpus(3), idle_workers=1)
+    assert plan.grant == [0]
+    assert plan.waiting == [1, 2, 3]
+    assert plan.workers_needed == 2  # 2 and 3 fit the budget; 1 never did
+
+
+def test_one_free_cpu_asks_for_one_worker_however_many_are_queued() -> None:
+    plan = plan_dispatch([cpus(1)] * 50, cpus(1), idle_workers=0)
+    assert plan.grant == []
+    assert plan.waiting == list(range(50))
+    assert plan.workers_needed == 1
+
+
+def test_fractional_requests_share_the_budget_exactly() -> None:
+    plan = plan_dispatch([cpus(0.1)] * 11, cpus(1), idle_workers=20)
+    assert plan.grant == list(range(10))
+    assert plan.waiting == [10]
