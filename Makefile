@@ -17,8 +17,9 @@ proto:  ## regenerate python/aioray/_proto from proto/
 proto-check:  ## fail if the committed generated code is stale
 	./scripts/gen_proto.sh --check
 
-lint:  ## ruff, rustfmt and clippy (warnings are errors)
+lint:  ## ruff, mypy (strict), rustfmt and clippy (warnings are errors)
 	$(PYTHON) -m ruff check python tests benches examples
+	$(PYTHON) -m mypy
 	$(PYTHON) -m ruff format --check python tests benches examples
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings

@@ -24,6 +24,7 @@ class Buffer:
     """
 
     def __len__(self) -> int: ...
+    def __buffer__(self, flags: int, /) -> memoryview: ...
     @property
     def readonly(self) -> bool:
         """Whether the buffer refuses writable exports."""
@@ -42,7 +43,9 @@ class Buffer:
 class ObjectStore:
     """A store segment as mapped by this process."""
 
-    @overload
+    # `create` is one descriptor (rust/python.rs): on the class it makes a segment, on an instance an
+    # object. A type checker cannot express that without mixing a static and an instance overload.
+    @overload  # type: ignore[misc]
     @staticmethod
     def create(
         name: str, capacity: int, *, max_objects: int | None = None, populate: bool = False

@@ -7,6 +7,8 @@ exception class, so ``except ValueError`` works across process boundaries.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ActorDiedError",
     "GetTimeoutError",
@@ -45,7 +47,7 @@ class RayTaskError(RayError):
         where = f" in {self.function_name}" if self.function_name else ""
         return f"{head}{where}: the remote call failed.\n{self.traceback_str}".rstrip()
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.function_name, self.traceback_str, self.cause))
 
     def as_instanceof_cause(self) -> RayTaskError:
@@ -68,17 +70,17 @@ class RayTaskError(RayError):
             return self
 
 
-_dual_classes: dict[type, type] = {}
+_dual_classes: dict[type[BaseException], type[RayTaskError]] = {}
 
 
-def _dual_class(cause_cls: type) -> type:
+def _dual_class(cause_cls: type[BaseException]) -> type[RayTaskError]:
     cls = _dual_classes.get(cause_cls)
     if cls is None:
 
         def __str__(self: RayTaskError) -> str:
             return self._message()
 
-        cls = type(
+        cls = type(  # a class that is both RayTaskError and the cause's class
             f"RayTaskError({cause_cls.__name__})",
             (RayTaskError, cause_cls),
             {"__str__": __str__, "__module__": cause_cls.__module__},

@@ -63,10 +63,13 @@ def is_initialized() -> bool:
     return worker_api.current() is not None
 
 
+# A class is also a callable: the class overload must come first, and it wins for classes.
+@overload
+def remote(cls: type, /) -> ActorClass: ...  # type: ignore[overload-overlap]
 @overload
 def remote(fn: Callable[..., Any], /) -> RemoteFunction: ...
 @overload
-def remote(**options: Any) -> Callable[[Callable[..., Any]], RemoteFunction]: ...
+def remote(**options: Any) -> Callable[[Any], Any]: ...
 def remote(*args: Any, **options: Any) -> Any:
     """``@remote`` or ``@remote(num_cpus=..., ...)`` on a function (a task) or a class (an actor)."""
 

@@ -92,7 +92,7 @@ class Cluster:
     async def get(self, refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:
         conn = self._require()
         single = isinstance(refs, ObjectRef)
-        ref_list = [refs] if single else list(refs)  # type: ignore[list-item]
+        ref_list: list[ObjectRef] = [refs] if isinstance(refs, ObjectRef) else list(refs)
         fut = asyncio.run_coroutine_threadsafe(conn.core.get_async(ref_list, timeout), conn.loop)
         values = await asyncio.wrap_future(fut)
         return values[0] if single else values

@@ -62,7 +62,7 @@ class RemoteFunction:
             raise ValueError("retry_exceptions must be a bool or a list of exception classes")
         self._function = fn
         self._options = options
-        self._name = options.get("name") or getattr(fn, "__name__", "task")
+        self._name = str(options.get("name") or getattr(fn, "__name__", "task"))
         self._num_returns = num_returns
         self._max_retries = 10**9 if max_retries == -1 else max_retries
         self._retry_exceptions = retry

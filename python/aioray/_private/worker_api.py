@@ -19,6 +19,7 @@ from aioray._private.core_worker.worker import CoreWorker, connect
 from aioray._proto.aioray import v1 as pb
 
 CONNECT_RETRY_S = 30.0
+_UNREACHABLE: tuple[type[BaseException], ...] = (*rpc.CONNECTION_ERRORS, TimeoutError)
 CLUSTER_FILE = "cluster.json"
 
 
@@ -55,7 +56,7 @@ def cluster_file() -> str:
 def read_cluster_file(address: str | None = None) -> dict[str, Any] | None:
     with contextlib.suppress(OSError, ValueError):
         with open(cluster_file()) as f:
-            info = json.load(f)
+            info: dict[str, Any] = json.load(f)
         if address in (None, "auto") or info.get("gcs_address") == address:
             return info
     return None
@@ -154,7 +155,7 @@ async def _start_core(
         except rpc.GRPCError as e:
             channels.close()
             raise rpc.translate_error(e, f"connecting to {gcs_address}") from None
-        except (*rpc.CONNECTION_ERRORS, TimeoutError) as e:
+        except _UNREACHABLE as e:
             if loop.time() > deadline:
                 channels.close()
                 raise ConnectionError(

@@ -11,7 +11,7 @@ import asyncio
 import hmac
 import socket
 from collections.abc import Callable, Collection
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from grpclib.client import Channel
 from grpclib.config import Configuration
@@ -73,7 +73,9 @@ async def start_server(handlers: Collection[Any], host: str, port: int, token: s
 
     listen(server, RecvRequest, check_token)
     await server.start(host, port, reuse_address=True)
-    sockets = server._server.sockets if server._server is not None else []
+    # uvloop's server is not an asyncio.Server, but has the same `sockets`.
+    listening = cast("asyncio.Server | None", server._server)
+    sockets = listening.sockets if listening is not None else ()
     bound = sockets[0].getsockname()[1] if sockets else port
     return server, int(bound)
 

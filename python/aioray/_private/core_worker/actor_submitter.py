@@ -36,6 +36,8 @@ def death_error(frame: bytes) -> BaseException:
         died = ActorDiedError(f"the actor died: its constructor raised.\n{err}")
         died.cause = err.cause  # type: ignore[attr-defined]
         return died
+    if not isinstance(err, BaseException):
+        return ActorDiedError(f"the actor died with a cause that is not an exception: {err!r}")
     return err
 
 

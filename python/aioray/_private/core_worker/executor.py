@@ -147,8 +147,10 @@ class Executor:
         if spec.actor_id:
             if self.actor is None or spec.actor_id != self.actor_id:
                 raise RuntimeError(f"this worker hosts no actor {spec.actor_id.hex()}")
-            return getattr(self.actor, spec.method)
-        return self._load_function(spec.function_id)
+            method: Callable[..., Any] = getattr(self.actor, spec.method)
+            return method
+        function: Callable[..., Any] = self._load_function(spec.function_id)
+        return function
 
     def execute(self, spec: TaskSpec, lease_id: bytes) -> Outcome:
         task_id = spec.task_id
@@ -263,7 +265,7 @@ class Executor:
                     f"{type(value).__name__} {value!r:.60}"
                 )
             outputs = list(value)
-        returns = []
+        returns: list[tuple[Any, ...]] = []
         for oid, out in zip(spec.return_ids, outputs, strict=True):
             frame = serialization.serialize(out)
             inner = [(r.binary(), r.owner_address) for r in frame.contained_refs]
@@ -336,11 +338,10 @@ class Executor:
         self._actor_loop = loop
 
     def _run_async_method(self, spec: TaskSpec, reply: Reply) -> None:
-        assert self._actor_loop is not None
+        loop = self._actor_loop
+        assert loop is not None
         # Coroutines start in arrival order: call_soon_threadsafe keeps it.
-        self._actor_loop.call_soon_threadsafe(
-            lambda: self._actor_loop.create_task(self._async_method(spec, reply))
-        )  # type: ignore[union-attr]
+        loop.call_soon_threadsafe(lambda: loop.create_task(self._async_method(spec, reply)))
 
     async def _async_method(self, spec: TaskSpec, reply: Reply) -> None:
         current = asyncio.current_task()

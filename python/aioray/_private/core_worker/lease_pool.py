@@ -216,7 +216,7 @@ class LeasePool:
                     lw.task = self.raylets.start_stream(lw)
                     current = asyncio.current_task()
                     if current is not None:
-                        self.requests.discard(current)  # type: ignore[arg-type]
+                        self.requests.discard(current)
                     self.pump()
                     return
                 if reply.status == pb.LeaseReplyStatus.SPILLBACK:

@@ -188,9 +188,8 @@ class ObjectReader:
                 f"get timed out after {timeout}s waiting for {len(refs)} object(s)"
             ) from None
         out: list[ObjectValue] = []
-        for i, r in enumerate(refs):
-            v = values[i]
-            out.append(v if v is not None else owned[r.binary()].result())
+        for r, known in zip(refs, values, strict=True):
+            out.append(known if known is not None else owned[r.binary()].result())
         return out
 
     async def recover_lost(self, ref: ObjectRef) -> ObjectValue:

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from aioray._private.common import task_spec
+from aioray._private.common import proto_enums, task_spec
 from aioray._private.core_worker.borrowing import BorrowProtocol
 from aioray._private.core_worker.executor import Executor
 from aioray._private.core_worker.ownership import OwnershipTable
@@ -49,7 +49,7 @@ class CoreWorkerService(pb.CoreWorkerBase):
     async def get_object(self, get_object_request: pb.GetObjectRequest) -> pb.GetObjectReply:
         oid = get_object_request.object_id
         if oid not in self._refs:
-            return pb.GetObjectReply(status=pb.GetObjectReplyStatus.FREED)
+            return pb.GetObjectReply(status=proto_enums.OBJECT_FREED)
         timeout = get_object_request.timeout or None
         if get_object_request.lost:
             value = self._refs.value(oid)
@@ -57,17 +57,17 @@ class CoreWorkerService(pb.CoreWorkerBase):
                 try:
                     await self._submitter.reconstruct(oid)
                 except ObjectLostError as e:
-                    return pb.GetObjectReply(status=pb.GetObjectReplyStatus.LOST, message=str(e))
+                    return pb.GetObjectReply(status=proto_enums.OBJECT_LOST, message=str(e))
         try:
             value = await self._reader.wait_value(oid, self._own_address(), timeout)
         except TimeoutError:
-            return pb.GetObjectReply(status=pb.GetObjectReplyStatus.TIMEOUT)
+            return pb.GetObjectReply(status=proto_enums.OBJECT_TIMEOUT)
         except ObjectLostError:
-            return pb.GetObjectReply(status=pb.GetObjectReplyStatus.FREED)
+            return pb.GetObjectReply(status=proto_enums.OBJECT_FREED)
         if value.inline is not None:
-            return pb.GetObjectReply(status=pb.GetObjectReplyStatus.READY, inline_value=value.inline)
+            return pb.GetObjectReply(status=proto_enums.OBJECT_READY, inline_value=value.inline)
         return pb.GetObjectReply(
-            status=pb.GetObjectReplyStatus.READY,
+            status=proto_enums.OBJECT_READY,
             node_id=value.node_id or b"",
             node_address=value.node_address or "",
             size=value.size,

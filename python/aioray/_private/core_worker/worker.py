@@ -18,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
+
+from grpclib.client import Channel
 
 from aioray._private.common import rpc, task_spec
 from aioray._private.common.config import INLINE_LIMIT
@@ -44,6 +46,7 @@ from aioray._proto.aioray import v1 as pb
 from aioray._store import ObjectStore
 
 T = TypeVar("T")
+StubT = TypeVar("StubT")
 
 
 class CoreWorker:
@@ -171,7 +174,8 @@ class CoreWorker:
     def run_sync(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         return self.runtime.run_sync(coro, timeout)
 
-    def gcs(self, service: Any) -> Any:
+    def gcs(self, service: Callable[[Channel], StubT]) -> StubT:
+        """A stub of one of the GCS's services; on the core loop only."""
         return self.runtime.gcs(service)
 
     # -- submission (any thread) -----------------------------------------------------------------

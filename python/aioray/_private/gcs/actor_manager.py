@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from aioray._private.common import rpc, serialization
+from aioray._private.common import proto_enums, rpc, serialization
 from aioray._private.common.resources import ResourceSet
 from aioray._proto.aioray import v1 as pb
 from aioray.exceptions import ActorDiedError, RayActorError
@@ -36,8 +36,8 @@ class Actor:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
-    def set_state(self, state: int) -> None:
-        self.info.state = state  # type: ignore[assignment]
+    def set_state(self, state: pb.ActorInfoState) -> None:
+        self.info.state = state
         self.changed.set()
         self.changed = asyncio.Event()
 
@@ -89,7 +89,7 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
             self.named[key] = request.actor_id
         info = pb.ActorInfo(
             actor_id=request.actor_id,
-            state=State.PENDING,
+            state=proto_enums.ACTOR_PENDING,
             name=request.name,
             namespace=request.namespace,
             handle_meta=request.handle_meta,
@@ -165,7 +165,7 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
             await self._return_lease(address, reply.lease_id, failed=True)
             return
         actor.info.address = reply.worker_address
-        actor.set_state(State.ALIVE)
+        actor.set_state(proto_enums.ACTOR_ALIVE)
         if actor.killed:
             await self._return_lease(address, reply.lease_id, failed=True)
 
@@ -185,7 +185,7 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
                 frame = serialization.serialize(RayActorError(str(cause)), is_error=True).to_bytes()
         actor.info.death_cause = frame
         actor.info.address = ""
-        actor.set_state(State.DEAD)
+        actor.set_state(proto_enums.ACTOR_DEAD)
         if actor.info.name:
             key = (actor.info.namespace, actor.info.name)
             if self.named.get(key) == actor.info.actor_id:
@@ -212,7 +212,7 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
         limit = actor.request.max_restarts
         if not actor.killed and (limit == -1 or actor.info.num_restarts < limit):
             actor.info.num_restarts += 1
-            actor.set_state(State.RESTARTING)
+            actor.set_state(proto_enums.ACTOR_RESTARTING)
             actor.task = asyncio.get_running_loop().create_task(self._schedule(actor))
             return
         reason = "it was killed" if actor.killed else f"its worker process died (exit code {exit_code})"

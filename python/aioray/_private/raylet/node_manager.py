@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aioray._private.common import rpc
+from aioray._private.common import proto_enums, rpc
 from aioray._private.common.ids import random_id
 from aioray._private.common.resources import ResourceSet
 from aioray._private.raylet import scheduling
@@ -70,21 +70,21 @@ class NodeManager(pb.NodeManagerBase):
     # -- leases ----------------------------------------------------------------------------------
     async def request_worker_lease(self, lease_request: pb.LeaseRequest) -> pb.LeaseReply:
         if self.stopping:
-            return pb.LeaseReply(status=pb.LeaseReplyStatus.REJECTED, message="the raylet is shutting down")
+            return pb.LeaseReply(status=proto_enums.LEASE_REJECTED, message="the raylet is shutting down")
         shape = ResourceSet(lease_request.resources.amounts)
         if not scheduling.feasible_somewhere(shape, self.total, self.view.nodes, self.node_id):
             # The view may predate a node that just joined: look again before saying no.
             await self.view.refresh_now()
         if not scheduling.feasible_somewhere(shape, self.total, self.view.nodes, self.node_id):
             return pb.LeaseReply(
-                status=pb.LeaseReplyStatus.INFEASIBLE,
+                status=proto_enums.LEASE_INFEASIBLE,
                 message=f"no node of the cluster has {shape.to_dict()} (this node has {self.total.to_dict()})",
             )
         target = scheduling.spillback_target(
             shape, self.available, self.total, self.view.nodes, self.node_id, lease_request.no_spillback
         )
         if target is not None:
-            return pb.LeaseReply(status=pb.LeaseReplyStatus.SPILLBACK, retry_address=target)
+            return pb.LeaseReply(status=proto_enums.LEASE_SPILLBACK, retry_address=target)
         waiter = LeaseWaiter(lease_request, shape, asyncio.get_running_loop().create_future())
         self.waiting.append(waiter)
         self.dispatch()
@@ -115,7 +115,7 @@ class NodeManager(pb.NodeManagerBase):
             self.available = self.available - waiter.resources
             waiter.future.set_result(
                 pb.LeaseReply(
-                    status=pb.LeaseReplyStatus.GRANTED,
+                    status=proto_enums.LEASE_GRANTED,
                     lease_id=lease.lease_id,
                     worker_id=worker.worker_id,
                     worker_address=worker.address,
@@ -204,7 +204,7 @@ class NodeManager(pb.NodeManagerBase):
         for waiter in self.waiting:
             if not waiter.future.done():
                 waiter.future.set_result(
-                    pb.LeaseReply(status=pb.LeaseReplyStatus.REJECTED, message="the raylet is shutting down")
+                    pb.LeaseReply(status=proto_enums.LEASE_REJECTED, message="the raylet is shutting down")
                 )
 
 

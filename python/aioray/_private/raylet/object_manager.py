@@ -202,7 +202,7 @@ class ObjectManager(pb.ObjectManagerBase):
     # -- serving this node's objects -------------------------------------------------------------
     async def _readable(self, oid: bytes) -> object | None:
         """A read buffer of one of this node's objects, restored or mapped from disk if it was spilled."""
-        buf = self.store.get(oid)
+        buf: object | None = self.store.get(oid)
         if buf is None:
             in_store, on_disk = await self.spill.restore(oid, spill_for_room=False)
             buf = self.store.get(oid) if in_store else None
