@@ -30,7 +30,7 @@ from aioray._private.common.resources import ResourceSet
 from aioray._private.core_worker import object_ref as object_ref_mod
 from aioray._private.core_worker.actor_submitter import ActorClient, death_error
 from aioray._private.core_worker.borrowing import BorrowProtocol
-from aioray._private.core_worker.dependencies import DependencyResolver
+from aioray._private.core_worker.dependencies import Dependency, DependencyResolver
 from aioray._private.core_worker.executor import Executor
 from aioray._private.core_worker.functions import FunctionManager
 from aioray._private.core_worker.lease_pool import PendingTask
@@ -183,6 +183,28 @@ class CoreWorker:
         if self.executor is not None:
             self.executor.note_child(task_id)
 
+    def _new_call(
+        self,
+        name: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        num_returns: int,
+        function_id: bytes,
+        actor_id: bytes = b"",
+        method: str = "",
+    ) -> tuple[task_spec.TaskSpec, list[Dependency], list[bytes], list[ObjectRef]]:
+        """A new task's spec, its dependencies, the refs it keeps alive and the refs of its returns."""
+        task_id = self.ids.task_id()
+        packed = self.dependencies.pack(name, args, kwargs)
+        return_ids = [object_id(task_id, i + 1) for i in range(num_returns)]
+        refs = [ObjectRef(oid, self.address) for oid in return_ids]
+        self._note_child(task_id)
+        spec = task_spec.TaskSpec(
+            task_id, function_id, name, packed.args, tuple(kwargs), num_returns, self.address, self.job_id,
+            return_ids, actor_id, method,
+        )  # fmt: skip
+        return spec, packed.deps, [oid for oid, _ in packed.kept_alive], refs
+
     def submit_task(
         self,
         fn: Any,
@@ -196,16 +218,8 @@ class CoreWorker:
         retry_exceptions: bool | tuple[type[BaseException], ...],
     ) -> list[ObjectRef]:
         fid, pickled = self.functions.function_id(fn)
-        task_id = self.ids.task_id()
-        packed = self.dependencies.pack(name, args, kwargs)
-        return_ids = [object_id(task_id, i + 1) for i in range(num_returns)]
-        refs = [ObjectRef(oid, self.address) for oid in return_ids]
-        self._note_child(task_id)
-        spec = task_spec.TaskSpec(
-            task_id, fid, name, packed.args, tuple(kwargs), num_returns, self.address, self.job_id, return_ids
-        )
-        kept = [oid for oid, _ in packed.kept_alive]
-        pending = PendingTask(spec, resources, max_retries, retry_exceptions, kept, packed.deps)
+        spec, deps, kept, refs = self._new_call(name, args, kwargs, num_returns, fid)
+        pending = PendingTask(spec, resources, max_retries, retry_exceptions, kept, deps)
         self.runtime.call_soon(self.submitter.submit_new, pending, fid, pickled)
         return refs
 
@@ -220,18 +234,9 @@ class CoreWorker:
         num_returns: int,
         max_task_retries: int,
     ) -> list[ObjectRef]:
-        task_id = self.ids.task_id()
-        packed = self.dependencies.pack(name, args, kwargs)
-        return_ids = [object_id(task_id, i + 1) for i in range(num_returns)]
-        refs = [ObjectRef(oid, self.address) for oid in return_ids]
-        self._note_child(task_id)
-        spec = task_spec.TaskSpec(
-            task_id, b"", name, packed.args, tuple(kwargs), num_returns, self.address, self.job_id, return_ids,
-            actor_id, method,
-        )  # fmt: skip
-        kept = [oid for oid, _ in packed.kept_alive]
-        pending = PendingTask(spec, ResourceSet(), max_task_retries, False, kept, packed.deps)
-        self.submitter.actor_tasks.add(task_id)
+        spec, deps, kept, refs = self._new_call(name, args, kwargs, num_returns, b"", actor_id, method)
+        pending = PendingTask(spec, ResourceSet(), max_task_retries, False, kept, deps)
+        self.submitter.actor_tasks.add(spec.task_id)
         self.runtime.call_soon(self.actors.submit, pending)
         return refs
 
