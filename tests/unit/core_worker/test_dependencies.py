@@ -130,6 +130,20 @@ def test_an_unpicklable_keyword_argument_is_named_in_the_type_error(h: Harness) 
         h.resolver.pack("g", (1,), {"ok": 2, "guard": threading.Lock()})
 
 
+def test_a_failed_pack_leaves_no_submitted_counts_behind(h: Harness) -> None:
+    h.table.add_local(oid(1), OTHER)  # the caller's own handle on ref(1)
+    big = b"x" * (LIMIT * 4)
+    with pytest.raises(TypeError, match=r"^f: argument 3 cannot be sent to a worker"):
+        h.resolver.pack("f", (ref(1), big, [ref(2)], threading.Lock()), {})
+    assert len(h.puts) == 1, "the large argument was put before the failure"
+    entry = h.table.get(oid(1))
+    assert entry is not None and entry.submitted == 0 and entry.local == 1
+    assert h.table.get(oid(2)) is None
+    assert h.table.get(oid(1001)) is None, "the put argument is no longer kept alive"
+    assert sorted(r[0] for r in h.released) == [oid(2), oid(1001)]  # type: ignore[index]
+    assert len(h.table) == 1
+
+
 # -- resolve ------------------------------------------------------------------------------------
 
 

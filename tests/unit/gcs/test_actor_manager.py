@@ -248,6 +248,70 @@ async def test_death_of_an_unrelated_worker_changes_nothing(gcs: ActorManager, c
     assert info.state == State.ALIVE
 
 
+async def test_node_death_during_a_restarts_constructor_restarts_it_elsewhere(
+    gcs: ActorManager, cluster: FakeCluster
+) -> None:
+    cluster.nodes = [node("n1", 4), node("n2", 4)]
+    req = request(max_restarts=2)
+    info = await started(gcs, req)
+    gcs.on_worker_death(pb.WorkerDeath(worker_id=b"worker-1", exit_code=1))
+    # The restart's constructor runs on n1 and never answers: n1 dies meanwhile.
+    cluster.constructor["worker-2:1"] = asyncio.get_running_loop().create_future()
+    cluster.constructing.clear()
+    await asyncio.wait_for(cluster.constructing.wait(), 1)
+    constructing = gcs.actors[req.actor_id].task
+    assert constructing is not None
+    assert (info.state, info.worker_id, info.node_id) == (State.RESTARTING, b"worker-2", b"n1")
+
+    cluster.nodes[0] = node("n1", 4, alive=False)
+    gcs.on_node_death(b"n1")
+    assert (info.state, info.num_restarts) == (State.RESTARTING, 2)
+    await asyncio.gather(constructing, return_exceptions=True)
+    assert constructing.cancelled()
+    await settled(gcs, req.actor_id)
+    assert (info.state, info.worker_id, info.node_id) == (State.ALIVE, b"worker-3", b"n2")
+    assert [address for address, _ in cluster.lease_requests] == ["n1:1", "n1:1", "n2:1"]
+
+
+async def test_node_death_after_a_restarts_constructor_call_failed_is_not_ignored(
+    gcs: ActorManager, cluster: FakeCluster
+) -> None:
+    req = request(max_restarts=1)
+    info = await started(gcs, req)
+    gcs.on_worker_death(pb.WorkerDeath(worker_id=b"worker-1", exit_code=1))
+    cluster.constructor["worker-2:1"] = ConnectionError("the node went away")
+    await settled(gcs, req.actor_id)
+    assert info.state == State.RESTARTING, "waits for a death report"
+    gcs.on_node_death(b"n1")  # which a dead raylet never sends: the node's death decides
+    assert info.state == State.DEAD
+    cause = death_cause(info)
+    assert isinstance(cause, ActorDiedError) and "max_restarts=1" in str(cause)
+
+
+async def test_the_old_workers_node_dying_does_not_restart_a_restarting_actor_twice(
+    gcs: ActorManager, cluster: FakeCluster
+) -> None:
+    cluster.nodes = [node("n1", 4), node("n2", 4)]
+    req = request(max_restarts=5)
+    info = await started(gcs, req)
+    assert info.node_id == b"n1"
+    gcs.on_worker_death(pb.WorkerDeath(worker_id=b"worker-1", exit_code=1))
+    restarting = gcs.actors[req.actor_id].task
+    # Before the restart got a lease, the old worker's node dies and its death is reported again.
+    cluster.nodes[0] = node("n1", 4, alive=False)
+    gcs.on_node_death(b"n1")
+    gcs.on_worker_death(pb.WorkerDeath(worker_id=b"worker-1", exit_code=1))
+    assert gcs.actors[req.actor_id].task is restarting
+    await settled(gcs, req.actor_id)
+    assert (info.state, info.num_restarts, info.worker_id, info.node_id) == (
+        State.ALIVE,
+        1,
+        b"worker-2",
+        b"n2",
+    )
+    assert len(cluster.lease_requests) == 2
+
+
 # -- kills and owners ---------------------------------------------------------------------------
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -202,6 +204,100 @@ async def test_restore_spills_others_to_make_room(store: ObjectStore, manager: S
     assert await manager.restore(oid(1)) == (True, None)
     assert read(store, 1) == data(1, big)
     assert set(manager.objects) == {oid(2)}
+
+
+class GatedRead:
+    """Holds the restore's read thread, with a memoryview of the buffer taken, until `go` is set."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.started = threading.Event()
+        self.go = threading.Event()
+        real = spill._read_into
+
+        def read_into(entry: Spilled, buf: object) -> None:
+            with memoryview(buf):  # type: ignore[arg-type]
+                self.started.set()
+                assert self.go.wait(5)
+            real(entry, buf)
+
+        monkeypatch.setattr(spill, "_read_into", read_into)
+
+    async def reading(self) -> None:
+        assert await asyncio.to_thread(self.started.wait, 5)
+
+
+async def test_a_restorer_cancelled_during_the_read_leaves_the_restore_to_finish(
+    store: ObjectStore, manager: SpillManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put_primary(store, 1)
+    await manager.spill(SIZE)
+    gate = GatedRead(monkeypatch)
+    first = asyncio.ensure_future(manager.restore(oid(1)))
+    await gate.reading()
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    gate.go.set()
+    assert await asyncio.wait_for(manager.restore(oid(1)), 5) == (True, None)
+    assert read(store, 1) == data(1)
+    assert oid(1) in dict(store.spillable()), "sealed and pinned again"
+    assert manager.objects == {} and manager.restored_bytes == SIZE
+
+
+async def test_a_cancelled_restorer_does_not_cancel_the_others(
+    store: ObjectStore, manager: SpillManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put_primary(store, 1)
+    await manager.spill(SIZE)
+    gate = GatedRead(monkeypatch)
+    first = asyncio.ensure_future(manager.restore(oid(1)))
+    await gate.reading()
+    second = asyncio.ensure_future(manager.restore(oid(1)))
+    await asyncio.sleep(0)
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    assert first.cancelled() and not second.done()
+    gate.go.set()
+    assert await asyncio.wait_for(second, 5) == (True, None)
+    assert read(store, 1) == data(1)
+
+
+async def test_a_restore_cancelled_itself_cleans_up_once_the_read_let_go(
+    store: ObjectStore, manager: SpillManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put_primary(store, 1)
+    await manager.spill(SIZE)
+    gate = GatedRead(monkeypatch)
+    waiter = asyncio.ensure_future(manager.restore(oid(1)))
+    await gate.reading()
+    manager._restoring[oid(1)].cancel()  # as when the raylet's loop shuts down
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    gate.go.set()
+    for _ in range(500):  # the unsealed object goes once the thread is done with it
+        if not store.stats()["num_objects"]:
+            break
+        await asyncio.sleep(0.01)
+    assert store.stats()["num_objects"] == 0
+    monkeypatch.undo()
+    assert await manager.restore(oid(1)) == (True, None)
+    assert read(store, 1) == data(1)
+
+
+async def test_a_failed_read_leaves_no_unsealed_object_behind(
+    store: ObjectStore, manager: SpillManager
+) -> None:
+    path = write_file(manager.dir, "short.bin", data(7, SIZE // 2))
+    manager.register(oid(7), Spilled(path, 0, SIZE))
+    with pytest.raises(OSError, match="truncated"):
+        await manager.restore(oid(7))
+    assert not store.contains(oid(7))
+    assert oid(7) in manager.objects, "still on disk"
+    with pytest.raises(OSError, match="truncated"):
+        await manager.restore(oid(7))  # not ObjectExistsError: the failed attempt was cleaned up
+    write_file(manager.dir, "short.bin", data(7))  # whole now
+    assert await manager.restore(oid(7)) == (True, None)
+    assert read(store, 7) == data(7)
 
 
 async def test_freeing_every_object_of_a_file_deletes_it(store: ObjectStore, manager: SpillManager) -> None:

@@ -62,36 +62,43 @@ class DependencyResolver:
 
         The refs are counted as submitted here, before any temporary ObjectRef of
         this call can be dropped; the caller removes the count when the call is done.
+        If packing fails, nothing stays counted.
         """
         wire_args: list[tuple[Any, ...]] = []
         deps: list[Dependency] = []
         kept: list[tuple[bytes, str]] = []
-        for i, arg in enumerate([*args, *kwargs.values()]):
-            if isinstance(arg, ObjectRef):
-                dep = (arg.binary(), arg.owner_address)
-            else:
-                try:
-                    frame = serialization.serialize(arg)
-                except serialization.SerializationError as e:
-                    where = (
-                        f"argument {i}"
-                        if i < len(args)
-                        else f"keyword argument {list(kwargs)[i - len(args)]!r}"
-                    )
-                    raise TypeError(f"{name}: {where} cannot be sent to a worker: {e}") from None
-                inner = [(r.binary(), r.owner_address) for r in frame.contained_refs]
-                self._refs.add_submitted(inner)
-                kept.extend(inner)
-                if frame.size <= self._inline_limit:
-                    wire_args.append((task_spec.ARG_INLINE, frame.to_bytes()))
-                    continue
-                # A large argument goes through the store like a put, kept alive by the call.
-                ref = self._put_frame(frame)
-                dep = (ref.binary(), ref.owner_address)
-            self._refs.add_submitted([dep])
-            kept.append(dep)
-            deps.append((i, *dep))
-            wire_args.append((task_spec.ARG_INLINE, b""))
+        try:
+            for i, arg in enumerate([*args, *kwargs.values()]):
+                if isinstance(arg, ObjectRef):
+                    dep = (arg.binary(), arg.owner_address)
+                else:
+                    try:
+                        frame = serialization.serialize(arg)
+                    except serialization.SerializationError as e:
+                        where = (
+                            f"argument {i}"
+                            if i < len(args)
+                            else f"keyword argument {list(kwargs)[i - len(args)]!r}"
+                        )
+                        raise TypeError(f"{name}: {where} cannot be sent to a worker: {e}") from None
+                    inner = [(r.binary(), r.owner_address) for r in frame.contained_refs]
+                    self._refs.add_submitted(inner)
+                    kept.extend(inner)
+                    if frame.size <= self._inline_limit:
+                        wire_args.append((task_spec.ARG_INLINE, frame.to_bytes()))
+                        continue
+                    # A large argument goes through the store like a put, kept alive by the call.
+                    ref = self._put_frame(frame)
+                    dep = (ref.binary(), ref.owner_address)
+                self._refs.add_submitted([dep])
+                kept.append(dep)
+                deps.append((i, *dep))
+                wire_args.append((task_spec.ARG_INLINE, b""))
+        except BaseException:
+            # Undo this call's counts so the table is as before; a large argument already put
+            # is then freed normally once its temporary ObjectRef is dropped.
+            self._refs.remove_submitted([oid for oid, _ in kept])
+            raise
         return Packed(wire_args, deps, kept)
 
     async def resolve(self, args: list[tuple[Any, ...]], deps: list[Dependency]) -> bytes | None:

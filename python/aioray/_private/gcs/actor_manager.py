@@ -200,10 +200,16 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
                 self.kill(actor, "its owner died")
 
     def on_node_death(self, node_id: bytes) -> None:
+        # `node_id` is the node of the actor's current lease (cleared when that worker dies): a
+        # constructor running there now never answers, and a dead raylet reports no worker death.
         for actor in list(self.actors.values()):
-            if actor.info.node_id == node_id and actor.info.state in (State.ALIVE, State.PENDING):
-                if actor.info.state == State.PENDING and actor.task is not None:
-                    actor.task.cancel()
+            if actor.info.node_id == node_id and actor.info.state in (
+                State.ALIVE,
+                State.PENDING,
+                State.RESTARTING,
+            ):
+                if actor.info.state != State.ALIVE and actor.task is not None:
+                    actor.task.cancel()  # its cancellation marks nothing (see `_schedule`)
                 self._on_actor_worker_died(actor, -1)
 
     def _on_actor_worker_died(self, actor: Actor, exit_code: int) -> None:
@@ -211,6 +217,10 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
         actor.info.address = ""
         limit = actor.request.max_restarts
         if not actor.killed and (limit == -1 or actor.info.num_restarts < limit):
+            # No worker until the next lease: a late death report of the old worker, or the old
+            # node's death, must not restart it a second time.
+            actor.info.worker_id = b""
+            actor.info.node_id = b""
             actor.info.num_restarts += 1
             actor.set_state(proto_enums.ACTOR_RESTARTING)
             actor.task = asyncio.get_running_loop().create_task(self._schedule(actor))

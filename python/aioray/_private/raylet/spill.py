@@ -68,7 +68,7 @@ class SpillManager:
         self.objects: dict[bytes, Spilled] = {}
         self._files: dict[str, set[bytes]] = {}
         self._lock = asyncio.Lock()
-        self._restoring: dict[bytes, asyncio.Future[Spilled | None]] = {}
+        self._restoring: dict[bytes, asyncio.Task[Spilled | None]] = {}
         self._counter = 0
         self._tlock = threading.Lock()  # guards objects/_files against the writer thread
         self.spilled_bytes = 0
@@ -153,18 +153,22 @@ class SpillManager:
         entry = self.objects.get(oid)
         if entry is None:
             return False, None
-        fut = self._restoring.get(oid)
-        if fut is None:
-            fut = self._restoring[oid] = asyncio.get_running_loop().create_future()
-            try:
-                fut.set_result(await self._restore(oid, entry, spill_for_room))
-            except BaseException as e:
-                fut.set_exception(e)
-                raise
-            finally:
-                del self._restoring[oid]
-        left_on_disk = await asyncio.shield(fut)
+        restoring = self._restoring.get(oid)
+        if restoring is None:
+            # One restore per object, which no waiter's cancellation cancels: it always finishes
+            # (sealed and pinned, or cleaned up) for the other waiters and the next caller.
+            restoring = self._restoring[oid] = asyncio.ensure_future(
+                self._restore(oid, entry, spill_for_room)
+            )
+            restoring.add_done_callback(lambda done: self._restore_done(oid, done))
+        left_on_disk = await asyncio.shield(restoring)
         return left_on_disk is None, left_on_disk
+
+    def _restore_done(self, oid: bytes, done: asyncio.Task[Spilled | None]) -> None:
+        if self._restoring.get(oid) is done:
+            del self._restoring[oid]
+        if not done.cancelled():
+            done.exception()  # marked as retrieved: the waiters left, if any, raise it themselves
 
     async def _restore(self, oid: bytes, entry: Spilled, spill_for_room: bool) -> Spilled | None:
         try:
@@ -177,11 +181,22 @@ class SpillManager:
                 buf = await create_off_loop(self.store, oid, entry.size)
             except ObjectStoreFullError:
                 return entry  # readers map it from the file instead
+        # Not a task: nothing cancels the read, so `reading` is done only once the thread let go of `buf`.
+        reading = asyncio.get_running_loop().run_in_executor(None, _read_into, entry, buf)
         try:
-            await asyncio.to_thread(_read_into, entry, buf)
+            await asyncio.shield(reading)
         except BaseException:
-            buf.release()
-            self.store.delete(oid)
+
+            def discard(done: asyncio.Future[None]) -> None:  # no unsealed object may stay behind
+                if not done.cancelled():
+                    done.exception()  # retrieved: this restore failed or was given up anyway
+                buf.release()
+                self.store.delete(oid)
+
+            if reading.done():
+                discard(reading)
+            else:
+                reading.add_done_callback(discard)
             raise
         self.store.seal(oid)
         self.store.pin(oid)
@@ -212,8 +227,8 @@ class SpillManager:
 
 
 def _read_into(entry: Spilled, buf: object) -> None:
-    view = memoryview(buf)  # type: ignore[arg-type]
-    with open(entry.path, "rb") as f:
+    # Released even on an error (whose traceback keeps this frame): the caller then releases `buf`.
+    with memoryview(buf) as view, open(entry.path, "rb") as f:  # type: ignore[arg-type]
         f.seek(entry.offset)
         done = 0
         while done < entry.size:
@@ -221,4 +236,3 @@ def _read_into(entry: Spilled, buf: object) -> None:
             if not n:
                 raise OSError(f"spill file {entry.path} is truncated")
             done += n
-    del view
