@@ -16,9 +16,12 @@ import pickle
 import struct
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
 
 _MAGIC = 0xA10A
 _FLAG_ERROR = 1
@@ -107,7 +110,7 @@ def note_contained_ref(ref: Any) -> None:
         refs.append(ref)
 
 
-def deserialize(data: bytes | memoryview) -> tuple[Any, bool]:
+def deserialize(data: Buffer) -> tuple[Any, bool]:
     """Unpickles a frame; returns (value, is_error). Buffers stay views of `data`."""
     view = memoryview(data)
     magic, flags, nbuf, inband_len = _HEAD.unpack_from(view, 0)

@@ -27,11 +27,13 @@ from aioray._private.core_worker.object_ref import ObjectRef
 from aioray._private.core_worker.ownership import ObjectValue, OwnershipTable
 from aioray._private.core_worker.runtime import Runtime
 from aioray._proto.aioray import v1 as pb
-from aioray._store import ObjectStore
+from aioray._store import Buffer, ObjectStore
 from aioray.exceptions import GetTimeoutError, ObjectLostError, OwnerDiedError, RayTaskError
 
 # A value and, for a store object, a read buffer of it (None for inline values).
-Readable = tuple[ObjectValue, Any]
+# A read buffer: a view of a store object, or a spill file mapped in.
+ReadBuffer = Buffer | memoryview
+Readable = tuple[ObjectValue, ReadBuffer | None]
 
 
 async def wait_some(futures: Collection[asyncio.Future[Any]], needed: int) -> None:
@@ -57,7 +59,7 @@ async def wait_some(futures: Collection[asyncio.Future[Any]], needed: int) -> No
             f.remove_done_callback(count_down)
 
 
-def materialize(oid: bytes, value: ObjectValue, buf: Any) -> Any:
+def materialize(oid: bytes, value: ObjectValue, buf: ReadBuffer | None) -> Any:
     """The Python value of a readable object; raises the error it stores."""
     if value.inline is not None:
         result, is_error = serialization.deserialize(value.inline)
@@ -207,7 +209,7 @@ class ObjectReader:
         return await self._ask_owner(oid, ref.owner_address, lost=True)
 
     # -- bytes: reading a store object ---------------------------------------------------------
-    async def read_buffer(self, oid: bytes, value: ObjectValue) -> Any:
+    async def read_buffer(self, oid: bytes, value: ObjectValue) -> ReadBuffer | None:
         """On the loop: a read buffer of a store object (restored or pulled as needed); None if inline."""
         if value.inline is not None:
             return None
@@ -223,14 +225,14 @@ class ObjectReader:
             )
         return await self._pull(oid, value.node_id, source, value.size)
 
-    def read_buffer_blocking(self, oid: bytes, value: ObjectValue) -> Any:
+    def read_buffer_blocking(self, oid: bytes, value: ObjectValue) -> ReadBuffer | None:
         """`read_buffer` from a non-loop thread, without a hop through the loop when the copy is here."""
         buf = self._store.get(oid)
         if buf is not None:
             return buf
         return self._runtime.run_sync(self.read_buffer(oid, value))
 
-    async def _restore(self, oid: bytes) -> Any:
+    async def _restore(self, oid: bytes) -> ReadBuffer | None:
         """A read buffer of a spilled object of this node (None if it is nowhere)."""
         stub = self._runtime.raylet(pb.ObjectManagerStub)
         reply = await stub.restore_object(pb.RestoreRequest(object_id=oid), timeout=300)
@@ -240,7 +242,7 @@ class ObjectReader:
             return self._store.get(oid)
         return map_spilled(reply.path, reply.offset, reply.size)
 
-    async def _pull(self, oid: bytes, node_id: bytes, source: str, size: int) -> Any:
+    async def _pull(self, oid: bytes, node_id: bytes, source: str, size: int) -> ReadBuffer | None:
         """Has this node's raylet pull the object from `source`; a read buffer of the new copy."""
         stub = self._runtime.raylet(pb.ObjectManagerStub)
         for _ in range(3):  # the fresh copy is evictable: on a busy store it may be gone before we read it
