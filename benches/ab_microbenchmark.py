@@ -19,7 +19,8 @@ import statistics
 import subprocess
 import sys
 
-LINE = re.compile(r"^(?P<case>.+?) (?P<mean>[\d,]+\.\d+) \+- [\d,]+\.\d+ (?P<unit>\S+)$")
+# "NAME per second MEAN +- STD" for rates, "NAME MEAN +- STD UNIT" for anything else.
+LINE = re.compile(r"^(?P<case>.+?) (?P<mean>[\d,]+\.\d+) \+- [\d,]+\.\d+(?: (?P<unit>\S+))?$")
 
 
 def run_once(python: str, args: argparse.Namespace) -> dict[str, tuple[float, str]]:
@@ -31,7 +32,7 @@ def run_once(python: str, args: argparse.Namespace) -> dict[str, tuple[float, st
     for line in out.stdout.splitlines():
         m = LINE.match(line.strip())
         if m:
-            cases[m["case"]] = (float(m["mean"].replace(",", "")), m["unit"])
+            cases[m["case"]] = (float(m["mean"].replace(",", "")), m["unit"] or "/s")
     return cases
 
 
