@@ -59,12 +59,14 @@ class Runtime:
         if not task.cancelled() and task.exception() is not None and not self.closed:
             log.warning("background task failed: %r", task.exception())
 
-    def spawn_threadsafe(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """From any thread: `spawn` on the loop (dropped quietly once the loop is closed at exit)."""
+    def spawn_threadsafe(self, coro: Coroutine[Any, Any, Any]) -> bool:
+        """From any thread: `spawn` on the loop; False (and `coro` closed) once the loop is closed at exit."""
         try:
             self.loop.call_soon_threadsafe(self.spawn, coro)
         except RuntimeError:
             coro.close()
+            return False
+        return True
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """From any thread: runs `fn(*args)` on the loop."""

@@ -107,7 +107,10 @@ class ObjectWriter:
                 finally:
                     self._spill_hinted = False
 
-            self._runtime.spawn_threadsafe(quietly(hint()))
+            hinting = hint()
+            if not self._runtime.spawn_threadsafe(quietly(hinting)):
+                hinting.close()  # never started: no spill hint is under way
+                self._spill_hinted = False
 
     def _write_to_spill_file(self, oid: bytes, frame: serialization.Frame) -> None:
         """An object the store cannot hold even after spilling: written to disk, mapped by readers."""
