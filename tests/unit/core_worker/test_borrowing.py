@@ -58,7 +58,7 @@ class Harness:
             self.table,
             self.store,  # type: ignore[arg-type]
             NODE,
-            lambda oid, owned: self.freed.append((oid, owned)),
+            lambda released: self.freed.extend((r[0], r[3]) for r in released),
         )
         self.borrows.address = ME
 

@@ -31,9 +31,9 @@ class BorrowProtocol:
         refs: OwnershipTable,
         store: ObjectStore,
         node_id: bytes,
-        on_freed: Callable[[bytes, bool], None],
+        on_freed: Callable[[list[Released]], None],
     ) -> None:
-        """`on_freed(oid, owned)` runs on the loop for every released entry, before any message leaves."""
+        """`on_freed(released)` runs on the loop for every batch of released entries, before any message leaves."""
         self._runtime = runtime
         self._refs = refs
         self._store = store
@@ -62,10 +62,10 @@ class BorrowProtocol:
             with contextlib.suppress(RuntimeError):  # the loop is closed at exit
                 self._runtime.call_soon(self.released, released)
 
-    def released(self, released: Iterable[Released]) -> None:
+    def released(self, released: list[Released]) -> None:
         """On the loop: frees or returns what the table released."""
+        self._on_freed(released)  # once per batch: a get of an object holding 10k refs frees 10k
         for oid, owner, value, owned, registered in released:
-            self._on_freed(oid, owned)
             if owned and value is not None and value.inline is None and value.node_address:
                 # Local ones left the store already; the raylet still drops any spilled copy.
                 self._frees.setdefault(value.node_address, []).append(oid)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from aioray._private.common import rpc, serialization
@@ -112,9 +112,12 @@ class ObjectReader:
             fut.set_result(value)
         return True
 
-    def forget(self, oid: bytes) -> None:
-        """On the loop: the object was released; nobody can wait for it any more."""
-        self._futures.pop(oid, None)
+    def forget(self, oids: Iterable[bytes]) -> None:
+        """On the loop: the objects were released; nobody can wait for them any more."""
+        if self._futures:
+            pop = self._futures.pop
+            for oid in oids:
+                pop(oid, None)
 
     def _value_future(self, oid: bytes) -> asyncio.Future[ObjectValue]:
         """On the loop: the future `set_result` completes when the value of owned `oid` arrives."""

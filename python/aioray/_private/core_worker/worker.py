@@ -355,14 +355,16 @@ class CoreWorker:
     def _on_release(self, released: list[Released]) -> None:
         self.borrows.on_release(released)
 
-    def _on_freed(self, oid: bytes, owned: bool) -> None:
-        """On the loop, for each released object: forget what only mattered while it lived."""
-        self.reader.forget(oid)
-        if owned and self.submitter.lineage:
-            self.submitter.forget_lineage(oid)
-        actor_id = self.actor_lifetimes.pop(oid, None)
-        if actor_id is not None:  # the last handle of an actor we own is gone
-            self.runtime.spawn(self.actors.kill(actor_id, no_restart=True, only_if_not_detached=True))
+    def _on_freed(self, released: list[Released]) -> None:
+        """On the loop, for released objects: forget what only mattered while they lived."""
+        self.reader.forget(oid for oid, *_ in released)
+        lineage, lifetimes = self.submitter.lineage, self.actor_lifetimes
+        for oid, _, _, owned, _ in released:
+            if owned and lineage:
+                self.submitter.forget_lineage(oid)
+            actor_id = lifetimes.pop(oid, None) if lifetimes else None
+            if actor_id is not None:  # the last handle of an actor we own is gone
+                self.runtime.spawn(self.actors.kill(actor_id, no_restart=True, only_if_not_detached=True))
 
 
 def connect(core: CoreWorker) -> None:
