@@ -64,6 +64,8 @@ class Executor:
         """`read_buffer` and `write_to_store` run on the task thread; `cancel_owned(task_id, force,
         recursive)` cancels a task this process submitted (on the loop)."""
         self._runtime = runtime
+        # Bound once: every reply of every task thread goes through it.
+        self._to_loop = runtime.loop.call_soon_threadsafe
         self._borrows = borrows
         self._load_function = load_function
         self._read_buffer = read_buffer
@@ -129,7 +131,7 @@ class Executor:
         self._reply(reply, (task_id, status, returns, time.perf_counter() - start))
 
     def _reply(self, reply: Reply, result: task_spec.Result) -> None:
-        self._runtime.call_soon(self._send, result, reply)
+        self._to_loop(self._send, result, reply)
 
     def _send(self, result: task_spec.Result, reply: Reply) -> None:
         # Borrow registrations go out (and are acknowledged) before the result does.
