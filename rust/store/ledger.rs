@@ -26,10 +26,24 @@ fn client_alive(pid: i32, start_time: u64) -> bool {
     pid_alive(pid) && (start_time == 0 || process_start_time(pid) == start_time)
 }
 
+/// Whether `pid` is a running process. A zombie (killed, not yet reaped by its parent) is not:
+/// a SIGKILLed worker stays one until its raylet waits for it, and its retry must be able to
+/// reclaim what it left half-written in the meantime.
 pub(super) fn pid_alive(pid: i32) -> bool {
     // SAFETY: signal 0 performs only the existence/permission check.
     let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    if rc != 0 {
+        return std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+    }
+    !is_zombie(pid)
+}
+
+fn is_zombie(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state (field 3) follows the command name, which may hold spaces and parentheses.
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) == Some("Z")
 }
 
 impl Locked<'_> {

@@ -207,6 +207,31 @@ fn readers_of_a_dead_client_are_given_back() {
 }
 
 #[test]
+fn an_unreaped_zombie_creator_counts_as_dead() {
+    let s = store(1 << 20, 64);
+    let _unsealed = s.create_object(b"half", 100).unwrap();
+    // A killed child stays a zombie until waited for: it must not keep its half-written object.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let zombie = child.id() as i32;
+    while std::fs::read_to_string(format!("/proc/{zombie}/stat"))
+        .map(|stat| !stat.rsplit_once(')').unwrap().1.trim_start().starts_with('Z'))
+        .unwrap_or(false)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    {
+        let mut t = s.lock().unwrap();
+        let (_, e) = t.find(b"half").unwrap();
+        t.entry(e).creator_pid = zombie;
+    }
+    let retry = s.create_object(b"half", 200).unwrap();
+    assert_eq!(retry.len, 200);
+    assert_eq!(s.stats().unwrap().num_reclaimed, 1);
+    child.wait().unwrap();
+    s.verify().unwrap().unwrap();
+}
+
+#[test]
 fn a_reused_pid_does_not_keep_a_dead_creators_object() {
     let s = store(1 << 20, 64);
     let _unsealed = s.create_object(b"half", 100).unwrap();

@@ -21,8 +21,8 @@ from aioray._private.core_worker.object_ref import ObjectRef
 from aioray._private.core_worker.ownership import ObjectValue, OwnershipTable
 from aioray._private.core_worker.runtime import Runtime, quietly
 from aioray._proto.aioray import v1 as pb
-from aioray._store import ObjectStore
-from aioray.exceptions import ObjectStoreFullError
+from aioray._store import Buffer, ObjectStore
+from aioray.exceptions import ObjectExistsError, ObjectStoreFullError
 
 PRESSURE_CHECK_BYTES = 1 << 20  # after writing an object this large, see whether the store needs spilling
 
@@ -68,11 +68,11 @@ class ObjectWriter:
     def write_to_store(self, oid: bytes, frame: serialization.Frame) -> None:
         """Writes a primary copy into this node's store, pinned until the owner frees it (not on the loop)."""
         try:
-            buf = self._store.create(oid, frame.size)
+            buf = self._create(oid, frame.size)
         except ObjectStoreFullError:
             self._spill_for(frame.size)
             try:
-                buf = self._store.create(oid, frame.size)
+                buf = self._create(oid, frame.size)
             except ObjectStoreFullError:
                 self._write_to_spill_file(oid, frame)
                 return
@@ -87,6 +87,20 @@ class ObjectWriter:
         buf.release()
         if frame.size >= PRESSURE_CHECK_BYTES:
             self._check_pressure()
+
+    def _create(self, oid: bytes, size: int) -> Buffer:
+        """A new object `oid`, replacing whatever an earlier attempt of the same task left behind.
+
+        A retried or reconstructed task writes the same return ids again. Its earlier attempt may have
+        sealed them (and died before replying) or died half-way through writing. The owner never
+        learnt of that copy, so this attempt's value replaces it; readers of the old copy keep theirs
+        until they release it.
+        """
+        try:
+            return self._store.create(oid, size)
+        except ObjectExistsError:
+            self._store.delete(oid)
+            return self._store.create(oid, size)
 
     def _spill_for(self, nbytes: int) -> None:
         async def spill() -> None:
