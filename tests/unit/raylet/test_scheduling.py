@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aioray._private.common.resources import ResourceSet
-from aioray._private.raylet.scheduling import feasible_somewhere, plan_dispatch, spillback_target
+from aioray._private.raylet.scheduling import feasible_somewhere, plan_dispatch, replan, spillback_target
 from aioray._proto.aioray import v1 as pb
 
 LOCAL = b"local"
@@ -130,3 +130,38 @@ def test_fractional_requests_share_the_budget_exactly() -> None:
     plan = plan_dispatch([cpus(0.1)] * 11, cpus(1), idle_workers=20)
     assert plan.grant == list(range(10))
     assert plan.waiting == [10]
+
+
+# -- replan ------------------------------------------------------------------------------------
+
+
+def test_replan_keeps_what_the_local_budget_covers_and_moves_the_rest() -> None:
+    view = [node(LOCAL, {"CPU": 1}), node(b"other", {"CPU": 1})]
+    moves = replan([cpus(1)] * 4, cpus(1), view, LOCAL)
+    # The first request fits here; the other node has room for one more; two stay queued here.
+    assert {i: n.node_id for i, n in moves.items()} == {1: b"other"}
+
+
+def test_replan_spreads_over_several_free_nodes_without_overcommitting_any() -> None:
+    view = [node(b"a", {"CPU": 2}), node(b"b", {"CPU": 4}, {"CPU": 1}), node(b"busy", {"CPU": 8}, {"CPU": 0})]
+    moves = replan([cpus(1)] * 5, cpus(0), view, LOCAL)
+    assert sorted(n.node_id for n in moves.values()) == [b"a", b"a", b"b"]
+    assert set(moves) == {0, 1, 2}  # in queue order: the oldest requests move first
+
+
+def test_replan_moves_nothing_while_everything_fits_here() -> None:
+    view = [node(b"other", {"CPU": 8})]
+    assert replan([cpus(1), cpus(2)], cpus(4), view, LOCAL) == {}
+
+
+def test_replan_ignores_dead_nodes_and_shapes_no_node_has_free() -> None:
+    view = [node(b"dead", {"CPU": 4, "GPU": 1}, alive=False), node(b"cpu", {"CPU": 4})]
+    moves = replan([ResourceSet({"GPU": 1}), cpus(1)], cpus(0), view, LOCAL)
+    assert {i: n.node_id for i, n in moves.items()} == {1: b"cpu"}
+
+
+def test_replan_lets_a_small_request_pass_a_big_one_that_fits_nowhere_now() -> None:
+    view = [node(b"other", {"CPU": 2}, {"CPU": 1})]
+    moves = replan([cpus(2), cpus(1)], cpus(1), view, LOCAL)
+    # The 2-CPU request waits (here nothing takes it now); the 1-CPU one fits the local budget.
+    assert moves == {}

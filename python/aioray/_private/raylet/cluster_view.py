@@ -27,6 +27,8 @@ class ClusterView:
         self._gcs_address = gcs_address
         self.nodes: list[pb.NodeInfo] = []
         self.stopping = False
+        # Called after every change the GCS streams in: queued leases may fit elsewhere now.
+        self.on_change: Callable[[], None] = lambda: None
 
     async def register(self, node_info: Callable[[], pb.NodeInfo]) -> None:
         """Registers this node with the GCS, retrying while the GCS is still starting."""
@@ -73,6 +75,7 @@ class ClusterView:
                     n.store_used = report.store_used
                     n.store_objects = report.store_objects
                     n.num_workers = report.num_workers
+        self.on_change()
 
     def data_address_of(self, raylet_address: str) -> tuple[str, int] | None:
         """The object-manager (data) address of the node whose raylet serves at `raylet_address`."""

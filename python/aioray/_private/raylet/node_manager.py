@@ -84,6 +84,7 @@ class NodeManager(pb.NodeManagerBase):
             shape, self.available, self.total, self.view.nodes, self.node_id, lease_request.no_spillback
         )
         if target is not None:
+            self._debit(target, shape)
             return pb.LeaseReply(status=proto_enums.LEASE_SPILLBACK, retry_address=target)
         waiter = LeaseWaiter(lease_request, shape, asyncio.get_running_loop().create_future())
         self.waiting.append(waiter)
@@ -125,6 +126,30 @@ class NodeManager(pb.NodeManagerBase):
         self.waiting = [queued[i] for i in plan.waiting]
         self.pool.start(max(0, plan.workers_needed - self.pool.starting))
         self._resources_changed()
+
+    def replan(self) -> None:
+        """The cluster view changed: queued requests that another node can run now go there."""
+        if self.stopping or not self.waiting:
+            return
+        queued = [w for w in self.waiting if not w.future.done()]
+        moves = scheduling.replan(
+            [w.resources for w in queued], self.available, self.view.nodes, self.node_id
+        )
+        for i, target in moves.items():
+            self._debit(target.address, queued[i].resources)
+            queued[i].future.set_result(
+                pb.LeaseReply(status=proto_enums.LEASE_SPILLBACK, retry_address=target.address)
+            )
+        if moves:
+            self.waiting = [w for w in self.waiting if not w.future.done()]
+
+    def _debit(self, address: str, shape: ResourceSet) -> None:
+        """Counts a request sent on to `address` against its free resources in our view until it
+        reports again, so one round of spillbacks does not send it more than it has free."""
+        for node in self.view.nodes:
+            if node.address == address:
+                free = ResourceSet.from_wire(node.available.amounts) - shape
+                node.available = pb.ResourceMap(amounts=free.to_dict())
 
     def _release(self, lease: Lease) -> None:
         if not lease.blocked:

@@ -7,6 +7,12 @@ A lease request for a resource shape is
   when this node can never fit it (nodes with the shape free first);
 - otherwise queued here, and granted in arrival order as resources free up.
 
+Queued requests are re-planned whenever the cluster view changes (a node
+joins or reports free resources): a request the local budget cannot cover
+now is sent on to a node that has its shape free, so work never waits behind
+a busy node while another could run it (Ray's cluster task manager does the
+same).
+
 Dispatching the queue walks it once with a budget of the free resources: a
 request that fits takes a worker if one is idle, else waits for one to start;
 either way its resources leave the budget, so one free CPU starts one worker
@@ -56,6 +62,35 @@ def spillback_target(
         if able:
             return able[0].address
     return None
+
+
+def replan(
+    queued: Sequence[ResourceSet],
+    local_available: ResourceSet,
+    view: Iterable[pb.NodeInfo],
+    local_node_id: bytes,
+) -> dict[int, pb.NodeInfo]:
+    """Which queued requests (by index) to send on to which node, now.
+
+    The queue is walked in order with the local free resources as a budget, as dispatch walks it:
+    a request the budget covers stays (it is granted as soon as a worker is ready). One it does not
+    cover goes to the first other live node whose free resources, less what this round already
+    sends there, fit it; with no such node it stays queued here.
+    """
+    budgets = {n.node_id: ResourceSet.from_wire(n.available.amounts) for n in _others(view, local_node_id)}
+    nodes = {n.node_id: n for n in _others(view, local_node_id)}
+    budget = local_available
+    moves: dict[int, pb.NodeInfo] = {}
+    for i, shape in enumerate(queued):
+        if shape.fits_in(budget):
+            budget = budget - shape
+            continue
+        for node_id, free in budgets.items():
+            if shape.fits_in(free):
+                budgets[node_id] = free - shape
+                moves[i] = nodes[node_id]
+                break
+    return moves
 
 
 @dataclass(frozen=True)

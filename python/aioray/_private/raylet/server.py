@@ -63,6 +63,7 @@ class Raylet:
             self.gcs_address,
             lambda: self.stopped.set(),
         )
+        self.view.on_change = self.nodes.replan
         self.objects = ObjectManager(
             self.node_id,
             self.store,
