@@ -1,4 +1,6 @@
-"""Sizes and thresholds that more than one component must agree on."""
+"""Sizes, thresholds and timeouts that more than one component must agree on."""
+
+import os
 
 # Values up to this size travel inline (in task replies, GetObject answers) and live in the owner's
 # memory; larger ones go to a node's shared-memory store.
@@ -9,3 +11,7 @@ INLINE_LIMIT = 100 * 1024
 SPILL_THRESHOLD = 0.8
 # ... and spills until usage is down to this fraction.
 SPILL_TARGET = 0.6
+
+# How long a GCS client (raylet, driver, worker) keeps retrying a call while the GCS is unreachable,
+# e.g. while its supervisor restarts it, before the call fails (Ray: gcs_rpc_server_reconnect_timeout_s).
+GCS_RECONNECT_TIMEOUT_S = float(os.environ.get("AIORAY_GCS_RECONNECT_TIMEOUT_S", "60"))

@@ -20,7 +20,7 @@ from grpclib.events import RecvRequest, SendRequest, listen
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.server import Server
 
-__all__ = ["CONNECTION_ERRORS", "ChannelPool", "GRPCError", "Status", "start_server"]
+__all__ = ["CONNECTION_ERRORS", "ChannelPool", "GRPCError", "GcsUnreachableError", "Status", "start_server"]
 
 TOKEN_HEADER = "x-aioray-token"
 # Large HTTP/2 windows: object transfers stream 4 MiB chunks, and a small window would stall
@@ -36,6 +36,10 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     StreamTerminatedError,
     asyncio.IncompleteReadError,
 )
+
+
+class GcsUnreachableError(ConnectionError):
+    """The GCS did not answer for longer than the reconnect timeout: the head is gone, or still restarting."""
 
 
 class AuthError(ConnectionRefusedError):
@@ -105,6 +109,12 @@ class ChannelPool:
     def stub(self, address: str, stub_cls: Callable[[Channel], StubT]) -> StubT:
         return stub_cls(self.channel(address))
 
+    def gcs_stub(
+        self, address: str, stub_cls: Callable[[Channel], StubT], reconnect_timeout_s: float
+    ) -> StubT:
+        """A stub of a GCS service whose unary calls ride out a GCS restart (see `_GcsRetrying`)."""
+        return cast(StubT, _GcsRetrying(self.stub(address, stub_cls), address, reconnect_timeout_s))
+
     def drop(self, address: str) -> None:
         """Closes the channel to a peer that died, so a later call reconnects."""
         ch = self._channels.pop(address, None)
@@ -115,6 +125,52 @@ class ChannelPool:
         for ch in self._channels.values():
             ch.close()
         self._channels.clear()
+
+
+def _retryable(err: BaseException) -> bool:
+    if isinstance(err, GRPCError):
+        return err.status == Status.UNAVAILABLE
+    return isinstance(err, CONNECTION_ERRORS)
+
+
+class _GcsRetrying:
+    """Wraps a GCS stub: a unary call that finds the GCS unreachable is retried with backoff.
+
+    The GCS may be down for a moment (its supervisor restarts it, and it reloads its tables from
+    storage); every GCS handler is idempotent, so a call that may or may not have arrived before
+    the connection broke can be sent again. After `reconnect_timeout_s` without an answer the call
+    fails with GcsUnreachableError. Streams (`subscribe`) are not wrapped: their readers resubscribe.
+    """
+
+    def __init__(self, stub: Any, address: str, reconnect_timeout_s: float) -> None:
+        self._stub = stub
+        self._address = address
+        self._budget = reconnect_timeout_s
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._stub, name)
+        if name == "subscribe" or not callable(method):
+            return method
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._budget
+            delay = 0.05
+            while True:
+                try:
+                    return await method(*args, **kwargs)
+                except Exception as e:
+                    if not _retryable(e):
+                        raise
+                    if loop.time() + delay > deadline:
+                        raise GcsUnreachableError(
+                            f"the GCS at {self._address} did not answer {name} for {self._budget:g}s "
+                            f"(is the head node down?): {e!r}"
+                        ) from e
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+        return call
 
 
 def translate_error(err: BaseException, what: str) -> BaseException:

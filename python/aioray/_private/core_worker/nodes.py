@@ -6,12 +6,15 @@ rebuilt from lineage before anyone tries to read it there.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 from aioray._private.common import rpc
-from aioray._private.common.pubsub import NODE_CHANNEL
+from aioray._private.common.pubsub import NODE_CHANNEL, VIEW_CHANNEL
 from aioray._private.core_worker.runtime import Runtime
 from aioray._proto.aioray import v1 as pb
+
+RESUBSCRIBE_S = 0.5
 
 
 class NodeDirectory:
@@ -27,16 +30,26 @@ class NodeDirectory:
         return self.addresses.get(node_id, "")
 
     async def follow(self) -> None:
-        """Learns of node joins and deaths from the GCS until the stream ends."""
-        with contextlib.suppress(*rpc.CONNECTION_ERRORS, rpc.GRPCError):
-            request = pb.SubscribeRequest(channels=[NODE_CHANNEL])
-            async for msg in self._runtime.gcs(pb.PubSubGcsServiceStub).subscribe(request):
-                node = pb.NodeInfo().parse(msg.data)
-                if node.alive:
-                    self.addresses[node.node_id] = node.address
-                    self.dead.discard(node.node_id)
-                else:
-                    self.dead.add(node.node_id)
+        """Learns of node joins and deaths from the GCS, resubscribing (from a fresh snapshot of the
+        view) whenever the stream breaks, e.g. while the GCS restarts; until the runtime closes."""
+        request = pb.SubscribeRequest(channels=[NODE_CHANNEL], with_cluster_view=True)
+        while not self._runtime.closed:
+            with contextlib.suppress(*rpc.CONNECTION_ERRORS, rpc.GRPCError):
+                async for msg in self._runtime.gcs(pb.PubSubGcsServiceStub).subscribe(request):
+                    if msg.channel == VIEW_CHANNEL:
+                        for node in pb.ClusterView().parse(msg.data).nodes:
+                            self._apply(node)
+                    else:
+                        self._apply(pb.NodeInfo().parse(msg.data))
+            if not self._runtime.closed:  # closing breaks the stream: that is no reason to resubscribe
+                await asyncio.sleep(RESUBSCRIBE_S)
+
+    def _apply(self, node: pb.NodeInfo) -> None:
+        if node.alive:
+            self.addresses[node.node_id] = node.address
+            self.dead.discard(node.node_id)
+        else:
+            self.dead.add(node.node_id)
 
     async def is_gone(self, node_id: bytes) -> bool:
         if node_id in self.dead:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from grpclib.client import Channel
 
 from aioray._private.common import rpc
+from aioray._private.common.config import GCS_RECONNECT_TIMEOUT_S
 from aioray.exceptions import GetTimeoutError
 
 log = logging.getLogger("aioray.core_worker")
@@ -94,7 +95,7 @@ class Runtime:
 
     def gcs(self, service: Callable[[Channel], StubT]) -> StubT:
         """A stub of one of the GCS's services; on the loop only (channels belong to their loop)."""
-        return self.channels.stub(self.gcs_address, service)
+        return self.channels.gcs_stub(self.gcs_address, service, GCS_RECONNECT_TIMEOUT_S)
 
     def raylet(self, service: Callable[[Channel], StubT]) -> StubT:
         """A stub of one of the local raylet's services; on the loop only."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 
@@ -17,7 +18,10 @@ from aioray._private.common import rpc
 from aioray._private.common.pubsub import NODE_CHANNEL, RESOURCE_CHANNEL, VIEW_CHANNEL
 from aioray._proto.aioray import v1 as pb
 
+log = logging.getLogger("aioray.raylet")
+
 RESUBSCRIBE_S = 0.5
+GCS_GONE: tuple[type[BaseException], ...] = (*rpc.CONNECTION_ERRORS, rpc.GRPCError)
 REGISTER_TIMEOUT_S = 30.0
 
 
@@ -32,12 +36,10 @@ class ClusterView:
 
     async def register(self, node_info: Callable[[], pb.NodeInfo]) -> None:
         """Registers this node with the GCS, retrying while the GCS is still starting."""
-        stub = self._channels.stub(self._gcs_address, pb.NodeInfoGcsServiceStub)
         deadline = time.monotonic() + REGISTER_TIMEOUT_S
         while True:
             try:
-                reply = await stub.register_node(node_info(), timeout=5)
-                self.nodes = list(reply.view.nodes)
+                await self._register_once(node_info)
                 return
             except rpc.CONNECTION_ERRORS:
                 if time.monotonic() > deadline:
@@ -49,16 +51,32 @@ class ClusterView:
             stub = self._channels.stub(self._gcs_address, pb.NodeInfoGcsServiceStub)
             self.nodes = list((await stub.get_cluster_view(pb.Empty(), timeout=5)).nodes)
 
-    async def follow(self) -> None:
-        """Keeps the view current from the GCS's node and resource channels until stopped."""
+    async def follow(self, node_info: Callable[[], pb.NodeInfo]) -> None:
+        """Keeps the view current from the GCS's node and resource channels until stopped.
+
+        When the stream breaks the GCS went away, perhaps to be restarted by its supervisor: once it
+        answers again this node registers anew (with its current resources; registering is
+        idempotent) and subscribes again, receiving a fresh snapshot of the view.
+        """
         stub = self._channels.stub(self._gcs_address, pb.PubSubGcsServiceStub)
         request = pb.SubscribeRequest(channels=[NODE_CHANNEL, RESOURCE_CHANNEL], with_cluster_view=True)
         while not self.stopping:
             with contextlib.suppress(*rpc.CONNECTION_ERRORS, rpc.GRPCError):
                 async for msg in stub.subscribe(request):
                     self.apply(msg)
-            if not self.stopping:  # the GCS went away: try again (it may come back)
+            while not self.stopping:
                 await asyncio.sleep(RESUBSCRIBE_S)
+                try:
+                    await self._register_once(node_info)
+                    break
+                except GCS_GONE as e:
+                    log.info("the GCS at %s is not back yet: %r", self._gcs_address, e)
+
+    async def _register_once(self, node_info: Callable[[], pb.NodeInfo]) -> None:
+        stub = self._channels.stub(self._gcs_address, pb.NodeInfoGcsServiceStub)
+        reply = await stub.register_node(node_info(), timeout=5)
+        self.nodes = list(reply.view.nodes)
+        self.on_change()
 
     def apply(self, msg: pb.PubMessage) -> None:
         if msg.channel == VIEW_CHANNEL:

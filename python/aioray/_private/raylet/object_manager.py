@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from aioray._private.common import rpc
+from aioray._private.common.config import GCS_RECONNECT_TIMEOUT_S
 from aioray._private.common.spill_files import map_spilled
 from aioray._private.raylet import data_port
 from aioray._private.raylet.cluster_view import ClusterView
@@ -60,7 +61,9 @@ class ObjectManager(pb.ObjectManagerBase):
         self._pulls: dict[bytes, asyncio.Future[None]] = {}
 
     def _directory(self) -> pb.ObjectDirectoryGcsServiceStub:
-        return self._channels.stub(self._gcs_address, pb.ObjectDirectoryGcsServiceStub)
+        return self._channels.gcs_stub(
+            self._gcs_address, pb.ObjectDirectoryGcsServiceStub, GCS_RECONNECT_TIMEOUT_S
+        )
 
     # -- freeing ---------------------------------------------------------------------------------
     async def free_objects(self, object_ids: pb.ObjectIds) -> pb.Empty:
@@ -180,6 +183,10 @@ class ObjectManager(pb.ObjectManagerBase):
         view.release()
         store.seal(oid)
         buf.release()
+        # In the background: the copy is readable now, even while the GCS is away (being restarted).
+        self._spawn(self._add_location(oid))
+
+    async def _add_location(self, oid: bytes) -> None:
         with contextlib.suppress(Exception):
             await self._directory().add_object_locations(
                 pb.ObjectLocationUpdate(node_id=self.node_id, object_ids=[oid])
