@@ -70,6 +70,17 @@ class Nodes:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
 
+    def kill_hard(self, name: str) -> None:
+        """SIGKILLs a node's CLI process and every process under it at once (raylet, workers), as
+        when a machine loses power: nothing gets to clean up, not even the store segment."""
+        proc = self.procs.pop(name)
+        for pid in [proc.pid, *descendants(proc.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+
     def stop(self) -> None:
         for name in [n for n in self.procs if n != "head"] + ["head"]:
             proc = self.procs.pop(name, None)
@@ -81,6 +92,24 @@ class Nodes:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def descendants(root: int) -> list[int]:
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    found: list[int] = []
+    frontier = [root]
+    while frontier:
+        children = [pid for pid, ppid in parents.items() if ppid in frontier]
+        found += children
+        frontier = children
+    return found
 
 
 def node_ids_by_resource() -> dict[str, str]:
