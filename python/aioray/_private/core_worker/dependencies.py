@@ -14,6 +14,7 @@ holds an error makes the task fail with that same error.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -24,6 +25,9 @@ from aioray._private.core_worker.ownership import ObjectValue, OwnershipTable
 # (argument index, object id, owner address)
 Dependency = tuple[int, bytes, str]
 WaitValue = Callable[[bytes, str, float | None], Awaitable[ObjectValue]]
+
+
+LOST_COPY_POLL_S = 0.2
 
 
 class Packed:
@@ -100,6 +104,22 @@ class DependencyResolver:
             self._refs.remove_submitted([oid for oid, _ in kept])
             raise
         return Packed(wire_args, deps, kept)
+
+    async def await_lost_copies(self, deps: list[Dependency], timeout: float) -> None:
+        """A worker could not read a store copy of one of `deps`: waits until the node of one of this
+        process's own store dependencies is known dead (the GCS notices within a few seconds), so
+        that resolving them again rebuilds the lost copy rather than pointing at it once more."""
+        own = self._own_address()
+        nodes = set()
+        for _, oid, owner in deps:
+            value = self._refs.value(oid) if owner == own else None
+            if value is not None and value.inline is None and value.node_id:
+                nodes.add(value.node_id)
+        deadline = asyncio.get_running_loop().time() + timeout
+        # Polled: the dead set is the node directory's, filled from the GCS's stream; this rare path
+        # is not worth an event on every node death.
+        while nodes and not nodes & self._dead_nodes and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(LOST_COPY_POLL_S)
 
     async def resolve(self, args: list[tuple[Any, ...]], deps: list[Dependency]) -> bytes | None:
         """On the loop: waits for the ref arguments and fills them into `args` (inline values, or

@@ -28,6 +28,11 @@ from aioray._private.core_worker.runtime import Runtime, quietly
 from aioray._proto.aioray import v1 as pb
 from aioray.exceptions import ObjectLostError, TaskCancelledError
 
+# A task whose store arguments were lost this many times fails with the ObjectLostError.
+MAX_ARG_LOSSES = 5
+# How long to wait for the GCS to declare an argument's node dead before resolving it again.
+NODE_DEATH_WAIT_S = 15.0
+
 
 class ActorCalls(Protocol):
     """The actor side of submission, for calls that are retried or cancelled before they left."""
@@ -159,6 +164,10 @@ class TaskSubmitter:
     # -- results -------------------------------------------------------------------------------
     def on_result(self, p: PendingTask, result: task_spec.Result) -> None:
         _, status, returns, _ = result
+        if status == task_spec.SYSTEM_ERROR and self._lost_an_argument(p, returns[0]):
+            p.arg_losses += 1
+            self._runtime.spawn(self._resubmit_after_arg_loss(p))
+            return
         retryable = status == task_spec.APP_ERROR and not p.cancelled and p.retries_left > 0
         if retryable and self._retryable(p, returns[0]):
             p.retries_left -= 1
@@ -176,6 +185,38 @@ class TaskSubmitter:
                 values.append(ObjectValue(None, node_id, raylet, size))
                 inner_all.append(tuple(inner))
         self.complete(p, values, inner_all)
+
+    @staticmethod
+    def _lost_an_argument(p: PendingTask, ret: tuple[Any, ...]) -> bool:
+        """The worker could not read a store argument: its copy died with its node after the
+        task was dispatched. That is no failure of the task's: it runs again once the argument is
+        rebuilt (as Ray's pull manager waits for a lost argument's reconstruction)."""
+        if p.cancelled or p.original is None or p.arg_losses >= MAX_ARG_LOSSES:
+            return False
+        try:
+            err, _ = serialization.deserialize(ret[1])
+        except Exception:
+            return False
+        return isinstance(getattr(err, "cause", err), ObjectLostError)
+
+    async def _resubmit_after_arg_loss(self, p: PendingTask) -> None:
+        assert p.original is not None
+        args, deps = p.original
+        p.worker = None
+        try:
+            await self.dependencies.await_lost_copies(deps, NODE_DEATH_WAIT_S)
+            p.spec.args, p.deps = list(args), list(deps)
+            if p.spec.actor_id:  # the actor's queue resolves them again in order
+                self.retry(p)
+                return
+            failed = await self.dependencies.resolve(p.spec.args, p.deps)
+        except Exception as e:
+            self.fail_task(p, e)
+            return
+        if failed is not None:
+            self.complete(p, [ObjectValue(failed)] * p.spec.num_returns, ())
+        elif not p.cancelled:
+            self._queue(p)
 
     @staticmethod
     def _retryable(p: PendingTask, ret: tuple[Any, ...]) -> bool:
