@@ -128,9 +128,11 @@ def _node_table_call(call: Callable[[pb.NodeInfoGcsServiceStub], Any], timeout: 
     conn = worker_api.require()
 
     async def run() -> Any:
-        return await call(conn.core.gcs(pb.NodeInfoGcsServiceStub))
+        return await call(conn.core.gcs(pb.NodeInfoGcsServiceStub, reconnect_timeout_s=timeout))
 
-    return asyncio.run_coroutine_threadsafe(run(), conn.loop).result(timeout)
+    # A little longer than the GCS budget: a GCS that is gone fails as GcsUnreachableError (a
+    # ConnectionError naming the address), not as a bare timeout.
+    return asyncio.run_coroutine_threadsafe(run(), conn.loop).result(timeout + 5)
 
 
 def nodes() -> list[dict[str, Any]]:
@@ -192,12 +194,12 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     ns = namespace or core.namespace or DEFAULT_NAMESPACE
 
     async def lookup() -> pb.ActorInfo:
-        return await core.gcs(pb.ActorInfoGcsServiceStub).get_named_actor(
+        return await core.gcs(pb.ActorInfoGcsServiceStub, reconnect_timeout_s=15).get_named_actor(
             pb.NamedActorRequest(name=name, namespace=ns), timeout=10
         )
 
     try:
-        info = core.run_sync(lookup(), timeout=15)
+        info = core.run_sync(lookup(), timeout=20)
     except rpc.GRPCError as e:
         if e.status == rpc.Status.NOT_FOUND:
             raise ValueError(

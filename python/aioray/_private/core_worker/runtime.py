@@ -93,9 +93,15 @@ class Runtime:
         """From another thread: runs `coro` on the loop; its result as a concurrent future."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
-    def gcs(self, service: Callable[[Channel], StubT]) -> StubT:
-        """A stub of one of the GCS's services; on the loop only (channels belong to their loop)."""
-        return self.channels.gcs_stub(self.gcs_address, service, GCS_RECONNECT_TIMEOUT_S)
+    def gcs(self, service: Callable[[Channel], StubT], reconnect_timeout_s: float | None = None) -> StubT:
+        """A stub of one of the GCS's services; on the loop only (channels belong to their loop).
+
+        Its calls ride out a GCS restart for `reconnect_timeout_s` (default: the cluster's
+        AIORAY_GCS_RECONNECT_TIMEOUT_S), then fail with GcsUnreachableError; a call on behalf of a
+        user call with a shorter timeout passes that, so the user gets the clearer error.
+        """
+        budget = GCS_RECONNECT_TIMEOUT_S if reconnect_timeout_s is None else reconnect_timeout_s
+        return self.channels.gcs_stub(self.gcs_address, service, budget)
 
     def raylet(self, service: Callable[[Channel], StubT]) -> StubT:
         """A stub of one of the local raylet's services; on the loop only."""

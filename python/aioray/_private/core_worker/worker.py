@@ -174,9 +174,9 @@ class CoreWorker:
     def run_sync(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         return self.runtime.run_sync(coro, timeout)
 
-    def gcs(self, service: Callable[[Channel], StubT]) -> StubT:
-        """A stub of one of the GCS's services; on the core loop only."""
-        return self.runtime.gcs(service)
+    def gcs(self, service: Callable[[Channel], StubT], reconnect_timeout_s: float | None = None) -> StubT:
+        """A stub of one of the GCS's services; on the core loop only (see `Runtime.gcs`)."""
+        return self.runtime.gcs(service, reconnect_timeout_s)
 
     # -- submission (any thread) -----------------------------------------------------------------
     def _note_child(self, task_id: bytes) -> None:
