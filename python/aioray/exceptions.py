@@ -16,6 +16,7 @@ __all__ = [
     "ObjectExistsError",
     "ObjectLostError",
     "ObjectStoreFullError",
+    "OutOfMemoryError",
     "OwnerDiedError",
     "RayActorError",
     "RayError",
@@ -103,6 +104,13 @@ class ActorDiedError(RayActorError):
 
 class WorkerCrashedError(RayError):
     """The worker process running the task died (after every retry was used)."""
+
+
+class OutOfMemoryError(RayError):
+    """The node's memory monitor killed the worker running the task (after every retry was used).
+
+    The message names the node, its memory usage and limit, and the threshold
+    (``AIORAY_MEMORY_USAGE_THRESHOLD``) that was crossed."""
 
 
 class ObjectLostError(RayError):

@@ -6,7 +6,9 @@ behind it (so one caller's calls run in order), then batches go over one
 PushTasks stream to the actor's worker. When the stream breaks, the GCS says
 whether the actor restarted (calls in flight are retried while
 `max_task_retries` allows, else fail with RayActorError) or is dead (every
-call fails with the death cause).
+call fails with the death cause). When the actor's raylet says its memory
+monitor killed the worker, the error says so (OutOfMemoryError for a call
+lost to a restart, ActorDiedError naming the memory monitor for a dead actor).
 """
 
 from __future__ import annotations
@@ -19,11 +21,23 @@ from typing import Protocol
 from aioray._private.common import rpc, serialization, task_spec
 from aioray._private.core_worker.dependencies import DependencyResolver
 from aioray._private.core_worker.functions import FunctionManager
-from aioray._private.core_worker.lease_pool import LeasedWorker, PendingTask
+from aioray._private.core_worker.lease_pool import (
+    FAILURE_CAUSE_TIMEOUT_S,
+    LeasedWorker,
+    PendingTask,
+    failure_cause,
+    oom_message,
+)
 from aioray._private.core_worker.ownership import ObjectValue
 from aioray._private.core_worker.runtime import Runtime
 from aioray._proto.aioray import v1 as pb
-from aioray.exceptions import ActorDiedError, RayActorError, RayTaskError, TaskCancelledError
+from aioray.exceptions import (
+    ActorDiedError,
+    OutOfMemoryError,
+    RayActorError,
+    RayTaskError,
+    TaskCancelledError,
+)
 
 State = pb.ActorInfoState
 SETTLE_TIMEOUT_S = 60.0
@@ -68,6 +82,9 @@ class ActorQueue:
         self.restarts_seen = 0
         self.need_restart = False
         self.dead: BaseException | None = None
+        self.node_id = b""  # of the actor's current worker
+        self.broken: tuple[bytes, str] | None = None  # (node, address) of the worker whose stream broke
+        self.oom: str | None = None  # the memory monitor's account, if it killed that worker
         self.wake = asyncio.Event()
         self.runner: asyncio.Task[None] | None = None
 
@@ -126,6 +143,8 @@ class ActorQueue:
 
     async def _connect(self) -> None:
         min_restarts = self.restarts_seen + 1 if self.need_restart else 0
+        broken, self.broken = self.broken, None
+        self.oom = await self.client.oom_cause(*broken) if broken is not None else None
         try:
             info = await self.client.wait_settled(self.actor_id, min_restarts)
         except Exception as e:
@@ -140,8 +159,13 @@ class ActorQueue:
             self.dead = (
                 death_error(info.death_cause) if info.death_cause else ActorDiedError("the actor is dead")
             )
+            if self.oom is not None:
+                self.dead = ActorDiedError(
+                    f"{self.dead}; its worker was killed by the memory monitor: {self.oom}"
+                )
             return
         self.need_restart = False
+        self.node_id = info.node_id
         self.restarts_seen = info.num_restarts
         lw = LeasedWorker(self, b"", info.address, "")
         lw.task = self.client.runtime.spawn(lw.run(self.client.runtime.channels))
@@ -157,6 +181,14 @@ class ActorQueue:
             elif self.dead is None and p.retries_left > 0:
                 p.retries_left -= 1
                 retry.append(p)
+            elif self.dead is None and self.oom is not None:
+                self.client.owner.fail_task(
+                    p,
+                    OutOfMemoryError(
+                        f"{p.spec.name} ran out of memory; the actor restarted, but the call was not "
+                        f"retried (set max_task_retries to retry): {self.oom}"
+                    ),
+                )
             else:
                 err = self.dead or RayActorError(
                     f"the actor died while running {p.spec.name}; it restarted, but the call was not retried "
@@ -177,6 +209,7 @@ class ActorQueue:
         if self.stream is lw:
             self.stream = None
             self.need_restart = True
+            self.broken = (self.node_id, lw.address)
             self.lost.extend(self.in_flight.values())
             self.in_flight.clear()
             self.wake.set()
@@ -202,6 +235,8 @@ class ActorClient:
     def submit(self, p: PendingTask) -> None:
         """On the core loop."""
         self.owner.tasks[p.spec.task_id] = p
+        if p.deps and p.original is None:  # to resolve them again if a worker cannot read them
+            p.original = (list(p.spec.args), list(p.deps))
         self.queue(p.spec.actor_id).push(p)
 
     def unqueue(self, p: PendingTask) -> None:
@@ -223,6 +258,20 @@ class ActorClient:
         if info.state == State.DEAD or (info.state == State.ALIVE and info.num_restarts >= min_restarts):
             return info
         return None
+
+    async def oom_cause(self, node_id: bytes, worker_address: str) -> str | None:
+        """The memory monitor's account if it killed the actor worker at `worker_address` (asked of
+        the raylet of `node_id`); None if it did not, or nobody can say."""
+        try:
+            view = await self.runtime.gcs(pb.NodeInfoGcsServiceStub).get_cluster_view(
+                pb.Empty(), timeout=FAILURE_CAUSE_TIMEOUT_S
+            )
+        except Exception:
+            return None
+        raylet = next((n.address for n in view.nodes if n.node_id == node_id and n.alive), "")
+        if not raylet:
+            return None
+        return oom_message(await failure_cause(self.runtime.channels, raylet, b"", worker_address))
 
     async def create(
         self,

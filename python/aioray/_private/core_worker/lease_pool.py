@@ -5,7 +5,8 @@ spillback to other nodes), then streams batches of task specs straight to each
 leased worker, several in flight per worker once tasks are known to be short,
 and reuses the lease until the queue is empty; a lease idle for a moment is
 returned. A worker that dies takes its in-flight tasks with it: they are
-queued again while `retries_left` allows, else fail with WorkerCrashedError.
+queued again while `retries_left` allows, else fail with WorkerCrashedError, or
+with OutOfMemoryError when the raylet says its memory monitor killed the worker.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from grpclib.const import Cardinality
 from aioray._private.common import rpc, task_spec
 from aioray._private.common.resources import ResourceSet
 from aioray._proto.aioray import v1 as pb
-from aioray.exceptions import RayError, TaskCancelledError, WorkerCrashedError
+from aioray.exceptions import OutOfMemoryError, RayError, TaskCancelledError, WorkerCrashedError
 
 log = logging.getLogger("aioray.submitter")
 
@@ -33,6 +34,7 @@ LEASE_IDLE_S = 0.05  # keep an idle lease this long for the next task
 MAX_BATCH = 256
 LEASE_RETRY_S = 60.0  # how long to keep asking for a worker while raylets come and go
 MAX_SPILLBACK_HOPS = 8
+FAILURE_CAUSE_TIMEOUT_S = 2.0  # how long to ask a raylet why a worker died before assuming a crash
 
 
 class TaskUnschedulableError(RayError):
@@ -51,6 +53,7 @@ class PendingTask:
     cancelled: bool = False
     # The args and dependencies before resolution, kept to re-run the task from lineage.
     original: tuple[list[tuple[Any, ...]], list[tuple[int, bytes, str]]] | None = None
+    arg_losses: int = 0  # times a worker could not read its store arguments (their node died)
 
 
 class StreamSink(Protocol):
@@ -63,6 +66,28 @@ class TaskOwner(Protocol):
 
     def on_result(self, p: PendingTask, result: task_spec.Result) -> None: ...
     def fail_task(self, p: PendingTask, err: BaseException) -> None: ...
+
+
+async def failure_cause(
+    channels: rpc.ChannelPool, raylet_address: str, lease_id: bytes, worker_address: str
+) -> pb.WorkerFailureCause | None:
+    """Why a worker died, as its raylet recorded it; None if the raylet cannot say."""
+    request = pb.WorkerFailureCauseRequest(lease_id=lease_id, worker_address=worker_address)
+    try:
+        stub = channels.stub(raylet_address, pb.NodeManagerStub)
+        return await stub.get_worker_failure_cause(request, timeout=FAILURE_CAUSE_TIMEOUT_S)
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:  # the raylet died too, or is older: a plain crash then
+        log.debug("raylet %s cannot say why worker %s died: %r", raylet_address, worker_address, e)
+        return None
+
+
+def oom_message(cause: pb.WorkerFailureCause | None) -> str | None:
+    """The memory monitor's account, if it killed the worker."""
+    if cause is not None and cause.kind == pb.WorkerFailureCauseKind.OUT_OF_MEMORY:
+        return cause.message
+    return None
 
 
 class LeasedWorker:
@@ -78,6 +103,7 @@ class LeasedWorker:
         self.idle_timer: asyncio.TimerHandle | None = None
         self.dead = False
         self.task: asyncio.Task[None] | None = None
+        self.failure: pb.WorkerFailureCause | None = None  # why it died, if its raylet said
 
     async def run(self, channels: rpc.ChannelPool) -> None:
         """Streams batches to the worker and results back until closed or broken."""
@@ -99,6 +125,9 @@ class LeasedWorker:
         except Exception as e:  # the worker died or the connection broke
             log.debug("lease %s broke: %r", self.lease_id.hex()[:8], e)
             channels.drop(self.address)
+            self.dead = True  # no more tasks for it while we ask its raylet why it died
+            if self.raylet_address and self.in_flight:
+                self.failure = await failure_cause(channels, self.raylet_address, self.lease_id, self.address)
         finally:
             self.dead = True
             self.sink.on_worker_gone(self)
@@ -200,6 +229,8 @@ class LeasePool:
                 resources=pb.ResourceMap(amounts=self.shape.to_dict()),
                 owner_address=self.own_address,
                 job_id=self.job_id,
+                # Lets the memory monitor kill retriable work first (the queue's head stands for it).
+                retriable=bool(self.queue) and self.queue[0].retries_left > 0,
             )
             for _ in range(MAX_SPILLBACK_HOPS):
                 try:
@@ -271,6 +302,7 @@ class LeasePool:
         if lw.idle_timer is not None:
             lw.idle_timer.cancel()
         crashed, lw.in_flight = list(lw.in_flight.values()), {}
+        oom = oom_message(lw.failure)
         for p in crashed:
             p.worker = None
             if p.cancelled:
@@ -280,6 +312,12 @@ class LeasePool:
             elif p.retries_left > 0:
                 p.retries_left -= 1
                 self.queue.appendleft(p)
+                if oom is not None:
+                    log.warning("%s is retried (%d retries left): %s", p.spec.name, p.retries_left, oom)
+            elif oom is not None:
+                self.owner.fail_task(
+                    p, OutOfMemoryError(f"{p.spec.name} ran out of memory and has no retries left: {oom}")
+                )
             else:
                 self.owner.fail_task(
                     p,

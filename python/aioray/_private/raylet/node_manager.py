@@ -6,24 +6,34 @@ goes on to another node (spillback) or queues here; queued requests are
 granted in order as resources and workers free up, starting workers on
 demand. A lease ends when its owner returns it, its worker dies, or its owner
 dies; a leased worker blocked in get/wait lends its resources back meanwhile.
+
+Recent worker deaths are kept with their cause (`deaths`): an owner whose
+connection to a worker broke asks why (``GetWorkerFailureCause``), which is
+how a task killed by the memory monitor fails with OutOfMemoryError.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from aioray._private.common import proto_enums, rpc
 from aioray._private.common.ids import random_id
 from aioray._private.common.resources import ResourceSet
 from aioray._private.raylet import scheduling
 from aioray._private.raylet.cluster_view import ClusterView
+from aioray._private.raylet.memory_monitor import Candidate
 from aioray._private.raylet.worker_pool import WorkerPool, WorkerProc
 from aioray._proto.aioray import v1 as pb
 
 log = logging.getLogger("aioray.raylet")
+
+MAX_DEATH_RECORDS = 1000  # recent worker deaths kept for owners asking why their worker died
+Cause = pb.WorkerFailureCauseKind
 
 
 @dataclass(eq=False)
@@ -33,6 +43,8 @@ class Lease:
     resources: ResourceSet
     owner: str
     blocked: bool = False
+    retriable: bool = False  # the owner's work has retries left (the memory monitor kills it first)
+    granted_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(eq=False)
@@ -66,6 +78,9 @@ class NodeManager(pb.NodeManagerBase):
         self.leases: dict[bytes, Lease] = {}
         self.waiting: list[LeaseWaiter] = []
         self.stopping = False
+        # Recent worker deaths by worker id, oldest first, with their cause.
+        self.deaths: collections.OrderedDict[bytes, pb.WorkerFailureCause] = collections.OrderedDict()
+        self._death_keys: dict[bytes, tuple[bytes, str]] = {}  # worker id -> (lease id, address)
 
     # -- leases ----------------------------------------------------------------------------------
     async def request_worker_lease(self, lease_request: pb.LeaseRequest) -> pb.LeaseReply:
@@ -110,7 +125,13 @@ class NodeManager(pb.NodeManagerBase):
         for i in plan.grant:
             waiter = queued[i]
             worker = self.pool.take_idle()
-            lease = Lease(random_id(16), worker, waiter.resources, waiter.request.owner_address)
+            lease = Lease(
+                random_id(16),
+                worker,
+                waiter.resources,
+                waiter.request.owner_address,
+                retriable=waiter.request.retriable,
+            )
             worker.lease_id = lease.lease_id
             self.leases[lease.lease_id] = lease
             self.available = self.available - waiter.resources
@@ -194,6 +215,7 @@ class NodeManager(pb.NodeManagerBase):
     def on_worker_exit(self, worker: WorkerProc, code: int | None) -> pb.WorkerDeath | None:
         """A worker process ended: its lease ends, and so do the leases it held as an owner.
         Returns the death to report to the GCS, if the worker had registered."""
+        self._record_exit(worker, code)
         if worker.lease_id is not None:
             lease = self.leases.pop(worker.lease_id, None)
             if lease is not None:
@@ -214,6 +236,74 @@ class NodeManager(pb.NodeManagerBase):
         return pb.WorkerDeath(
             node_id=self.node_id, worker_id=worker.worker_id, address=worker.address, exit_code=code or 0
         )
+
+    # -- worker deaths and the memory monitor ----------------------------------------------------
+    def _record(self, worker: WorkerProc, cause: pb.WorkerFailureCause) -> None:
+        self.deaths[worker.worker_id] = cause
+        self.deaths.move_to_end(worker.worker_id)
+        self._death_keys[worker.worker_id] = (worker.lease_id or b"", worker.address)
+        while len(self.deaths) > MAX_DEATH_RECORDS:
+            old, _ = self.deaths.popitem(last=False)
+            self._death_keys.pop(old, None)
+
+    def _record_exit(self, worker: WorkerProc, code: int | None) -> None:
+        known = self.deaths.get(worker.worker_id)
+        if known is not None:  # killed by the memory monitor: the cause is recorded already
+            known.exit_code = code or 0
+            return
+        kind, how = (Cause.KILLED, "was killed by its raylet") if worker.killed else (Cause.EXITED, "exited")
+        self._record(
+            worker,
+            pb.WorkerFailureCause(
+                kind=Cause(kind),
+                message=f"worker {worker.worker_id.hex()[:12]} {how} (exit code {code})",
+                exit_code=code or 0,
+                worker_id=worker.worker_id,
+            ),
+        )
+
+    async def get_worker_failure_cause(
+        self, worker_failure_cause_request: pb.WorkerFailureCauseRequest
+    ) -> pb.WorkerFailureCause:
+        """Why the worker of a lease (or at an address) died: the newest matching record."""
+        req = worker_failure_cause_request
+        for worker_id in reversed(self.deaths):
+            lease_id, address = self._death_keys[worker_id]
+            if (req.lease_id and req.lease_id == lease_id) or (
+                not req.lease_id and req.worker_address and req.worker_address == address
+            ):
+                return self.deaths[worker_id]
+        return pb.WorkerFailureCause(kind=Cause(Cause.UNKNOWN))
+
+    def memory_candidates(self) -> list[Candidate]:
+        """The leased workers the memory monitor may kill (idle workers hold no task)."""
+        return [
+            Candidate(
+                pid=lease.worker.proc.pid,
+                owner=lease.owner,
+                granted_at=lease.granted_at,
+                retriable=lease.retriable,
+                worker_id=lease.worker.worker_id,
+                lease_id=lease.lease_id,
+            )
+            for lease in self.leases.values()
+            if lease.worker.proc.returncode is None and not lease.worker.killed
+        ]
+
+    def kill_for_memory(self, victim: Candidate, message: str) -> Awaitable[int] | None:
+        """Records the memory monitor's cause, then kills the worker; the awaitable ends at its exit."""
+        lease = self.leases.get(victim.lease_id)
+        if lease is None or lease.worker.proc.returncode is not None:
+            return None
+        worker = lease.worker
+        self._record(
+            worker,
+            pb.WorkerFailureCause(
+                kind=Cause(Cause.OUT_OF_MEMORY), message=message, worker_id=worker.worker_id
+            ),
+        )
+        self.pool.kill(worker)
+        return worker.proc.wait()
 
     # -- node ------------------------------------------------------------------------------------
     async def get_node_info(self, empty: pb.Empty) -> pb.NodeInfo:

@@ -19,10 +19,12 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from aioray._private.common import process, rpc
+from aioray._private.common import process, rpc, segments
+from aioray._private.common.config import GCS_RECONNECT_TIMEOUT_S
 from aioray._private.common.ids import random_id
 from aioray._private.common.resources import ResourceSet
 from aioray._private.raylet.cluster_view import ClusterView
+from aioray._private.raylet.memory_monitor import MemoryMonitor, MonitorConfig
 from aioray._private.raylet.node_manager import NodeManager
 from aioray._private.raylet.object_manager import ObjectManager
 from aioray._private.raylet.spill import SpillManager
@@ -45,7 +47,7 @@ class Raylet:
         self.address = ""
         # AIORAY_SESSION_TAG (optional) marks every segment of one test session or deployment.
         tag = os.environ.get("AIORAY_SESSION_TAG", "")
-        self.store_name = f"aioray-{tag + '-' if tag else ''}{self.node_id.hex()[:16]}"
+        self.store_name = segments.segment_name(tag, os.getpid(), self.node_id)
         self.store = ObjectStore.create(self.store_name, args.object_store_memory)
         self.spill = SpillManager(
             self.store, os.path.join(args.spill_dir, f"spill-{self.node_id.hex()[:16]}")
@@ -62,6 +64,13 @@ class Raylet:
             self.schedule_report,
             self.gcs_address,
             lambda: self.stopped.set(),
+        )
+        # Kills leased workers while the node's memory is above the threshold (memory_monitor).
+        self.memory = MemoryMonitor(
+            lambda: f"{self.node_id.hex()} ({self.address})",
+            self.nodes.memory_candidates,
+            self.nodes.kill_for_memory,
+            MonitorConfig.from_env(os.environ),
         )
         self.view.on_change = self.nodes.replan
         self.objects = ObjectManager(
@@ -110,7 +119,9 @@ class Raylet:
 
     async def _report_death(self, death: pb.WorkerDeath) -> None:
         with contextlib.suppress(Exception):
-            stub = self.channels.stub(self.gcs_address, pb.WorkerInfoGcsServiceStub)
+            stub = self.channels.gcs_stub(
+                self.gcs_address, pb.WorkerInfoGcsServiceStub, GCS_RECONNECT_TIMEOUT_S
+            )
             await stub.report_worker_death(death, timeout=10)
 
     # -- node info and resource reports ----------------------------------------------------------
@@ -162,6 +173,7 @@ class Raylet:
 
     async def stop(self) -> None:
         self.stopping = self.view.stopping = self.pool.stopping = True
+        await self.memory.stop()
         self.nodes.stop()
         await self.pool.stop()
         self.objects.close()
@@ -188,8 +200,9 @@ async def serve(args: argparse.Namespace, token: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, raylet.stopped.set)
     process.watch_lifeline(loop, raylet.stopped.set)
-    raylet._spawn(raylet.view.follow())
+    raylet._spawn(raylet.view.follow(raylet.node_info))
     raylet.pool.start(raylet.min_workers)
+    raylet.memory.start()
     process.announce_ready(
         json.dumps(
             {"address": raylet.address, "node_id": raylet.node_id.hex(), "store_name": raylet.store_name}

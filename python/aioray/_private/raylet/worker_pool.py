@@ -131,11 +131,15 @@ class WorkerPool:
     def give_back(self, worker: WorkerProc, failed: bool) -> None:
         """A lease ended: the worker is idle again, or killed if it failed or exited."""
         if failed or worker.proc.returncode is not None:
-            worker.killed = True
-            with contextlib.suppress(ProcessLookupError):
-                worker.proc.kill()
+            self.kill(worker)
         elif worker.worker_id in self.workers:
             self.idle.append(worker)
+
+    def kill(self, worker: WorkerProc) -> None:
+        """Kills a worker (SIGKILL) on purpose: its exit is not reported as a crash."""
+        worker.killed = True
+        with contextlib.suppress(ProcessLookupError):
+            worker.proc.kill()
 
     async def stop(self) -> None:
         """Terminates every worker, killing those that do not exit within 3 s."""

@@ -46,6 +46,13 @@ class LeaseReplyStatus(betterproto.Enum):
     REJECTED = 3
 
 
+class WorkerFailureCauseKind(betterproto.Enum):
+    UNKNOWN = 0
+    EXITED = 1
+    KILLED = 2
+    OUT_OF_MEMORY = 3
+
+
 @dataclass(eq=False, repr=False)
 class Empty(betterproto.Message):
     pass
@@ -332,6 +339,11 @@ class LeaseRequest(betterproto.Message):
     Set when another raylet already sent the request here: do not spill again.
     """
 
+    retriable: bool = betterproto.bool_field(5)
+    """
+    The work has retries left: the memory monitor kills retriable work before the rest.
+    """
+
 
 @dataclass(eq=False, repr=False)
 class LeaseReply(betterproto.Message):
@@ -367,6 +379,20 @@ class RegisterWorkerReply(betterproto.Message):
 class BlockedRequest(betterproto.Message):
     lease_id: bytes = betterproto.bytes_field(1)
     blocked: bool = betterproto.bool_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class WorkerFailureCauseRequest(betterproto.Message):
+    lease_id: bytes = betterproto.bytes_field(1)
+    worker_address: str = betterproto.string_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class WorkerFailureCause(betterproto.Message):
+    kind: "WorkerFailureCauseKind" = betterproto.enum_field(1)
+    message: str = betterproto.string_field(2)
+    exit_code: int = betterproto.int32_field(3)
+    worker_id: bytes = betterproto.bytes_field(4)
 
 
 @dataclass(eq=False, repr=False)
@@ -998,6 +1024,23 @@ class NodeManagerStub(betterproto.ServiceStub):
             "/aioray.v1.NodeManager/GetNodeInfo",
             empty,
             NodeInfo,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_worker_failure_cause(
+        self,
+        worker_failure_cause_request: "WorkerFailureCauseRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "WorkerFailureCause":
+        return await self._unary_unary(
+            "/aioray.v1.NodeManager/GetWorkerFailureCause",
+            worker_failure_cause_request,
+            WorkerFailureCause,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -1682,6 +1725,11 @@ class NodeManagerBase(ServiceBase):
     async def get_node_info(self, empty: "Empty") -> "NodeInfo":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def get_worker_failure_cause(
+        self, worker_failure_cause_request: "WorkerFailureCauseRequest"
+    ) -> "WorkerFailureCause":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def shutdown(self, empty: "Empty") -> "Empty":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -1719,6 +1767,14 @@ class NodeManagerBase(ServiceBase):
     ) -> None:
         request = await stream.recv_message()
         response = await self.get_node_info(request)
+        await stream.send_message(response)
+
+    async def __rpc_get_worker_failure_cause(
+        self,
+        stream: "grpclib.server.Stream[WorkerFailureCauseRequest, WorkerFailureCause]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.get_worker_failure_cause(request)
         await stream.send_message(response)
 
     async def __rpc_shutdown(
@@ -1759,6 +1815,12 @@ class NodeManagerBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 Empty,
                 NodeInfo,
+            ),
+            "/aioray.v1.NodeManager/GetWorkerFailureCause": grpclib.const.Handler(
+                self.__rpc_get_worker_failure_cause,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                WorkerFailureCauseRequest,
+                WorkerFailureCause,
             ),
             "/aioray.v1.NodeManager/Shutdown": grpclib.const.Handler(
                 self.__rpc_shutdown,
