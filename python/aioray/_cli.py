@@ -8,6 +8,7 @@ import contextlib
 import glob
 import json
 import os
+import secrets
 import signal
 import sys
 import time
@@ -15,19 +16,22 @@ from typing import Any
 
 from aioray._private import node as node_mod
 from aioray._private import worker_api
-from aioray._private.common import process, rpc
+from aioray._private.common import process, rpc, segments
 from aioray._proto.aioray import v1 as pb
 
-
-def _write_private(path: str, data: dict[str, Any]) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
+SUPERVISOR_START_TIMEOUT_S = 2 * node_mod.START_TIMEOUT_S + 10
+STOP_GRACE_S = 10.0
+FORCE_GRACE_S = 1.0
 
 
 def cmd_start(args: argparse.Namespace) -> int:
+    """Starts a node under a supervisor (`aioray._private.supervisor`), in the background or, with
+    --block, as a child of this process, which then waits for Ctrl-C or SIGTERM."""
     if args.head == bool(args.address):
         print("aioray start: give exactly one of --head or --address=HOST:PORT", file=sys.stderr)
+        return 2
+    if args.storage and not args.head:
+        print("aioray start: --storage is for a head node (it configures the GCS)", file=sys.stderr)
         return 2
     resources = json.loads(args.resources) if args.resources else None
     token = os.environ.get(process.TOKEN_ENV)
@@ -37,34 +41,58 @@ def cmd_start(args: argparse.Namespace) -> int:
         if token is None:
             print(f"aioray start: set {process.TOKEN_ENV} to the head's auth token", file=sys.stderr)
             return 2
-    node = node_mod.start_node(
-        head=args.head,
-        gcs_address=args.address,
-        host=args.node_ip_address,
-        port=args.port,
-        num_cpus=args.num_cpus,
-        num_gpus=args.num_gpus,
-        resources=resources,
-        object_store_memory=args.object_store_memory,
-        token=token,
-        lifeline=args.block,
-        detach=not args.block,
-        prestart_workers=args.prestart_workers,
-    )
-    info = {**node.info(), "token": node.token}
-    path = (
-        worker_api.cluster_file()
-        if args.head
-        else os.path.join(node_mod.session_dir(), f"node-{node.node_id}.json")
-    )
-    _write_private(path, info)
-    print(f"aioray node {node.node_id[:12]} started; GCS at {node.gcs_address}")
+    token = token if token is not None else secrets.token_hex(16)
+    sessions = node_mod.session_dir()
+    port = args.port
+    storage = None
     if args.head:
-        print(f"  connect a driver:   aioray.init(address='{node.gcs_address}')   (or address='auto')")
-        print(f"  add a node:         aioray start --address={node.gcs_address}")
-        print(f"  auth token (for other machines, set {process.TOKEN_ENV}): {node.token}")
+        port = port or rpc.free_port(args.node_ip_address)  # known up front: restarts reuse it
+        storage = args.storage or f"sqlite://{os.path.join(sessions, f'gcs-{port}.sqlite3')}"
+    config = {
+        "head": args.head,
+        "gcs_address": args.address,
+        "host": args.node_ip_address,
+        "port": port,
+        "num_cpus": args.num_cpus,
+        "num_gpus": args.num_gpus,
+        "resources": resources,
+        "object_store_memory": args.object_store_memory,
+        "prestart_workers": args.prestart_workers,
+        "storage": storage,
+        "log_files": not args.block,  # with --block the daemons' output goes to the terminal
+    }
+    session_file = worker_api.cluster_file() if args.head else os.path.join(sessions, "node-{node_id}.json")
+    env = dict(os.environ)
+    env[process.TOKEN_ENV] = token
+    log_path = None if args.block else os.path.join(sessions, "supervisor.log")
+    supervisor = process.Child.spawn(
+        "supervisor",
+        ["-m", "aioray._private.supervisor", "--config", json.dumps(config), "--session-file", session_file],
+        env,
+        lifeline=args.block,  # --block: the node goes when this process does, even on SIGKILL
+        detach=not args.block,
+        log_path=log_path,
+    )
+    try:
+        node = json.loads(supervisor.wait_ready(SUPERVISOR_START_TIMEOUT_S))
+    except (RuntimeError, ValueError) as e:
+        where = f" (log: {log_path})" if log_path else ""
+        print(f"aioray start: {e}{where}", file=sys.stderr)
+        supervisor.stop()
+        return 1
+    if "error" in node:
+        where = "" if args.block else f" (logs in {sessions})"
+        print(f"aioray start: {node['error']}{where}", file=sys.stderr)
+        supervisor.stop()
+        return 1
+    print(f"aioray node {node['node_id'][:12]} started; GCS at {node['gcs_address']}")
+    if args.head:
+        print(f"  connect a driver:   aioray.init(address='{node['gcs_address']}')   (or address='auto')")
+        print(f"  add a node:         aioray start --address={node['gcs_address']}")
+        print(f"  auth token (for other machines, set {process.TOKEN_ENV}): {token}")
     if not args.block:
         return 0
+    sys.stdout.flush()
     stop = False
 
     def on_signal(*_: Any) -> None:
@@ -74,48 +102,116 @@ def cmd_start(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        while not stop and all(c.proc.poll() is None for c in node.children):
+        while not stop and supervisor.proc.poll() is None:
             time.sleep(0.2)
     finally:
-        node.stop()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        supervisor.stop(timeout=3 * STOP_GRACE_S)  # it stops the daemons, then itself
+    code = supervisor.proc.returncode
+    if not stop and code:
+        print(f"aioray start: node {node['node_id'][:12]} stopped (see the log above)", file=sys.stderr)
+        return 1
     return 0
 
 
-def cmd_stop(args: argparse.Namespace) -> int:
-    files = glob.glob(os.path.join(node_mod.session_dir(), "node-*.json"))
-    files.append(worker_api.cluster_file())
-    stopped = 0
-    for path in files:
+def _stop_daemons(tag: str | None, grace: float) -> tuple[dict[int, str], dict[int, str], dict[int, str]]:
+    """SIGTERMs this user's aioray daemons (supervisors first, so none restarts a GCS being stopped),
+    waits up to `grace` seconds, then SIGKILLs what remains. Returns (all seen, SIGKILLed, survivors)."""
+    seen: dict[int, str] = {}
+    termed: set[int] = set()
+
+    def send(pids: dict[int, str], sig: signal.Signals) -> None:
+        for pid in sorted(pids, key=lambda p: pids[p] != "supervisor"):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+    deadline = time.monotonic() + grace
+    seen.update(process.find_daemons(tag))
+    supervisors = {p: k for p, k in seen.items() if k == "supervisor"}
+    send(supervisors, signal.SIGTERM)  # each stops its node's daemons
+    termed.update(supervisors)
+    # Half the grace period for the supervisors to stop their nodes; the rest get at least the other half.
+    supervisors_deadline = time.monotonic() + min(grace / 2, 3.0)
+    while time.monotonic() < supervisors_deadline and not all(process.is_gone(p) for p in supervisors):
+        time.sleep(0.05)
+    while True:  # the rest, and whatever starts meanwhile
+        current = process.find_daemons(tag)
+        send({p: k for p, k in current.items() if p not in termed}, signal.SIGTERM)
+        seen.update(current)
+        termed.update(current)
+        if not current or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    killed: dict[int, str] = {}
+    for _ in range(50):
+        current = process.find_daemons(tag)
+        if not current:
+            break
+        send(current, signal.SIGKILL)
+        seen.update(current)
+        killed.update(current)
+        time.sleep(0.05)
+    return seen, killed, process.find_daemons(tag)
+
+
+def _describe(pids: dict[int, str]) -> str:
+    by_kind: dict[str, list[int]] = {}
+    for pid, kind in pids.items():
+        by_kind.setdefault(kind, []).append(pid)
+    parts = []
+    for kind in ("supervisor", "gcs", "raylet", "worker"):
+        if kind in by_kind:
+            ids = sorted(by_kind[kind])
+            label = "pid" if len(ids) == 1 else "pids"
+            parts.append(f"{len(ids)} {kind} ({label} {', '.join(map(str, ids))})")
+    return ", ".join(parts)
+
+
+def _remove_stale_session_files() -> list[str]:
+    """Session files whose processes are all gone (or that cannot be read), removed; their names."""
+    sessions = node_mod.session_dir()
+    paths = sorted(glob.glob(os.path.join(sessions, "node-*.json")))
+    paths.append(worker_api.cluster_file())
+    removed = []
+    for path in paths:
         try:
             with open(path) as f:
                 info = json.load(f)
-        except (OSError, ValueError):
+            pids = [int(p) for p in info.get("pids", [])]
+        except FileNotFoundError:
             continue
-        for pid in info.get("pids", []):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGTERM)
-                stopped += 1
-        deadline = time.monotonic() + 5
-        for pid in info.get("pids", []):
-            while time.monotonic() < deadline and _alive(pid):
-                time.sleep(0.05)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(f"/dev/shm/{info.get('store_name', 'aioray-missing')}")
-        os.unlink(path)
-    print(f"stopped {stopped} aioray process(es)")
+        except (OSError, ValueError, TypeError, AttributeError):
+            pids = []  # unreadable: stale
+        if any(process.daemon_kind(p) is not None for p in pids):
+            continue  # a node that is still up (one of another session tag)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            continue
+        removed.append(os.path.basename(path))
+    return removed
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    tag = args.tag if args.tag is not None else segments.session_tag()
+    grace = FORCE_GRACE_S if args.force else args.grace
+    seen, killed, survivors = _stop_daemons(tag, grace)
+    reclaimed = segments.reclaim_orphans(tag, spill_dirs=[node_mod.session_dir()])
+    removed = _remove_stale_session_files()
+    scope = f" of session tag {tag!r}" if tag else ""
+    if seen:
+        print(f"stopped {len(seen)} aioray process(es){scope}: {_describe(seen)}")
+    else:
+        print(f"no aioray processes{scope} were running")
+    if killed:
+        print(f"  sent SIGKILL after {grace:g} s to {_describe(killed)}")
+    if reclaimed:
+        print(f"  removed {len(reclaimed)} orphaned store segment(s): {', '.join(reclaimed)}")
+    if removed:
+        print(f"  removed {len(removed)} stale session file(s): {', '.join(removed)}")
+    if survivors:
+        print(f"aioray stop: still running after SIGKILL: {_describe(survivors)}", file=sys.stderr)
+        return 1
     return 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -188,9 +284,36 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start one worker per CPU now rather than on the first tasks (~0.15 s sooner, ~30 MiB each)",
     )
+    start.add_argument(
+        "--storage",
+        default=None,
+        help="where the GCS keeps its tables: sqlite:///PATH or redis://HOST:PORT "
+        "(default: sqlite in the session folder, one file per GCS port)",
+    )
     start.add_argument("--block", action="store_true", help="stay in the foreground; Ctrl-C stops the node")
     start.set_defaults(func=cmd_start)
-    stop = sub.add_parser("stop", help="stop the nodes started on this machine")
+    stop = sub.add_parser(
+        "stop",
+        help="stop every aioray daemon of this user on this machine",
+        description="Stops every aioray daemon of this user on this machine (supervisors, GCSs, raylets, "
+        "workers; drivers are left alone): SIGTERM, then SIGKILL after a grace period. Then removes "
+        "the store segments and session files they left. Exits 0 once nothing is left running.",
+    )
+    stop.add_argument(
+        "--force", action="store_true", help=f"SIGKILL what is still running after {FORCE_GRACE_S:g} s"
+    )
+    stop.add_argument(
+        "--grace",
+        type=float,
+        default=STOP_GRACE_S,
+        help="seconds to wait after SIGTERM before SIGKILL (default: %(default)s)",
+    )
+    stop.add_argument(
+        "--tag",
+        default=None,
+        help="only the daemons started with AIORAY_SESSION_TAG=TAG and their segments "
+        "(default: $AIORAY_SESSION_TAG if set, else all)",
+    )
     stop.set_defaults(func=cmd_stop)
     status = sub.add_parser("status", help="nodes, resources and store usage")
     status.add_argument("--address", default=None)

@@ -7,10 +7,11 @@ import json
 import os
 import secrets
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aioray._private.common import process, rpc
+from aioray._private.common import process, rpc, segments
 from aioray._private.common.process import Child
 
 START_TIMEOUT_S = 60.0
@@ -52,22 +53,52 @@ def session_dir() -> str:
 
 @dataclass
 class NodeProcesses:
-    """The processes this Python process started for one node."""
+    """The processes this Python process started for one node: its raylet and, on the head, the GCS."""
 
     gcs_address: str
     raylet_address: str
     node_id: str
     token: str
     store_name: str
-    children: list[Child] = field(default_factory=list)
+    raylet: Child
+    gcs: Child | None = None
+    # Starts the GCS again, with the same arguments and port (head only; see `restart_gcs`).
+    _spawn_gcs: Callable[[], Child] | None = field(default=None, repr=False)
+
+    @property
+    def children(self) -> list[Child]:
+        """The raylet first (stopped first: it stops its workers), then the GCS."""
+        return [self.raylet] + ([self.gcs] if self.gcs is not None else [])
+
+    @property
+    def runs_gcs(self) -> bool:
+        """Whether this node runs the cluster's GCS (then `restart_gcs` can start it again)."""
+        return self._spawn_gcs is not None
 
     def stop(self) -> None:
-        # The raylet first: it stops its workers and removes its store segment.
         for child in self.children:
             child.stop()
-        leftover = f"/dev/shm/{self.store_name}"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(leftover)  # only if the raylet died before it could remove it
+        self.remove_segment()
+
+    def remove_segment(self) -> bool:
+        """Unlinks the store segment if the raylet left it (it died before it could); True if it did."""
+        try:
+            os.unlink(f"/dev/shm/{self.store_name}")
+        except FileNotFoundError:
+            return False
+        return True
+
+    def restart_gcs(self, timeout: float = START_TIMEOUT_S) -> Child:
+        """Starts a new GCS process on the same host:port (the old one must have exited)."""
+        if self._spawn_gcs is None:
+            raise RuntimeError("this node runs no GCS")
+        if self.gcs is not None:
+            self.gcs.close_lifeline()
+        self.gcs = None
+        gcs = self._spawn_gcs()
+        gcs.wait_ready(timeout)
+        self.gcs = gcs
+        return gcs
 
     def info(self) -> dict[str, Any]:
         return {
@@ -77,6 +108,14 @@ class NodeProcesses:
             "store_name": self.store_name,
             "pids": [c.proc.pid for c in self.children],
         }
+
+
+def gcs_argv(host: str, port: int, storage: str | None = None) -> list[str]:
+    """The GCS's command line after the interpreter; `storage` None keeps the GCS's own default."""
+    argv = ["-m", "aioray._private.gcs", "--host", host, "--port", str(port)]
+    if storage is not None:
+        argv += ["--storage", storage]
+    return argv
 
 
 def start_node(
@@ -93,35 +132,52 @@ def start_node(
     lifeline: bool = True,
     detach: bool = False,
     log_dir: str | None = None,
+    log_files: bool | None = None,
     prestart_workers: bool = False,
+    storage: str | None = None,
 ) -> NodeProcesses:
-    """Starts a node's processes; on the head also the GCS. Returns once both serve."""
+    """Starts a node's processes; on the head also the GCS. Returns once both serve.
+
+    `detach` starts them in sessions of their own (a terminal's Ctrl-C does not reach them);
+    `log_files` (default: `detach`) sends their output to files in `log_dir` (default: the
+    session folder). `storage` is the GCS's ``--storage`` URL (None: the GCS's default).
+    Segments and spill folders that raylets killed earlier left behind are reclaimed first.
+    """
     token = token if token is not None else secrets.token_hex(16)
     amounts = node_resources(num_cpus, num_gpus, resources)
     store_memory = object_store_memory or default_object_store_memory()
     if store_memory < 1 << 20:
         raise ValueError(f"object_store_memory={store_memory} is too small: give the store at least 1 MiB")
+    logs = log_dir or session_dir()
+    segments.reclaim_orphans(segments.session_tag(), spill_dirs=[logs])
     env = dict(os.environ)
     env[process.TOKEN_ENV] = token
+    to_files = detach if log_files is None else log_files
     children: list[Child] = []
-    logs = log_dir or session_dir()
 
     def log_path(name: str) -> str | None:
-        return os.path.join(logs, f"{name}.log") if detach else None
+        return os.path.join(logs, f"{name}.log") if to_files else None
 
+    spawn_gcs: Callable[[], Child] | None = None
     try:
         gcs = None
         if head:
             gcs_port = port or rpc.free_port(host)
             gcs_address = f"{host}:{gcs_port}"
-            gcs = Child.spawn(
-                "GCS",
-                ["-m", "aioray._private.gcs", "--host", host, "--port", str(gcs_port)],
-                env,
-                lifeline=lifeline,
-                detach=detach,
-                log_path=log_path(f"gcs-{gcs_port}"),
-            )
+            gcs_args = gcs_argv(host, gcs_port, storage)
+
+            def spawn() -> Child:
+                return Child.spawn(
+                    "GCS",
+                    gcs_args,
+                    env,
+                    lifeline=lifeline,
+                    detach=detach,
+                    log_path=log_path(f"gcs-{gcs_port}"),
+                )
+
+            spawn_gcs = spawn
+            gcs = spawn()
             children.append(gcs)
         if gcs_address is None:
             raise ValueError("a worker node needs the head's address")
@@ -152,5 +208,10 @@ def start_node(
     except BaseException:
         for child in children:
             child.kill()
+        for child in children:
+            child.proc.wait()
+        segments.reclaim_orphans(segments.session_tag(), spill_dirs=[logs])  # a killed raylet's segment
         raise
-    return NodeProcesses(gcs_address, info["address"], info["node_id"], token, info["store_name"], children)
+    return NodeProcesses(
+        gcs_address, info["address"], info["node_id"], token, info["store_name"], raylet, gcs, spawn_gcs
+    )

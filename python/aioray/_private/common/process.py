@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -22,6 +23,17 @@ from typing import IO
 READY_FD_ENV = "AIORAY_READY_FD"
 LIFELINE_FD_ENV = "AIORAY_LIFELINE_FD"
 TOKEN_ENV = "AIORAY_AUTH_TOKEN"
+# Optional: marks every process and store segment of one test session or deployment, so that
+# `aioray stop` and the orphan reclaim can keep to it (see `find_daemons`, `common.segments`).
+TAG_ENV = "AIORAY_SESSION_TAG"
+
+# The module each kind of aioray daemon runs as (`python -m MODULE`).
+DAEMON_MODULES = {
+    "aioray._private.supervisor": "supervisor",
+    "aioray._private.gcs": "gcs",
+    "aioray._private.raylet": "raylet",
+    "aioray._private.core_worker": "worker",
+}
 
 
 def install_uvloop() -> None:
@@ -49,11 +61,16 @@ def announce_ready(message: str) -> None:
             f.write(message + "\n")
 
 
-def watch_lifeline(loop: asyncio.AbstractEventLoop, on_parent_death: Callable[[], None]) -> None:
+def take_lifeline_fd() -> int | None:
+    """The read end of this process's lifeline (EOF once the parent is gone), if it has one."""
     fd_text = os.environ.pop(LIFELINE_FD_ENV, None)
-    if fd_text is None:
+    return None if fd_text is None else int(fd_text)
+
+
+def watch_lifeline(loop: asyncio.AbstractEventLoop, on_parent_death: Callable[[], None]) -> None:
+    fd = take_lifeline_fd()
+    if fd is None:
         return
-    fd = int(fd_text)
 
     def readable() -> None:
         try:
@@ -128,11 +145,13 @@ class Child:
         line = self._ready.readline().strip() if r else ""
         self._ready.close()
         if not line:
+            if r:  # EOF: it exited (or closed the pipe) before it was ready
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(1.0)
+            code = self.proc.poll()
             self.kill()
-            raise RuntimeError(
-                f"aioray {self.name} did not start within {timeout:.0f}s (exit code {self.proc.poll()}); "
-                "see its log for the reason"
-            )
+            what = f"exited with code {code}" if code is not None else f"did not start within {timeout:.0f}s"
+            raise RuntimeError(f"aioray {self.name} {what} before it was ready; see its log for the reason")
         return line
 
     def kill(self) -> None:
@@ -157,6 +176,79 @@ class Child:
                 self.proc.kill()
                 self.proc.wait()
         self.close_lifeline()
+
+
+# -- finding daemons through /proc (Linux) ---------------------------------------------------------
+def process_state(pid: int) -> str | None:
+    """The state letter of `pid` (R, S, Z, ...) from /proc/PID/stat; None if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def is_gone(pid: int) -> bool:
+    """No such process, or one that has exited and awaits its parent's wait (zombie, dead)."""
+    return process_state(pid) in (None, "Z", "X")
+
+
+def daemon_kind(pid: int) -> str | None:
+    """The kind of aioray daemon `pid` is (supervisor, gcs, raylet, worker) if a live one of this user."""
+    try:
+        if os.stat(f"/proc/{pid}").st_uid != os.getuid():
+            return None
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except OSError:
+        return None
+    kind = None
+    for flag, module in itertools.pairwise(args):
+        if flag == b"-m":
+            kind = DAEMON_MODULES.get(module.decode(errors="replace"))
+            break
+    if kind is None or is_gone(pid):  # a zombie's cmdline is usually empty already, but not always
+        return None
+    return kind
+
+
+def environ_of(pid: int) -> dict[str, str] | None:
+    """The environment `pid` started with (/proc/PID/environ); None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    out = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep:
+            out[key.decode(errors="replace")] = value.decode(errors="replace")
+    return out
+
+
+def find_daemons(tag: str | None = None) -> dict[int, str]:
+    """Pid -> kind of every live aioray daemon of this user on this machine (not this process).
+
+    With `tag`, only the daemons started with TAG_ENV=tag in their environment.
+    """
+    me = os.getpid()
+    found: dict[int, str] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:  # pragma: no cover - not Linux
+        return found
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        pid = int(entry)
+        kind = daemon_kind(pid)
+        if kind is None:
+            continue
+        if tag is not None and (environ_of(pid) or {}).get(TAG_ENV) != tag:
+            continue
+        found[pid] = kind
+    return found
 
 
 def setup_logging(name: str) -> logging.Logger:
