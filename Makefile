@@ -34,12 +34,19 @@ rust-test:  ## Rust unit and property tests, and the criterion build
 	cargo test
 	cargo bench --no-run
 
-py-test:  ## pytest (unit and integration)
+deps:  ## system packages the tests need: redis-server (GCS storage tests), from apt if missing
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; \
+	  elif command -v sudo >/dev/null; then sudo=sudo; \
+	  else echo "redis-server is missing: install the distribution's redis-server package (as root)" >&2; exit 1; fi; \
+	  $$sudo apt-get update && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server; }
+
+py-test: deps  ## pytest (unit and integration; needs redis-server: `deps` installs it)
 	$(PYTHON) -m pytest
 
-test: proto-check lint rust-test py-test  ## everything CI runs
+test: deps proto-check lint rust-test py-test  ## everything CI runs (installs `deps` first)
 
 bench:  ## criterion benchmarks of the store
 	cargo bench --bench store
 
-.PHONY: help install build proto proto-check lint fmt rust-test py-test test bench
+.PHONY: help install build proto proto-check lint fmt rust-test deps py-test test bench

@@ -5,6 +5,13 @@ actor's resources, then asks that worker to run the constructor. When the
 worker dies, the actor restarts elsewhere (a new lease, the constructor again)
 while `max_restarts` allows; else, or when killed, it is DEAD with a cause
 that every later call raises.
+
+Each actor is stored (`ActorRecord`: its info, its creation request and its
+current lease) at every change of state or lease. Creations and kills are
+stored before the caller hears back. A restarted GCS reloads them: ALIVE and
+DEAD actors stay as they were (named actors are found by name again), actors
+that were PENDING or RESTARTING give back the lease they may have held and are
+scheduled again, without that counting as a restart.
 """
 
 from __future__ import annotations
@@ -15,14 +22,30 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import betterproto
+
 from aioray._private.common import proto_enums, rpc, serialization
 from aioray._private.common.resources import ResourceSet
+from aioray._private.gcs.storage import Tables
 from aioray._proto.aioray import v1 as pb
 from aioray.exceptions import ActorDiedError, RayActorError
 
 log = logging.getLogger("aioray.gcs")
 State = pb.ActorInfoState
 CREATE_TIMEOUT_S = 300.0
+TABLE = "actors"
+
+
+@dataclass(eq=False, repr=False)
+class ActorRecord(betterproto.Message):
+    """How the actor table stores one actor (a GCS-internal record, not part of any RPC; betterproto
+    fields are dataclass fields, hence the noqa)."""
+
+    info: pb.ActorInfo = betterproto.message_field(1)  # noqa: RUF009
+    request: pb.CreateActorRequest = betterproto.message_field(2)  # noqa: RUF009
+    raylet_address: str = betterproto.string_field(3)  # of the current lease
+    lease_id: bytes = betterproto.bytes_field(4)
+    killed: bool = betterproto.bool_field(5)
 
 
 @dataclass(eq=False)
@@ -43,9 +66,15 @@ class Actor:
 
 
 class ActorManager(pb.ActorInfoGcsServiceBase):
-    def __init__(self, channels: rpc.ChannelPool, nodes: Callable[[], Iterable[pb.NodeInfo]]) -> None:
+    def __init__(
+        self,
+        channels: rpc.ChannelPool,
+        nodes: Callable[[], Iterable[pb.NodeInfo]],
+        tables: Tables | None = None,
+    ) -> None:
         self.channels = channels
         self._nodes = nodes
+        self._tables = tables if tables is not None else Tables()
         self.actors: dict[bytes, Actor] = {}
         self.named: dict[tuple[str, str], bytes] = {}
         # Callers may ask about an actor before its creator's request arrived (a handle
@@ -68,6 +97,7 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
             stop = self.kill(actor, "it was killed", no_restart=kill_actor_request.no_restart)
             if stop is not None:
                 await stop  # the worker is gone when the caller hears back
+            await self._tables.flush()
         return pb.Empty()
 
     async def list_actors(self, empty: pb.Empty) -> pb.ActorList:
@@ -75,6 +105,9 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
 
     # -- creation and scheduling ---------------------------------------------------------------
     async def create(self, request: pb.CreateActorRequest) -> pb.ActorInfo:
+        known = self.actors.get(request.actor_id)
+        if known is not None:
+            return known.info  # the creator retried (its first call's answer was lost): the same actor
         if request.name:
             key = (request.namespace, request.name)
             existing = self.named.get(key)
@@ -101,7 +134,10 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
         waiting = self._registered.pop(request.actor_id, None)
         if waiting is not None:
             waiting.set()
-        actor.task = asyncio.get_running_loop().create_task(self._schedule(actor))
+        self._save(actor)
+        await self._tables.flush()  # stored before any worker is leased for it
+        if info.state == State.PENDING and actor.task is None:  # not killed meanwhile
+            actor.task = asyncio.get_running_loop().create_task(self._schedule(actor))
         return info
 
     def _candidates(self, actor: Actor) -> list[pb.NodeInfo]:
@@ -152,6 +188,7 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
         actor.raylet_address, actor.lease_id = address, reply.lease_id
         actor.info.worker_id = reply.worker_id
         actor.info.node_id = reply.node_id
+        self._save(actor)  # a restarted GCS gives this lease back if the constructor did not finish
         worker = self.channels.stub(reply.worker_address, pb.CoreWorkerStub)
         try:
             result = await worker.create_actor(pb.Blob(data=actor.request.spec), timeout=CREATE_TIMEOUT_S)
@@ -166,6 +203,7 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
             return
         actor.info.address = reply.worker_address
         actor.set_state(proto_enums.ACTOR_ALIVE)
+        self._save(actor)
         if actor.killed:
             await self._return_lease(address, reply.lease_id, failed=True)
 
@@ -186,6 +224,7 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
         actor.info.death_cause = frame
         actor.info.address = ""
         actor.set_state(proto_enums.ACTOR_DEAD)
+        self._save(actor)
         if actor.info.name:
             key = (actor.info.namespace, actor.info.name)
             if self.named.get(key) == actor.info.actor_id:
@@ -223,6 +262,7 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
             actor.info.node_id = b""
             actor.info.num_restarts += 1
             actor.set_state(proto_enums.ACTOR_RESTARTING)
+            self._save(actor)
             actor.task = asyncio.get_running_loop().create_task(self._schedule(actor))
             return
         reason = "it was killed" if actor.killed else f"its worker process died (exit code {exit_code})"
@@ -231,6 +271,49 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
                 f" and it was restarted {actor.info.num_restarts} time(s) already (max_restarts={limit})"
             )
         self._mark_dead(actor, ActorDiedError(f"the actor {self._describe(actor)} is dead: {reason}"))
+
+    def _save(self, actor: Actor) -> None:
+        record = ActorRecord(
+            info=actor.info,
+            request=actor.request,
+            raylet_address=actor.raylet_address,
+            lease_id=actor.lease_id,
+            killed=actor.killed,
+        )
+        self._tables.put(TABLE, actor.info.actor_id, bytes(record))
+
+    async def recover(self) -> int:
+        """Loads the stored actors; those that were being (re)started are scheduled again."""
+        for key, value in (await self._tables.load(TABLE)).items():
+            record = ActorRecord().parse(value)
+            actor = Actor(
+                record.info,
+                record.request,
+                ResourceSet(record.request.resources.amounts),
+                raylet_address=record.raylet_address,
+                lease_id=record.lease_id,
+                killed=record.killed,
+            )
+            self.actors[key] = actor
+            if actor.info.name and actor.info.state != State.DEAD:
+                self.named[(actor.info.namespace, actor.info.name)] = key
+        loop = asyncio.get_running_loop()
+        for actor in self.actors.values():
+            if actor.info.state in (State.PENDING, State.RESTARTING):
+                actor.task = loop.create_task(self._reschedule(actor))
+        return sum(a.info.state != State.DEAD for a in self.actors.values())
+
+    async def _reschedule(self, actor: Actor) -> None:
+        """Schedules an actor whose creation a GCS restart interrupted."""
+        if actor.lease_id:
+            # Its constructor may be running on that worker, or done unseen: give the worker back.
+            raylet, lease = actor.raylet_address, actor.lease_id
+            actor.lease_id, actor.info.worker_id, actor.info.node_id = b"", b"", b""
+            self._save(actor)
+            await self._return_lease(raylet, lease, failed=True)
+        if actor.killed or actor.info.state == State.DEAD:
+            return
+        await self._schedule(actor)
 
     def _describe(self, actor: Actor) -> str:
         name = f" {actor.info.name!r}" if actor.info.name else ""
@@ -248,6 +331,7 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
             if no_restart:
                 actor.lease_id = b""
             stop = asyncio.get_running_loop().create_task(self._return_lease(raylet, lease, failed=True))
+            self._save(actor)
         if no_restart:
             actor.killed = True
             if actor.task is not None and actor.info.state in (State.PENDING, State.RESTARTING):
@@ -294,11 +378,19 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
 
 
 class WorkerTable(pb.WorkerInfoGcsServiceBase):
-    """Raylets report their workers' deaths here; the actor manager restarts or buries their actors."""
+    """Raylets report their workers' deaths here; the actor manager restarts or buries their actors.
 
-    def __init__(self, on_worker_death: Callable[[pb.WorkerDeath], None]) -> None:
+    It keeps no table of its own: what a death changes is stored (in the actor
+    table) before the raylet hears back. A report of a worker no actor knows of
+    (one from before a GCS restart, or reported twice) changes nothing."""
+
+    def __init__(
+        self, on_worker_death: Callable[[pb.WorkerDeath], None], tables: Tables | None = None
+    ) -> None:
         self._on_worker_death = on_worker_death
+        self._tables = tables if tables is not None else Tables()
 
     async def report_worker_death(self, worker_death: pb.WorkerDeath) -> pb.Empty:
         self._on_worker_death(worker_death)
+        await self._tables.flush()
         return pb.Empty()

@@ -4,6 +4,12 @@ Raylets register and then report their free resources; both are published on
 the node and resource channels, which is how every raylet keeps its view of
 the cluster for spillback. A raylet that misses several health checks in a row
 is declared dead: the callback lets the actor manager restart its actors.
+
+Each node is stored when it registers and when it is declared dead (resource
+reports, the hot path, are not: the next report refreshes them). A restarted
+GCS keeps the nodes that were alive as alive and health-checks them at once:
+a raylet that answers goes on, one that does not is declared dead as usual.
+A raylet that registers again (after a GCS restart) keeps its entry.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from collections.abc import Callable
 
 from aioray._private.common import rpc
 from aioray._private.common.pubsub import NODE_CHANNEL, RESOURCE_CHANNEL
+from aioray._private.gcs.storage import Tables
 from aioray._proto.aioray import v1 as pb
 
 HEALTH_CHECK_PERIOD_S = 1.0
@@ -22,6 +29,7 @@ HEALTH_CHECK_FAILURES = 3
 
 Publish = Callable[[str, bytes], None]
 RecordEvent = Callable[[str, str, str], None]
+TABLE = "nodes"
 
 
 class NodeTable(pb.NodeInfoGcsServiceBase):
@@ -32,8 +40,11 @@ class NodeTable(pb.NodeInfoGcsServiceBase):
         has_subscribers: Callable[[str], bool],
         record_event: RecordEvent,
         on_node_death: Callable[[bytes], None],
+        tables: Tables | None = None,
     ) -> None:
         self.nodes: dict[bytes, pb.NodeInfo] = {}
+        self._tables = tables if tables is not None else Tables()
+        self._failures: dict[bytes, int] = {}  # failed health checks in a row, by node
         self._channels = channels
         self._publish = publish
         self._has_subscribers = has_subscribers
@@ -44,17 +55,41 @@ class NodeTable(pb.NodeInfoGcsServiceBase):
     def view(self) -> pb.ClusterView:
         return pb.ClusterView(nodes=list(self.nodes.values()))
 
+    async def recover(self) -> int:
+        """Loads the stored nodes; health checks start at once for those that were alive."""
+        self.nodes = {k: pb.NodeInfo().parse(v) for k, v in (await self._tables.load(TABLE)).items()}
+        if any(n.alive for n in self.nodes.values()):
+            self._start_health_checks()
+        return sum(n.alive for n in self.nodes.values())
+
     async def register_node(self, node_info: pb.NodeInfo) -> pb.RegisterNodeReply:
+        node_id = node_info.node_id
+        known = self.nodes.get(node_id)
         node_info.alive = True
+        if known is not None:  # registering again, as after a GCS restart: the same node
+            node_info.start_time = known.start_time or node_info.start_time
+            if known.address != node_info.address:
+                self._channels.drop(known.address)
+            what = "registered again" if known.alive else "registered again after it was declared dead"
+        else:
+            what = "joined"
         node_info.start_time = node_info.start_time or time.time()
-        self.nodes[node_info.node_id] = node_info
+        self.nodes[node_id] = node_info
+        self._failures.pop(node_id, None)
+        self._tables.put(TABLE, node_id, bytes(node_info))
         self._record_event(
-            "gcs", "INFO", f"node {node_info.node_id.hex()[:12]} joined at {node_info.address}"
+            "gcs",
+            "WARNING" if known is not None and not known.alive else "INFO",
+            f"node {node_id.hex()[:12]} {what} at {node_info.address}",
         )
         self._publish(NODE_CHANNEL, bytes(node_info))
+        self._start_health_checks()
+        await self._tables.flush()
+        return pb.RegisterNodeReply(view=self.view())
+
+    def _start_health_checks(self) -> None:
         if self._health_task is None:
             self._health_task = asyncio.get_running_loop().create_task(self._health_check())
-        return pb.RegisterNodeReply(view=self.view())
 
     async def report_resources(self, resource_report: pb.ResourceReport) -> pb.Empty:
         node = self.nodes.get(resource_report.node_id)
@@ -75,7 +110,7 @@ class NodeTable(pb.NodeInfoGcsServiceBase):
 
     async def _health_check(self) -> None:
         """Declares a raylet dead after several failed pings in a row."""
-        failures: dict[bytes, int] = {}
+        failures = self._failures
         while True:
             await asyncio.sleep(HEALTH_CHECK_PERIOD_S)
             for node in list(self.nodes.values()):
@@ -86,9 +121,13 @@ class NodeTable(pb.NodeInfoGcsServiceBase):
                     await stub.get_node_info(pb.Empty(), timeout=HEALTH_CHECK_TIMEOUT_S)
                     failures.pop(node.node_id, None)
                 except Exception:
+                    if self.nodes.get(node.node_id) is not node:
+                        continue  # it registered again meanwhile
                     failures[node.node_id] = failures.get(node.node_id, 0) + 1
                     if failures[node.node_id] >= HEALTH_CHECK_FAILURES:
+                        failures.pop(node.node_id, None)
                         node.alive = False
+                        self._tables.put(TABLE, node.node_id, bytes(node))
                         self._channels.drop(node.address)
                         self._on_node_death(node.node_id)
                         self._record_event(

@@ -4,7 +4,12 @@ It serves one gRPC service per table (see `proto/aioray/v1/gcs.proto`): the
 node table, jobs, actors, workers, the KV store (also the function table), the
 object directory, the event log and pub/sub. The tables reach each other only
 through the few callables wired here. Run as ``python -m aioray._private.gcs
---port N`` (the auth token comes from the environment).
+--port N [--storage URL]`` (the auth token comes from the environment).
+
+With a durable ``--storage`` (see `storage`), the tables are stored as they
+change and a GCS restarted on the same port reloads them before it serves:
+raylets re-register, and actors, jobs, names and functions are all still there.
+The event log and pub/sub subscriptions are not kept.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 
 from aioray._private.common import process, rpc
 from aioray._private.gcs.actor_manager import ActorManager, WorkerTable
@@ -23,6 +29,7 @@ from aioray._private.gcs.kv import InternalKv
 from aioray._private.gcs.node_table import NodeTable
 from aioray._private.gcs.object_directory import ObjectDirectory
 from aioray._private.gcs.pubsub import Publisher
+from aioray._private.gcs.storage import StorageError, Tables, open_storage
 
 log = process.setup_logging("gcs")
 
@@ -30,23 +37,40 @@ log = process.setup_logging("gcs")
 class Gcs:
     """The GCS's tables, wired together; each is one gRPC service."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, tables: Tables | None = None) -> None:
+        self.tables = tables if tables is not None else Tables()
         self.channels = rpc.ChannelPool(token)
         self.events = EventLog()
         self.pubsub = Publisher(lambda: self.nodes.view())
-        self.actors = ActorManager(self.channels, lambda: self.nodes.nodes.values())
+        self.actors = ActorManager(self.channels, lambda: self.nodes.nodes.values(), self.tables)
         self.nodes = NodeTable(
             self.channels,
             self.pubsub.publish_local,
             self.pubsub.has_subscribers,
             self.events.record,
             self.actors.on_node_death,
+            self.tables,
         )
-        self.jobs = JobTable(self.actors.on_job_finished)
-        self.workers = WorkerTable(self.actors.on_worker_death)
-        self.kv = InternalKv()
-        self.objects = ObjectDirectory()
+        self.jobs = JobTable(self.actors.on_job_finished, self.tables)
+        self.workers = WorkerTable(self.actors.on_worker_death, self.tables)
+        self.kv = InternalKv(self.tables)
+        self.objects = ObjectDirectory(self.tables)
         self.stopped = asyncio.Event()
+
+    async def recover(self) -> None:
+        """Loads every stored table (nodes first: rescheduled actors need them)."""
+        nodes = await self.nodes.recover()
+        actors = await self.actors.recover()
+        jobs = await self.jobs.recover()
+        keys = await self.kv.recover()
+        objects = await self.objects.recover()
+        if nodes or actors or jobs or keys or objects:
+            self.events.record(
+                "gcs",
+                "INFO",
+                f"the GCS recovered from {self.tables.storage.description}: {nodes} live node(s), "
+                f"{actors} live actor(s), {jobs} job(s), {keys} KV key(s), {objects} object location(s)",
+            )
 
     def services(self) -> list[object]:
         return [
@@ -63,12 +87,37 @@ class Gcs:
     def close(self) -> None:
         self.pubsub.close()
         self.nodes.close()
+        for actor in self.actors.actors.values():
+            if actor.task is not None:
+                actor.task.cancel()
         self.channels.close()
 
 
-async def serve(host: str, port: int, token: str) -> None:
-    gcs = Gcs(token)
-    server, bound = await rpc.start_server(gcs.services(), host, port, token)
+async def serve(
+    host: str, port: int, token: str, storage_url: str | None = None, namespace: str | None = None
+) -> int:
+    """Serves until stopped; returns the exit code (1 if the storage failed)."""
+    storage = await open_storage(storage_url, namespace or (f"gcs-{port}" if port else None))
+    failure: list[BaseException] = []
+    gcs: Gcs | None = None
+
+    def on_storage_failure(error: BaseException) -> None:
+        failure.append(error)
+        if gcs is not None:
+            gcs.stopped.set()
+
+    tables = Tables(storage, on_fatal=on_storage_failure)
+    gcs = Gcs(token, tables)
+    try:
+        try:
+            await gcs.recover()
+        except Exception as e:
+            raise StorageError(f"cannot load the GCS tables from {storage.description}: {e}") from e
+        server, bound = await rpc.start_server(gcs.services(), host, port, token)
+    except BaseException:
+        gcs.close()
+        await tables.close()
+        raise
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, gcs.stopped.set)
@@ -79,16 +128,37 @@ async def serve(host: str, port: int, token: str) -> None:
     server.close()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(server.wait_closed(), 2)
+    await tables.close()
+    if failure:
+        log.error("the GCS stops: its storage %s failed: %s", storage.description, failure[0])
+        return 1
+    return 0
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="aioray-gcs")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help="where the tables are kept across GCS restarts: memory:// (the default), "
+        "sqlite:///ABS/PATH.sqlite3 or redis://HOST:PORT[/DB]; ?namespace=NAME keeps clusters apart",
+    )
+    parser.add_argument(
+        "--storage-namespace",
+        default=None,
+        help="the cluster's namespace in the storage (default: gcs-<port>)",
+    )
     args = parser.parse_args()
     token = os.environ.get(process.TOKEN_ENV, "")
     process.install_uvloop()
-    asyncio.run(serve(args.host, args.port, token))
+    try:
+        code = asyncio.run(serve(args.host, args.port, token, args.storage, args.storage_namespace))
+    except StorageError as e:
+        print(f"aioray gcs: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    sys.exit(code)
 
 
 __all__ = ["Gcs", "main"]
