@@ -30,11 +30,17 @@ class Nodes:
             env={**os.environ, **(env or {})},
         )
 
-    def start_head(self, resources: dict[str, float], num_cpus: int = 1, store: int = 300 * MiB) -> None:
+    def start_head(
+        self,
+        resources: dict[str, float],
+        num_cpus: int = 1,
+        store: int = 300 * MiB,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self._start(
             "head",
             ["--head", "--port", str(self.port), "--num-cpus", str(num_cpus), "--resources", json.dumps(resources),
-             "--object-store-memory", str(store)],
+             "--object-store-memory", str(store), *extra],
         )  # fmt: skip
         deadline = time.monotonic() + 30
         while worker_api.read_cluster_file(self.address) is None:
@@ -80,6 +86,19 @@ class Nodes:
             except ProcessLookupError:
                 pass
         proc.wait()
+
+    def gcs_pid(self) -> int:
+        """The pid of the GCS serving this cluster's port."""
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/cmdline", "rb") as f:
+                        argv = f.read().split(b"\0")
+                except OSError:
+                    continue
+                if b"aioray._private.gcs" in argv and str(self.port).encode() in argv:
+                    return int(entry)
+        raise RuntimeError(f"no GCS serves port {self.port}")
 
     def stop(self) -> None:
         for name in [n for n in self.procs if n != "head"] + ["head"]:

@@ -224,9 +224,9 @@ def shutdown() -> None:
         core = conn.core
 
         async def finish_job() -> None:
-            await core.gcs(pb.JobInfoGcsServiceStub).mark_job_finished(
-                pb.JobId(job_id=core.job_id), timeout=2
-            )
+            # Best effort within the wait below: a GCS that is gone is not waited for.
+            stub = core.gcs(pb.JobInfoGcsServiceStub, reconnect_timeout_s=2)
+            await asyncio.wait_for(stub.mark_job_finished(pb.JobId(job_id=core.job_id), timeout=2), 2.5)
 
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(finish_job(), conn.loop).result(3)

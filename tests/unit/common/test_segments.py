@@ -56,10 +56,16 @@ def test_bad_node_ids_and_tags_are_refused() -> None:
 
 def _fake_raylet(tag: str) -> subprocess.Popen[bytes]:
     """A process whose command line names the raylet module (as `-m aioray._private.raylet`)."""
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(60)", "-m", "aioray._private.raylet"],
         env={**os.environ, process.TAG_ENV: tag},
     )
+    # Until it has exec'd, the forked child still shows pytest's command line.
+    deadline = time.monotonic() + 10
+    while b"aioray._private.raylet" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes():
+        assert time.monotonic() < deadline, "the fake raylet did not start"
+        time.sleep(0.005)
+    return proc
 
 
 def _dead_pid() -> int:

@@ -90,10 +90,13 @@ class ChannelPool:
     def __init__(self, token: str) -> None:
         self._token = token
         self._channels: dict[str, Channel] = {}
+        self._closed = False
 
     def channel(self, address: str) -> Channel:
         ch = self._channels.get(address)
         if ch is None:
+            if self._closed:  # a late call while its process shuts down: no channel nobody would close
+                raise ConnectionAbortedError(f"not connecting to {address}: shutting down")
             host, port = split_address(address)
             ch = Channel(host, port, config=CONFIG)
             token = self._token
@@ -122,6 +125,7 @@ class ChannelPool:
             ch.close()
 
     def close(self) -> None:
+        self._closed = True
         for ch in self._channels.values():
             ch.close()
         self._channels.clear()

@@ -113,6 +113,12 @@ class Runtime:
             t.cancel()
         self.channels.close()
 
+    async def drain(self, timeout: float) -> None:
+        """Gives the tasks `close` cancelled a moment to unwind, so none is destroyed still pending."""
+        tasks = [t for t in self._tasks if not t.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
 
 async def quietly(coro: Coroutine[Any, Any, Any]) -> None:
     """Awaits `coro`, ignoring its failure (for best-effort notifications to peers that may be gone)."""

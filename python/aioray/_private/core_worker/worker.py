@@ -170,6 +170,7 @@ class CoreWorker:
         if self._server is not None:
             self._server.close()
         self.runtime.close()
+        await self.runtime.drain(1.0)
 
     def run_sync(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         return self.runtime.run_sync(coro, timeout)
