@@ -59,6 +59,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         "object_store_memory": args.object_store_memory,
         "prestart_workers": args.prestart_workers,
         "storage": storage,
+        "discard_storage_on_stop": args.head and args.storage is None,
         "log_files": not args.block,  # with --block the daemons' output goes to the terminal
     }
     session_file = worker_api.cluster_file() if args.head else os.path.join(sessions, "node-{node_id}.json")

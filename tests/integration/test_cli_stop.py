@@ -187,6 +187,20 @@ def test_the_supervisor_restarts_a_killed_gcs_on_its_port(cli: Cli) -> None:
     assert process.daemon_kind(pid_of(head, "raylet")) == "raylet"  # the node lives on
 
 
+def test_stop_ends_the_cluster_but_a_crash_keeps_its_state_for_the_next_head(cli: Cli) -> None:
+    head = cli.start_head()
+    port = head["gcs_address"].rsplit(":", 1)[1]
+    storage = cli.sessions / f"gcs-{port}.sqlite3"
+    eventually(storage.exists, 10, "the GCS's default SQLite storage")
+    os.kill(head["supervisor_pid"], signal.SIGKILL)  # a crash: the state stays for a restarted head
+    eventually(lambda: cli.daemons() == {}, 15, "the daemons exiting")
+    assert storage.exists()
+    r = cli.run("start", "--head", "--port", port, "--num-cpus", "1", "--object-store-memory", str(64 * MiB))
+    assert r.returncode == 0, r.stderr
+    assert cli.run("stop").returncode == 0  # on purpose: the cluster ends, the next head starts afresh
+    assert not storage.exists()
+
+
 def test_a_sigkilled_supervisor_takes_its_daemons_down(cli: Cli) -> None:
     head = cli.start_head()
     os.kill(head["supervisor_pid"], signal.SIGKILL)

@@ -12,7 +12,9 @@ and then watches them:
   the GCS is stopped and the supervisor exits;
 - SIGTERM, SIGINT or SIGHUP, or its own lifeline closing (the foreground
   ``aioray start --block`` that started it died) stop the daemons cleanly and
-  remove the session file.
+  remove the session file; a stop asked for by a signal also removes the GCS's
+  default SQLite storage (the cluster was ended on purpose), while after a crash
+  it stays for the next head on that port to recover from.
 
 The daemons hold lifelines to the supervisor, so a SIGKILLed supervisor takes
 them down; a segment left behind then is reclaimed by the next `aioray
@@ -70,6 +72,7 @@ class Supervisor:
         self.token = token
         self.node: node_mod.NodeProcesses | None = None
         self.stop_reason: str | None = None
+        self.asked_to_stop = False  # by a signal (`aioray stop`, Ctrl-C), not by a crash
         self.restarts: deque[float] = deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -83,6 +86,7 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
+        self.asked_to_stop = True
         if self.stop_reason is None:
             self.stop_reason = f"received {signal.Signals(signum).name}"
 
@@ -259,6 +263,19 @@ class Supervisor:
         if self.node is not None:
             self.node.stop()
         self.remove_session_file()
+        if self.asked_to_stop and self.config.get("discard_storage_on_stop"):
+            self.discard_storage()
+
+    def discard_storage(self) -> None:
+        """A head stopped on purpose ends its cluster: the next `aioray start --head` on this port
+        starts afresh. (After a crash the file stays, and a head started again recovers from it.)"""
+        url = self.config.get("storage") or ""
+        if not url.startswith("sqlite://"):
+            return
+        path = url[len("sqlite://") :]
+        for leftover in (path, f"{path}-wal", f"{path}-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
 
 
 def main(argv: list[str] | None = None) -> int:
