@@ -171,6 +171,9 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
             resources=pb.ResourceMap(amounts=actor.resources.to_dict()),
             owner_address="gcs",
             job_id=actor.request.job_id,
+            # For the memory monitor, which kills workers it may restart first (as Ray does).
+            retriable=actor.request.max_restarts == -1
+            or actor.info.num_restarts < actor.request.max_restarts,
         )
         address = nodes[0].address
         for _ in range(8):
