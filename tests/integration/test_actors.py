@@ -227,6 +227,21 @@ def test_calls_in_flight_are_retried_with_max_task_retries(ray, tmp_path) -> Non
     c = Crashy.remote()
     assert ray.get(c.crash_once.remote(str(tmp_path / "m")), timeout=60) == "survived"
 
+    @ray.remote(max_restarts=-1, max_task_retries=-1)  # -1: without limit, as in Ray
+    class Crashier:
+        def crash_twice(self, path):
+            runs = len(open(path).read()) if os.path.exists(path) else 0
+            with open(path, "a") as f:
+                f.write("x")
+            if runs < 2:
+                os._exit(1)
+            return "survived"
+
+    c2 = Crashier.remote()
+    assert ray.get(c2.crash_twice.remote(str(tmp_path / "n")), timeout=60) == "survived"
+    with pytest.raises(ValueError, match="max_task_retries"):
+        ray.remote(max_task_retries=-2)(type("Plain", (), {}))
+
     @ray.remote(max_restarts=1)
     class NoRetry:
         def crash(self):

@@ -86,6 +86,9 @@ class ActorClass:
         lifetime = options.get("lifetime")
         if lifetime not in (None, "detached", "non_detached"):
             raise ValueError(f"lifetime must be 'detached' or 'non_detached', got {lifetime!r}")
+        max_task_retries = options.get("max_task_retries", 0)
+        if not isinstance(max_task_retries, int) or max_task_retries < -1:
+            raise ValueError(f"max_task_retries must be an integer >= -1, got {max_task_retries!r}")
         self._cls = cls
         self._options = options
         self.__name__ = cls.__name__
@@ -106,6 +109,8 @@ class ActorClass:
         CallShape.of(self._cls).check(self._cls.__name__, args, kwargs)
         core = object_ref.global_worker()
         max_task_retries = int(opts.get("max_task_retries", 0))
+        if max_task_retries == -1:  # retried without limit, as max_retries=-1 for tasks
+            max_task_retries = 10**9
         meta = _class_meta(self._cls, max_task_retries)
         max_concurrency = int(opts.get("max_concurrency", 1000 if meta.is_async else 1))
         if max_concurrency < 1:

@@ -111,22 +111,37 @@ class ActorQueue:
                 continue
             if self.stream is None:
                 continue
-            batch: list[PendingTask] = []
-            while self.pending:
-                p = self.pending[0]
-                if p.deps:
-                    if batch:
-                        break
-                    if not await self._resolve(p) or p.cancelled:
-                        if self.pending and self.pending[0] is p:
-                            self.pending.popleft()
-                        continue
-                batch.append(self.pending.popleft())
-            if batch and self.stream is not None:
-                for p in batch:
-                    p.worker = self.stream
-                    self.in_flight[p.spec.task_id] = p
-                self.stream.outbox.put_nowait(batch)
+            batch = await self._next_batch()
+            if not batch:
+                continue
+            if self.stream is None:  # never drop calls: they go first once the actor is back
+                self.pending.extendleft(reversed(batch))
+                continue
+            for p in batch:
+                p.worker = self.stream
+                self.in_flight[p.spec.task_id] = p
+            self.stream.outbox.put_nowait(batch)
+
+    async def _next_batch(self) -> list[PendingTask]:
+        """Takes the calls at the head of the queue that are ready to go, in order: those without
+        dependencies, up to the first one with dependencies, which is resolved (when it is first).
+
+        Resolving may take long (an argument lost with its node is rebuilt from lineage first), and
+        meanwhile the stream may break and retried calls may be put in front: a call leaves the queue
+        only once it is ready and at its head, never by position after an await.
+        """
+        batch: list[PendingTask] = []
+        while self.pending and self.stream is not None:
+            p = self.pending[0]
+            if p.deps:
+                if batch:
+                    break
+                if not await self._resolve(p) or p.cancelled:  # it failed, or was cancelled meanwhile
+                    with contextlib.suppress(ValueError):
+                        self.pending.remove(p)
+                continue  # p has no deps now: it is taken when it is at the head
+            batch.append(self.pending.popleft())
+        return batch
 
     async def _resolve(self, p: PendingTask) -> bool:
         submitter = self.client.owner
