@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import aioray
+from aioray._private.common import process
 
 from .multinode import MiB, Nodes
-
-WORKER_MODULE = b"aioray._private.core_worker"
 
 
 @aioray.remote(max_retries=-1)
@@ -53,21 +52,7 @@ def _note(log_dir: str, stage: str, index: int) -> None:
 
 def worker_pids(tag: str) -> list[int]:
     """Worker processes (task workers and actors) of the cluster whose session tag is `tag`."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if WORKER_MODULE not in f.read():
-                    continue
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if f"AIORAY_SESSION_TAG={tag}".encode() not in f.read().split(b"\0"):
-                    continue
-        except OSError:
-            continue
-        out.append(int(entry))
-    return out
+    return [pid for pid, kind in process.find_daemons(tag).items() if kind == "worker"]
 
 
 @dataclass
