@@ -46,6 +46,13 @@ async def test_unavailable_is_retried_but_other_grpc_errors_are_not() -> None:
     assert len(stub.calls) == 1
 
 
+async def test_a_call_that_runs_out_of_its_own_time_is_not_retried() -> None:
+    stub = FlakyStub(failures=1, error=TimeoutError())
+    with pytest.raises(TimeoutError):
+        await retrying(stub, 5).kv_get("k", timeout=1)
+    assert len(stub.calls) == 1
+
+
 async def test_a_gcs_gone_for_longer_than_the_budget_is_a_clear_connection_error() -> None:
     stub = FlakyStub(failures=10**6)
     with pytest.raises(

@@ -165,3 +165,10 @@ def test_replan_lets_a_small_request_pass_a_big_one_that_fits_nowhere_now() -> N
     moves = replan([cpus(2), cpus(1)], cpus(1), view, LOCAL)
     # The 2-CPU request waits (here nothing takes it now); the 1-CPU one fits the local budget.
     assert moves == {}
+
+
+def test_replan_leaves_requests_that_may_not_move_but_they_keep_their_place_in_the_budget() -> None:
+    view = [node(b"other", {"CPU": 4})]
+    # Request 0 fits here and stays; 1 may not move yet (it was just spilled here); 2 may.
+    moves = replan([cpus(1), cpus(1), cpus(1)], cpus(1), view, LOCAL, movable=[True, False, True])
+    assert {i: n.node_id for i, n in moves.items()} == {2: b"other"}

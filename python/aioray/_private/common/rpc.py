@@ -132,9 +132,11 @@ class ChannelPool:
 
 
 def _retryable(err: BaseException) -> bool:
+    """A GCS that is gone or restarting: refused, reset, unavailable. Not a call that ran out of its
+    own time (TimeoutError, an OSError in 3.11): that is the caller's deadline, and is kept."""
     if isinstance(err, GRPCError):
         return err.status == Status.UNAVAILABLE
-    return isinstance(err, CONNECTION_ERRORS)
+    return isinstance(err, CONNECTION_ERRORS) and not isinstance(err, TimeoutError)
 
 
 class _GcsRetrying:

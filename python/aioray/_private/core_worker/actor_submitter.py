@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+from collections.abc import Callable
 from typing import Protocol
 
 from aioray._private.common import rpc, serialization, task_spec
 from aioray._private.core_worker.dependencies import DependencyResolver
 from aioray._private.core_worker.functions import FunctionManager
 from aioray._private.core_worker.lease_pool import (
-    FAILURE_CAUSE_TIMEOUT_S,
     LeasedWorker,
     PendingTask,
     failure_cause,
@@ -112,10 +112,7 @@ class ActorQueue:
             if self.stream is None:
                 continue
             batch = await self._next_batch()
-            if not batch:
-                continue
-            if self.stream is None:  # never drop calls: they go first once the actor is back
-                self.pending.extendleft(reversed(batch))
+            if not batch or self.stream is None:  # `_next_batch` takes no call once the stream broke
                 continue
             for p in batch:
                 p.worker = self.stream
@@ -235,10 +232,18 @@ class ActorQueue:
 
 
 class ActorClient:
-    def __init__(self, runtime: Runtime, owner: CallOwner, functions: FunctionManager) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        owner: CallOwner,
+        functions: FunctionManager,
+        raylet_of: Callable[[bytes], str],
+    ) -> None:
+        """`raylet_of(node_id)` is the raylet address of a node ("" if unknown)."""
         self.runtime = runtime
         self.owner = owner
         self.functions = functions
+        self.raylet_of = raylet_of
         self.queues: dict[bytes, ActorQueue] = {}
 
     def queue(self, actor_id: bytes) -> ActorQueue:
@@ -250,8 +255,8 @@ class ActorClient:
     def submit(self, p: PendingTask) -> None:
         """On the core loop."""
         self.owner.tasks[p.spec.task_id] = p
-        if p.deps and p.original is None:  # to resolve them again if a worker cannot read them
-            p.original = (list(p.spec.args), list(p.deps))
+        if p.deps:  # to resolve them again if the actor's worker cannot read one
+            p.remember_args()
         self.queue(p.spec.actor_id).push(p)
 
     def unqueue(self, p: PendingTask) -> None:
@@ -277,13 +282,7 @@ class ActorClient:
     async def oom_cause(self, node_id: bytes, worker_address: str) -> str | None:
         """The memory monitor's account if it killed the actor worker at `worker_address` (asked of
         the raylet of `node_id`); None if it did not, or nobody can say."""
-        try:
-            view = await self.runtime.gcs(pb.NodeInfoGcsServiceStub).get_cluster_view(
-                pb.Empty(), timeout=FAILURE_CAUSE_TIMEOUT_S
-            )
-        except Exception:
-            return None
-        raylet = next((n.address for n in view.nodes if n.node_id == node_id and n.alive), "")
+        raylet = self.raylet_of(node_id)
         if not raylet:
             return None
         return oom_message(await failure_cause(self.runtime.channels, raylet, b"", worker_address))

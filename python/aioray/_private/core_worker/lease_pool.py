@@ -55,6 +55,12 @@ class PendingTask:
     original: tuple[list[tuple[Any, ...]], list[tuple[int, bytes, str]]] | None = None
     arg_losses: int = 0  # times a worker could not read its store arguments (their node died)
 
+    def remember_args(self) -> None:
+        """Keeps the args and dependencies as submitted, before resolution fills them in: to run the
+        task again from lineage, or after a worker could not read an argument."""
+        if self.original is None:
+            self.original = (list(self.spec.args), list(self.deps))
+
 
 class StreamSink(Protocol):
     def on_results(self, lw: LeasedWorker, results: list[task_spec.Result]) -> None: ...

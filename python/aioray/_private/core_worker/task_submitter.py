@@ -117,8 +117,7 @@ class TaskSubmitter:
     def submit(self, p: PendingTask) -> None:
         """On the loop: resolve dependencies, then queue."""
         self.tasks[p.spec.task_id] = p
-        if p.original is None:
-            p.original = (list(p.spec.args), list(p.deps))
+        p.remember_args()
         if p.deps:
             self._runtime.spawn(self._resolve_then_queue(p))
         else:
@@ -203,20 +202,14 @@ class TaskSubmitter:
         assert p.original is not None
         args, deps = p.original
         p.worker = None
-        try:
-            await self.dependencies.await_lost_copies(deps, NODE_DEATH_WAIT_S)
-            p.spec.args, p.deps = list(args), list(deps)
-            if p.spec.actor_id:  # the actor's queue resolves them again in order
-                self.retry(p)
-                return
-            failed = await self.dependencies.resolve(p.spec.args, p.deps)
-        except Exception as e:
-            self.fail_task(p, e)
+        await self.dependencies.await_lost_copies(deps, NODE_DEATH_WAIT_S)
+        if p.cancelled:  # cancel() failed it meanwhile
             return
-        if failed is not None:
-            self.complete(p, [ObjectValue(failed)] * p.spec.num_returns, ())
-        elif not p.cancelled:
-            self._queue(p)
+        p.spec.args, p.deps = list(args), list(deps)
+        if p.spec.actor_id:  # the actor's queue resolves them again, in order
+            self.retry(p)
+        else:
+            self.submit(p)
 
     @staticmethod
     def _retryable(p: PendingTask, ret: tuple[Any, ...]) -> bool:

@@ -109,7 +109,7 @@ class CoreWorker:
             self._store_result,
             self.nodes.note,
         )
-        self.actors = ActorClient(runtime, self.submitter, self.functions)
+        self.actors = ActorClient(runtime, self.submitter, self.functions, self.nodes.address_of)
         self.submitter.actors = self.actors
         self.actor_lifetimes: dict[bytes, bytes] = {}  # lifetime object id -> actor id (owned actors)
         self.executor: Executor | None = None

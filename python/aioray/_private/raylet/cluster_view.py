@@ -31,7 +31,7 @@ class ClusterView:
         self._gcs_address = gcs_address
         self.nodes: list[pb.NodeInfo] = []
         self.stopping = False
-        # Called after every change the GCS streams in: queued leases may fit elsewhere now.
+        # Called when a node joins, leaves or frees resources: queued leases may fit elsewhere now.
         self.on_change: Callable[[], None] = lambda: None
 
     async def register(self, node_info: Callable[[], pb.NodeInfo]) -> None:
@@ -87,12 +87,17 @@ class ClusterView:
             self.nodes = [*others, node]
         elif msg.channel == RESOURCE_CHANNEL:
             report = pb.ResourceReport().parse(msg.data)
+            freed = False
             for n in self.nodes:
                 if n.node_id == report.node_id:
+                    before = n.available.amounts
+                    freed = any(v > before.get(k, 0.0) for k, v in report.available.amounts.items())
                     n.available = report.available
                     n.store_used = report.store_used
                     n.store_objects = report.store_objects
                     n.num_workers = report.num_workers
+            if not freed:  # only resources freeing up can make queued work fit somewhere
+                return
         self.on_change()
 
     def data_address_of(self, raylet_address: str) -> tuple[str, int] | None:

@@ -32,6 +32,8 @@ from aioray._proto.aioray import v1 as pb
 
 log = logging.getLogger("aioray.raylet")
 
+REPLAN_SETTLE_S = 0.2
+
 MAX_DEATH_RECORDS = 1000  # recent worker deaths kept for owners asking why their worker died
 Cause = pb.WorkerFailureCauseKind
 
@@ -52,6 +54,7 @@ class LeaseWaiter:
     request: pb.LeaseRequest
     resources: ResourceSet
     future: asyncio.Future[pb.LeaseReply]
+    queued_at: float = field(default_factory=lambda: asyncio.get_running_loop().time())
 
 
 class NodeManager(pb.NodeManagerBase):
@@ -153,8 +156,15 @@ class NodeManager(pb.NodeManagerBase):
         if self.stopping or not self.waiting:
             return
         queued = [w for w in self.waiting if not w.future.done()]
+        # A request spilled here is not sent on again before it had a moment to be granted: the
+        # view that sent it may lag behind this node, and it must not bounce between nodes.
+        settled = asyncio.get_running_loop().time() - REPLAN_SETTLE_S
         moves = scheduling.replan(
-            [w.resources for w in queued], self.available, self.view.nodes, self.node_id
+            [w.resources for w in queued],
+            self.available,
+            self.view.nodes,
+            self.node_id,
+            [not w.request.no_spillback or w.queued_at <= settled for w in queued],
         )
         for i, target in moves.items():
             self._debit(target.address, queued[i].resources)

@@ -69,21 +69,25 @@ def replan(
     local_available: ResourceSet,
     view: Iterable[pb.NodeInfo],
     local_node_id: bytes,
+    movable: Sequence[bool] | None = None,
 ) -> dict[int, pb.NodeInfo]:
     """Which queued requests (by index) to send on to which node, now.
 
     The queue is walked in order with the local free resources as a budget, as dispatch walks it:
     a request the budget covers stays (it is granted as soon as a worker is ready). One it does not
-    cover goes to the first other live node whose free resources, less what this round already
-    sends there, fit it; with no such node it stays queued here.
+    cover goes, if it is `movable` (all are by default), to the first other live node whose free
+    resources, less what this round already sends there, fit it; with no such node it stays here.
     """
-    budgets = {n.node_id: ResourceSet.from_wire(n.available.amounts) for n in _others(view, local_node_id)}
-    nodes = {n.node_id: n for n in _others(view, local_node_id)}
+    others = _others(view, local_node_id)
+    budgets = {n.node_id: ResourceSet.from_wire(n.available.amounts) for n in others}
+    nodes = {n.node_id: n for n in others}
     budget = local_available
     moves: dict[int, pb.NodeInfo] = {}
     for i, shape in enumerate(queued):
         if shape.fits_in(budget):
             budget = budget - shape
+            continue
+        if movable is not None and not movable[i]:
             continue
         for node_id, free in budgets.items():
             if shape.fits_in(free):
