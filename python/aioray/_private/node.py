@@ -83,7 +83,7 @@ class NodeProcesses:
     def remove_segment(self) -> bool:
         """Unlinks the store segment if the raylet left it (it died before it could); True if it did."""
         try:
-            os.unlink(f"/dev/shm/{self.store_name}")
+            os.unlink(os.path.join(segments.SHM_DIR, self.store_name))
         except FileNotFoundError:
             return False
         return True

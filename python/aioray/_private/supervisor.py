@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import select
-import shutil
 import signal
 import sys
 import time
@@ -38,7 +37,7 @@ from collections import deque
 from typing import Any
 
 from aioray._private import node as node_mod
-from aioray._private.common import process
+from aioray._private.common import process, segments
 from aioray._private.common.process import Child
 
 MAX_GCS_RESTARTS = 5
@@ -205,9 +204,7 @@ class Supervisor:
     def on_raylet_exit(self, code: int) -> None:
         node = self.node
         assert node is not None
-        removed = node.remove_segment()
-        with contextlib.suppress(OSError):
-            shutil.rmtree(os.path.join(node_mod.session_dir(), f"spill-{node.node_id[:16]}"))
+        removed = segments.remove_node_files(node.store_name, node.node_id, [node_mod.session_dir()])
         log.warning(
             "the raylet of node %s (pid %d) exited with code %s%s; stopping the node",
             node.node_id[:12],
@@ -260,11 +257,13 @@ class Supervisor:
 
     def shutdown(self) -> None:
         """Stops the daemons (the raylet first), removes the segment if left and the session file."""
+        # First: `aioray stop --force` may SIGKILL this process while the daemons stop. (The GCS
+        # keeps the unlinked file open until it exits.)
+        if self.asked_to_stop and self.config.get("discard_storage_on_stop"):
+            self.discard_storage()
         if self.node is not None:
             self.node.stop()
         self.remove_session_file()
-        if self.asked_to_stop and self.config.get("discard_storage_on_stop"):
-            self.discard_storage()
 
     def discard_storage(self) -> None:
         """A head stopped on purpose ends its cluster: the next `aioray start --head` on this port

@@ -83,17 +83,32 @@ def reclaim_orphans(tag: str | None = None, spill_dirs: Iterable[str] = ()) -> l
             continue
         if raylet_alive(seg.pid):
             continue
-        try:
-            os.unlink(path)
-        except FileNotFoundError:  # its raylet or a concurrent reclaim was first
-            continue
-        except PermissionError:
-            continue
-        reclaimed.append(name)
-        for d in spill_dirs:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(os.path.join(d, f"spill-{seg.node_id}"))
+        if remove_node_files(name, seg.node_id, spill_dirs):
+            reclaimed.append(name)
     return reclaimed
 
 
-__all__ = ["PREFIX", "SHM_DIR", "Segment", "parse", "reclaim_orphans", "segment_name", "session_tag"]
+def remove_node_files(name: str, node_id: str, spill_dirs: Iterable[str]) -> bool:
+    """Unlinks the segment `name` of a dead raylet and removes ``<d>/spill-NODEID16`` for each
+    folder `d` of `spill_dirs`; True if the segment was there (its raylet or a concurrent reclaim
+    may have been first)."""
+    try:
+        os.unlink(os.path.join(SHM_DIR, name))
+    except (FileNotFoundError, PermissionError):
+        return False
+    for d in spill_dirs:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(os.path.join(d, f"spill-{node_id[:16]}"))
+    return True
+
+
+__all__ = [
+    "PREFIX",
+    "SHM_DIR",
+    "Segment",
+    "parse",
+    "reclaim_orphans",
+    "remove_node_files",
+    "segment_name",
+    "session_tag",
+]

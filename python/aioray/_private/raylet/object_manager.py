@@ -59,6 +59,8 @@ class ObjectManager(pb.ObjectManagerBase):
         self._store_changed = store_changed
         self.data_port = data_port.DataPortServer(token, self._readable, spawn)
         self._pulls: dict[bytes, asyncio.Future[None]] = {}
+        self._new_locations: set[bytes] = set()  # copies pulled here, not yet told to the GCS
+        self._publishing_locations = False
 
     def _directory(self) -> pb.ObjectDirectoryGcsServiceStub:
         return self._channels.gcs_stub(
@@ -68,6 +70,7 @@ class ObjectManager(pb.ObjectManagerBase):
     # -- freeing ---------------------------------------------------------------------------------
     async def free_objects(self, object_ids: pb.ObjectIds) -> pb.Empty:
         for oid in object_ids.ids:
+            self._new_locations.discard(oid)
             with contextlib.suppress(KeyError):
                 self.store.unpin(oid)
             self.store.delete(oid)
@@ -183,14 +186,27 @@ class ObjectManager(pb.ObjectManagerBase):
         view.release()
         store.seal(oid)
         buf.release()
-        # In the background: the copy is readable now, even while the GCS is away (being restarted).
-        self._spawn(self._add_location(oid))
+        self._note_location(oid)
 
-    async def _add_location(self, oid: bytes) -> None:
-        with contextlib.suppress(Exception):
-            await self._directory().add_object_locations(
-                pb.ObjectLocationUpdate(node_id=self.node_id, object_ids=[oid])
-            )
+    def _note_location(self, oid: bytes) -> None:
+        """Tells the GCS's object directory of a new copy here, in the background and batched: the copy
+        is readable now, even while the GCS is away (being restarted), and one update carries the
+        copies of many pulls."""
+        self._new_locations.add(oid)
+        if not self._publishing_locations:
+            self._publishing_locations = True
+            self._spawn(self._publish_locations())
+
+    async def _publish_locations(self) -> None:
+        try:
+            while self._new_locations:
+                batch, self._new_locations = list(self._new_locations), set()
+                with contextlib.suppress(Exception):
+                    await self._directory().add_object_locations(
+                        pb.ObjectLocationUpdate(node_id=self.node_id, object_ids=batch)
+                    )
+        finally:
+            self._publishing_locations = False
 
     async def _receive_grpc(self, oid: bytes, source: str, view: memoryview) -> None:
         offset = 0

@@ -46,8 +46,7 @@ class Raylet:
         self.is_head = args.head
         self.address = ""
         # AIORAY_SESSION_TAG (optional) marks every segment of one test session or deployment.
-        tag = os.environ.get("AIORAY_SESSION_TAG", "")
-        self.store_name = segments.segment_name(tag, os.getpid(), self.node_id)
+        self.store_name = segments.segment_name(segments.session_tag(), os.getpid(), self.node_id)
         self.store = ObjectStore.create(self.store_name, args.object_store_memory)
         self.spill = SpillManager(
             self.store, os.path.join(args.spill_dir, f"spill-{self.node_id.hex()[:16]}")
