@@ -9,41 +9,53 @@ use super::layout::{
 };
 use super::locked::Locked;
 
+/// A process's state and start time, from one read of `/proc/<pid>/stat` (None when it cannot be read).
+struct ProcStat {
+    zombie: bool,
+    start_time: u64,
+}
+
+fn proc_stat(pid: i32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?; // field 3
+    let start_time = fields.nth(18).and_then(|t| t.parse().ok()).unwrap_or(0); // field 22
+    Some(ProcStat { zombie: state == "Z", start_time })
+}
+
 /// The start time of a process (field 22 of `/proc/<pid>/stat`), or 0 when unknown.
 pub(super) fn process_start_time(pid: i32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(0)
+    proc_stat(pid).map_or(0, |s| s.start_time)
 }
 
 /// Whether the process that claimed a client slot is still running (not merely its pid reused).
 fn client_alive(pid: i32, start_time: u64) -> bool {
-    pid_alive(pid) && (start_time == 0 || process_start_time(pid) == start_time)
+    match running_stat(pid) {
+        None => false,
+        Some(None) => start_time == 0, // no start time to compare: as before, only if none was recorded
+        Some(Some(stat)) => start_time == 0 || stat.start_time == start_time,
+    }
 }
 
 /// Whether `pid` is a running process. A zombie (killed, not yet reaped by its parent) is not:
 /// a SIGKILLed worker stays one until its raylet waits for it, and its retry must be able to
 /// reclaim what it left half-written in the meantime.
 pub(super) fn pid_alive(pid: i32) -> bool {
-    // SAFETY: signal 0 performs only the existence/permission check.
-    let rc = unsafe { libc::kill(pid, 0) };
-    if rc != 0 {
-        return std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
-    }
-    !is_zombie(pid)
+    running_stat(pid).is_some()
 }
 
-fn is_zombie(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // The state (field 3) follows the command name, which may hold spaces and parentheses.
-    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) == Some("Z")
+/// None if `pid` is gone or a zombie; else its /proc stat if readable.
+fn running_stat(pid: i32) -> Option<Option<ProcStat>> {
+    // SAFETY: signal 0 performs only the existence/permission check.
+    let rc = unsafe { libc::kill(pid, 0) };
+    if rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+        return None;
+    }
+    match proc_stat(pid) {
+        Some(stat) if stat.zombie => None,
+        stat => Some(stat),
+    }
 }
 
 impl Locked<'_> {
