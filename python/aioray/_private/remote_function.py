@@ -25,12 +25,27 @@ _FUNCTION_OPTIONS = {
 DEFAULT_MAX_RETRIES = 3
 
 
+# Ray options aioray accepts only at their default value for now: anything else would be silently
+# ignored, so it is refused (see docs/ray-compatibility.md).
+_DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
+    "scheduling_strategy": (None, "DEFAULT"),
+    "runtime_env": (None, {}),
+    "memory": (None, 0),
+}
+
+
 def validate_options(options: dict[str, Any], allowed: set[str], what: str) -> None:
     unknown = set(options) - allowed
     if unknown:
         raise ValueError(
             f"unknown option(s) for {what}: {', '.join(sorted(unknown))}; valid: {', '.join(sorted(allowed))}"
         )
+    for key, defaults in _DEFAULT_ONLY.items():
+        if key in options and not any(options[key] == d for d in defaults):
+            raise ValueError(
+                f"{key}={options[key]!r} for {what} is not supported by aioray yet (only its default); "
+                "see docs/ray-compatibility.md"
+            )
     for key in ("num_cpus", "num_gpus"):
         value = options.get(key)
         if value is not None and (not isinstance(value, int | float) or value < 0):
