@@ -75,6 +75,12 @@ def test_init_twice_and_shutdown_twice() -> None:
         aioray.put(1)
 
 
+def test_ray_init_arguments_without_effect_here_are_named_in_a_warning() -> None:
+    with pytest.warns(UserWarning, match=r"ignores log_to_driver, logging_level: not supported by aioray"):
+        aioray.init(num_cpus=1, object_store_memory=64 << 20, log_to_driver=False, logging_level="INFO")
+    aioray.shutdown()
+
+
 def test_store_too_small_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="too small"):
         aioray.init(num_cpus=1, object_store_memory=1000)

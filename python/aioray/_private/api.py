@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, overload
 
@@ -41,7 +42,17 @@ def init(
     ignore_reinit_error: bool = False,
     **_ignored: Any,
 ) -> InitContext:
-    """Starts an embedded local cluster (no `address`) or connects to one ("HOST:PORT" or "auto")."""
+    """Starts an embedded local cluster (no `address`) or connects to one ("HOST:PORT" or "auto").
+
+    Ray's other arguments are accepted so that Ray scripts run, with a warning naming them: they
+    have no effect here (docs/ray-compatibility.md says which exist and why).
+    """
+    if _ignored:
+        warnings.warn(
+            f"aioray.init() ignores {', '.join(sorted(_ignored))}: not supported by aioray "
+            "(see docs/ray-compatibility.md)",
+            stacklevel=2,
+        )
     conn = worker_api.init(
         address,
         num_cpus=num_cpus,
