@@ -49,11 +49,20 @@ class RayTaskError(RayError):
         return f"{head}{where}: the remote call failed.\n{self.traceback_str}".rstrip()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.function_name, self.traceback_str, self.cause))
+        args = (self.function_name, self.traceback_str, self.cause)
+        if type(self) is RayTaskError:
+            return (RayTaskError, args)
+        # A dual class (see `as_instanceof_cause`) is made at run time: rebuild it on unpickling.
+        return (_rebuild_dual, args)
 
     def as_instanceof_cause(self) -> RayTaskError:
-        """This error as an instance of both ``RayTaskError`` and the cause's class."""
+        """This error as an instance of both ``RayTaskError`` and the cause's class.
+
+        A cause that is itself a ``RayTaskError`` (a nested task's failure that its caller did
+        not catch) is unwrapped to the user's original exception, as in Ray."""
         cause = self.cause
+        while isinstance(cause, RayTaskError) and cause.cause is not None:
+            cause = cause.cause
         if cause is None or isinstance(cause, RayTaskError):
             return self
         cause_cls = type(cause)
@@ -69,6 +78,10 @@ class RayTaskError(RayError):
             return err
         except TypeError:
             return self
+
+
+def _rebuild_dual(function_name: str, traceback_str: str, cause: BaseException | None) -> RayTaskError:
+    return RayTaskError(function_name, traceback_str, cause).as_instanceof_cause()
 
 
 _dual_classes: dict[type[BaseException], type[RayTaskError]] = {}

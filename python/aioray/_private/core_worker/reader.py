@@ -36,18 +36,26 @@ ReadBuffer = Buffer | memoryview
 Readable = tuple[ObjectValue, ReadBuffer | None]
 
 
-async def wait_some(futures: Collection[asyncio.Future[Any]], needed: int) -> None:
-    """Waits until `needed` of the futures are done, with one callback each and no task per future."""
+async def wait_some(
+    futures: Collection[asyncio.Future[Any]],
+    needed: int,
+    stop: Callable[[asyncio.Future[Any]], bool] | None = None,
+) -> None:
+    """Waits until `needed` of the futures are done, with one callback each and no task per future.
+
+    With `stop`, also returns as soon as a done future satisfies it (a failed object, for get)."""
+    if stop is not None and any(f.done() and stop(f) for f in futures):
+        return
     waiting = [f for f in futures if not f.done()]
     remaining = needed - (len(futures) - len(waiting))
     if remaining <= 0:
         return
     finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def count_down(_: asyncio.Future[Any]) -> None:
+    def count_down(f: asyncio.Future[Any]) -> None:
         nonlocal remaining
         remaining -= 1
-        if remaining == 0 and not finished.done():
+        if (remaining == 0 or (stop is not None and stop(f))) and not finished.done():
             finished.set_result(None)
 
     for f in waiting:
@@ -57,6 +65,15 @@ async def wait_some(futures: Collection[asyncio.Future[Any]], needed: int) -> No
     finally:
         for f in waiting:  # leave the futures as we found them (removing a fired callback is a no-op)
             f.remove_done_callback(count_down)
+
+
+def is_error(value: ObjectValue) -> bool:
+    """Whether the value is an inline error frame (a failed task's result), without unpickling it."""
+    return value.inline is not None and serialization.peek_flags(value.inline)[1]
+
+
+def _failed(f: asyncio.Future[Any]) -> bool:
+    return not f.cancelled() and (f.exception() is not None or is_error(f.result()))
 
 
 def materialize(oid: bytes, value: ObjectValue, buf: ReadBuffer | None) -> Any:
@@ -178,24 +195,55 @@ class ObjectReader:
                 raise ObjectLostError(f"object {oid.hex()} was freed: no reference to it was left")
             elif oid not in owned:
                 owned[oid] = self._value_future(oid)
+        # As in Ray, a get raises as soon as any object in it has failed; the others keep running.
+        if any(v is not None and is_error(v) for v in values):
+            return self._first_failure(refs, values, owned)
+        fetches: dict[asyncio.Task[ObjectValue], int] = {}
         try:
             async with asyncio.timeout(timeout):
-                if borrowed:
-                    fetched = await asyncio.gather(
-                        *(self.wait_value(refs[i].binary(), refs[i].owner_address, None) for i in borrowed)
-                    )
-                    for i, v in zip(borrowed, fetched, strict=True):
-                        values[i] = v
-                if owned:
-                    await wait_some(owned.values(), len(owned))
+                for i in borrowed:
+                    oid, owner = refs[i].binary(), refs[i].owner_address
+                    fetches[self._runtime.loop.create_task(self.wait_value(oid, owner, None))] = i
+                watched = [*fetches, *owned.values()]
+                await wait_some(watched, len(watched), stop=_failed)
         except TimeoutError:
             raise GetTimeoutError(
                 f"get timed out after {timeout}s waiting for {len(refs)} object(s)"
             ) from None
+        finally:
+            error: BaseException | None = None
+            for task, i in fetches.items():
+                if task.done() and not task.cancelled():
+                    if task.exception() is not None:
+                        error = error or task.exception()
+                    else:
+                        values[i] = task.result()
+                task.cancel()
+        if error is not None:
+            raise error
+        if any(f.done() and is_error(f.result()) for f in owned.values()):
+            return self._first_failure(refs, values, owned)
         out: list[ObjectValue] = []
         for r, known in zip(refs, values, strict=True):
             out.append(known if known is not None else owned[r.binary()].result())
         return out
+
+    @staticmethod
+    def _first_failure(
+        refs: Sequence[ObjectRef],
+        values: list[ObjectValue | None],
+        owned: dict[bytes, asyncio.Future[ObjectValue]],
+    ) -> list[ObjectValue]:
+        """Raises the error of the first failed object in `refs` (some others may not be done)."""
+        for r, known in zip(refs, values, strict=True):
+            value = known
+            if value is None:
+                fut = owned.get(r.binary())
+                if fut is not None and fut.done():
+                    value = fut.result()
+            if value is not None and is_error(value):
+                materialize(r.binary(), value, None)
+        raise AssertionError("no failed object among the refs")
 
     async def recover_lost(self, ref: ObjectRef) -> ObjectValue:
         """On the loop: the value of an object whose copy could not be read, rebuilt if its node died.
