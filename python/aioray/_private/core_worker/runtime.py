@@ -13,7 +13,7 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from grpclib.client import Channel
@@ -113,9 +113,10 @@ class Runtime:
             t.cancel()
         self.channels.close()
 
-    async def drain(self, timeout: float) -> None:
-        """Gives the tasks `close` cancelled a moment to unwind, so none is destroyed still pending."""
-        tasks = [t for t in self._tasks if not t.done()]
+    async def drain(self, timeout: float, others: Iterable[asyncio.Task[Any]] = ()) -> None:
+        """Gives the tasks `close` cancelled (and `others`, cancelled by their owners) a moment to
+        unwind, so none is destroyed still pending."""
+        tasks = [t for t in [*self._tasks, *others] if not t.done()]
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
 

@@ -170,7 +170,13 @@ class CoreWorker:
         if self._server is not None:
             self._server.close()
         self.runtime.close()
-        await self.runtime.drain(1.0)
+        # The lease pools' requests and streams were cancelled too: let them unwind with the rest.
+        pool_tasks = [
+            t
+            for pool in self.submitter.pools.values()
+            for t in [*pool.requests, *(lw.task for lw in pool.leases if lw.task is not None)]
+        ]
+        await self.runtime.drain(1.0, pool_tasks)
 
     def run_sync(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         return self.runtime.run_sync(coro, timeout)
