@@ -42,5 +42,5 @@ def test_their_defaults_are_accepted(option: dict[str, object]) -> None:
 
 
 def test_unknown_options_are_refused_with_the_valid_ones() -> None:
-    with pytest.raises(ValueError, match="unknown option.*no_such_option.*valid: "):
+    with pytest.raises(ValueError, match=r"unknown option.*no_such_option.*valid: "):
         aioray.remote(no_such_option=1)(f)
