@@ -11,6 +11,8 @@ from typing import Any
 
 __all__ = [
     "ActorDiedError",
+    "ActorUnavailableError",
+    "AsyncioActorExit",
     "GetTimeoutError",
     "NodeDiedError",
     "ObjectExistsError",
@@ -112,7 +114,17 @@ class RayActorError(RayError):
 
 
 class ActorDiedError(RayActorError):
-    """The actor is dead: killed, crashed past its restarts, or its constructor raised."""
+    """The actor is dead: killed, crashed past its restarts, exited, or its constructor raised."""
+
+
+class ActorUnavailableError(RayActorError):
+    """The actor is alive (restarting, or restarted) but this call was lost on the way and was not
+    retried: calling again may succeed (``max_task_retries`` retries such calls automatically)."""
+
+
+class AsyncioActorExit(RayError):
+    """Raised by ``aioray.actor.exit_actor()`` inside an async actor; the actor exits once its method
+    returns, even if this is caught."""
 
 
 class WorkerCrashedError(RayError):

@@ -62,7 +62,7 @@ def test_nested_tasks_do_not_deadlock_a_one_cpu_cluster() -> None:
         aioray.shutdown()
 
 
-def test_init_twice_and_shutdown_twice() -> None:
+def test_init_twice_and_shutdown_twice(monkeypatch: pytest.MonkeyPatch) -> None:
     aioray.init(num_cpus=1, object_store_memory=64 << 20)
     try:
         with pytest.raises(RuntimeError, match="called twice"):
@@ -71,8 +71,30 @@ def test_init_twice_and_shutdown_twice() -> None:
     finally:
         aioray.shutdown()
     aioray.shutdown()
+    monkeypatch.setenv("AIORAY_ENABLE_AUTO_CONNECT", "0")
     with pytest.raises(RuntimeError, match="not initialised"):
         aioray.put(1)
+    assert not aioray.is_initialized()
+
+
+def test_the_first_call_without_init_starts_a_local_cluster() -> None:
+    """As in Ray: `.remote()`, `put`, `get`... before `init()` start one (and `shutdown` stops it)."""
+
+    @aioray.remote
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    assert not aioray.is_initialized()
+    try:
+        assert aioray.get(add.remote(1, 2), timeout=60) == 3
+        assert aioray.is_initialized()
+    finally:
+        aioray.shutdown()
+    assert not aioray.is_initialized()
+    try:
+        assert aioray.get(aioray.put("again"), timeout=60) == "again"
+    finally:
+        aioray.shutdown()
 
 
 def test_ray_init_arguments_without_effect_here_are_named_in_a_warning() -> None:

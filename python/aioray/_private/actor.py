@@ -34,6 +34,11 @@ _ACTOR_OPTIONS = {
     "runtime_env",
 }
 DEFAULT_NAMESPACE = "default"
+# Methods every actor has, as in Ray: `__ray_ready__()` answers once the actor is constructed,
+# `__ray_terminate__()` makes it exit gracefully after the calls before it, `__ray_call__(fn, *args)`
+# runs ``fn(actor_instance, *args)`` inside it.
+_BUILTIN_METHODS = ("__ray_ready__", "__ray_terminate__", "__ray_call__")
+_METHOD_OPTIONS = {"num_returns", "name", "max_task_retries"}
 
 
 def method(*, num_returns: int = 1) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -154,6 +159,8 @@ class ActorHandle:
         self._lifetime = lifetime
 
     def __getattr__(self, name: str) -> ActorMethod:
+        if name in _BUILTIN_METHODS:
+            return ActorMethod(self, name, 1)
         if name.startswith("_"):
             raise AttributeError(name)
         if name not in self._meta.methods:
@@ -185,26 +192,48 @@ class ActorHandle:
 
 
 class ActorMethod:
-    def __init__(self, handle: ActorHandle, name: str, num_returns: int) -> None:
+    def __init__(
+        self,
+        handle: ActorHandle,
+        name: str,
+        num_returns: int,
+        label: str | None = None,
+        max_task_retries: int | None = None,
+    ) -> None:
         self._handle = handle
         self._name = name
         self._num_returns = num_returns
+        self._label = label
+        self._max_task_retries = max_task_retries
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"actor methods cannot be called directly: use .{self._name}.remote(...)")
 
-    def options(self, *, num_returns: int | None = None, **_ignored: Any) -> ActorMethod:
+    def options(self, **options: Any) -> ActorMethod:
+        """A copy of this method with per-call options: ``num_returns``, ``name`` (the call's name in
+        errors), ``max_task_retries``. Any other option raises ``ValueError``."""
+        validate_options(options, _METHOD_OPTIONS, "an actor method")
+        num_returns = options.get("num_returns", self._num_returns)
+        if not isinstance(num_returns, int) or num_returns < 0:
+            raise ValueError(f"num_returns must be a non-negative integer, got {num_returns!r}")
+        max_task_retries = options.get("max_task_retries", self._max_task_retries)
+        if max_task_retries is not None and (not isinstance(max_task_retries, int) or max_task_retries < -1):
+            raise ValueError(f"max_task_retries must be an integer >= -1, got {max_task_retries!r}")
         return ActorMethod(
-            self._handle, self._name, self._num_returns if num_returns is None else num_returns
+            self._handle, self._name, num_returns, options.get("name", self._label), max_task_retries
         )
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         meta = self._handle._meta
-        label = f"{meta.class_name}.{self._name}"
+        label = self._label or f"{meta.class_name}.{self._name}"
         shape = meta.call_shapes.get(self._name)
         if shape is not None:
             shape.check(label, args, kwargs)
         core = object_ref.global_worker()
+        if self._max_task_retries is None:
+            max_task_retries = meta.max_task_retries
+        else:  # -1: retried without limit
+            max_task_retries = 10**9 if self._max_task_retries == -1 else self._max_task_retries
         refs = core.submit_actor_task(
             self._handle._actor_id,
             self._name,
@@ -212,7 +241,7 @@ class ActorMethod:
             args,
             kwargs,
             num_returns=self._num_returns,
-            max_task_retries=meta.max_task_retries,
+            max_task_retries=max_task_retries,
         )
         if self._num_returns == 1:
             return refs[0]

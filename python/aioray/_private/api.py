@@ -136,14 +136,14 @@ def wait(
 
 
 def _node_table_call(call: Callable[[pb.NodeInfoGcsServiceStub], Any], timeout: float = 10) -> Any:
-    conn = worker_api.require()
+    core = global_worker()  # a driver's or, inside a task, the worker's own
 
     async def run() -> Any:
-        return await call(conn.core.gcs(pb.NodeInfoGcsServiceStub, reconnect_timeout_s=timeout))
+        return await call(core.gcs(pb.NodeInfoGcsServiceStub, reconnect_timeout_s=timeout))
 
     # A little longer than the GCS budget: a GCS that is gone fails as GcsUnreachableError (a
     # ConnectionError naming the address), not as a bare timeout.
-    return asyncio.run_coroutine_threadsafe(run(), conn.loop).result(timeout + 5)
+    return asyncio.run_coroutine_threadsafe(run(), core.loop).result(timeout + 5)
 
 
 def nodes() -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from aioray._proto.aioray import v1 as pb
 CONNECT_RETRY_S = 30.0
 _UNREACHABLE: tuple[type[BaseException], ...] = (*rpc.CONNECTION_ERRORS, TimeoutError)
 CLUSTER_FILE = "cluster.json"
+AUTO_CONNECT_ENV = "AIORAY_ENABLE_AUTO_CONNECT"
 
 
 @dataclass
@@ -47,6 +48,21 @@ def require() -> Connection:
             "aioray is not initialised: call aioray.init() or use `async with aioray.Cluster()`"
         )
     return _connection
+
+
+def _auto_connect() -> None:
+    """The first `.remote()`/`put`/`get`/... of a driver without `init()` starts a local cluster, as
+    in Ray (whose `RAY_ENABLE_AUTO_CONNECT=0` is our AIORAY_ENABLE_AUTO_CONNECT=0)."""
+    if os.environ.get(AUTO_CONNECT_ENV, "1").strip().lower() in ("0", "false", "no"):
+        return
+    if "AIORAY_WORKER_ID" in os.environ:
+        return  # a worker process is connected by its raylet, never by starting a cluster
+    with _lock:
+        if _connection is None:
+            init()
+
+
+object_ref.set_auto_connect(_auto_connect)
 
 
 def cluster_file() -> str:

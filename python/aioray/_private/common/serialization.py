@@ -125,7 +125,17 @@ def deserialize(data: Buffer) -> tuple[Any, bool]:
     for n in sizes:
         buffers.append(view[pos : pos + n])
         pos = _pad(pos + n)
-    return pickle.loads(inband, buffers=buffers), bool(flags & _FLAG_ERROR)
+    is_error = bool(flags & _FLAG_ERROR)
+    try:
+        return pickle.loads(inband, buffers=buffers), is_error
+    except Exception as e:
+        if not is_error:
+            raise
+        # An error raised remotely whose class cannot be rebuilt here (not importable, or its
+        # __init__ takes other arguments): it still arrives as an error, with what can be said.
+        from aioray.exceptions import RayError
+
+        return RayError(f"a remote error could not be deserialized here ({type(e).__name__}: {e})"), True
 
 
 def dumps_plain(value: Any) -> bytes:

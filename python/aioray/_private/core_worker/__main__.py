@@ -6,6 +6,7 @@ import asyncio
 import io
 import os
 import sys
+import threading
 from typing import Any
 
 from aioray._private.common import process, rpc
@@ -44,7 +45,7 @@ class PrefixedStream(io.TextIOBase):
         self._target.flush()
 
 
-async def run() -> None:
+async def start(loop: asyncio.AbstractEventLoop) -> CoreWorker:
     env = os.environ
     token = env.pop(process.TOKEN_ENV, "")
     worker_id = bytes.fromhex(env["AIORAY_WORKER_ID"])
@@ -53,7 +54,6 @@ async def run() -> None:
         address=env["AIORAY_RAYLET_ADDRESS"],
         store_name=env["AIORAY_STORE_NAME"],
     )
-    loop = asyncio.get_running_loop()
     core = CoreWorker(
         is_driver=False,
         worker_id=worker_id,
@@ -68,20 +68,32 @@ async def run() -> None:
     assert core.executor is not None
     sys.stdout = PrefixedStream(sys.__stdout__, core.executor.context)
     sys.stderr = PrefixedStream(sys.__stderr__, core.executor.context)
-    stopped = asyncio.Event()
-    process.watch_lifeline(loop, stopped.set)
+    process.watch_lifeline(loop, _exit_process)
     stub = core.channels.stub(node.address, pb.NodeManagerStub)
     reply = await stub.register_worker(
         pb.RegisterWorkerRequest(worker_id=worker_id, address=core.address, pid=os.getpid()), timeout=30
     )
     core.spill_dir = reply.node.spill_dir
-    await stopped.wait()
+    return core
+
+
+def _exit_process() -> None:
     os._exit(0)
 
 
 def main() -> None:
+    """The core loop runs on a thread of its own; tasks run on the main thread (see `Executor.serve`)."""
     process.install_uvloop()
-    asyncio.run(run())
+    loop = process.new_event_loop()
+
+    def run_loop() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_forever()
+
+    threading.Thread(target=run_loop, name="aioray-core", daemon=True).start()
+    core = asyncio.run_coroutine_threadsafe(start(loop), loop).result()
+    assert core.executor is not None
+    core.executor.serve()
 
 
 if __name__ == "__main__":

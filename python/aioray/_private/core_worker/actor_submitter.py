@@ -33,6 +33,7 @@ from aioray._private.core_worker.runtime import Runtime
 from aioray._proto.aioray import v1 as pb
 from aioray.exceptions import (
     ActorDiedError,
+    ActorUnavailableError,
     OutOfMemoryError,
     RayActorError,
     RayTaskError,
@@ -202,9 +203,9 @@ class ActorQueue:
                     ),
                 )
             else:
-                err = self.dead or RayActorError(
-                    f"the actor died while running {p.spec.name}; it restarted, but the call was not retried "
-                    "(set max_task_retries to retry)"
+                err = self.dead or ActorUnavailableError(
+                    f"the actor's worker died while running {p.spec.name}; the actor restarted, but the "
+                    "call was not retried (set max_task_retries to retry)"
                 )
                 self.client.owner.fail_task(p, err)
         self.pending.extendleft(reversed(retry))
@@ -309,6 +310,21 @@ class ActorClient:
     async def kill(self, actor_id: bytes, no_restart: bool, only_if_not_detached: bool = False) -> None:
         request = pb.KillActorRequest(
             actor_id=actor_id, no_restart=no_restart, only_if_not_detached=only_if_not_detached
+        )
+        with contextlib.suppress(*rpc.CONNECTION_ERRORS):
+            await self.runtime.gcs(pb.ActorInfoGcsServiceStub).kill_actor(request, timeout=10)
+
+    def worker_killed(self, actor_id: bytes) -> None:
+        """This process killed the actor's worker: its stream is dead even if it has not broken yet."""
+        q = self.queues.get(actor_id)
+        if q is not None and q.stream is not None:
+            q.on_worker_gone(q.stream)
+
+    async def release(self, actor_id: bytes) -> None:
+        """The last handle of an actor this process owns is gone: unless it is detached, it exits
+        gracefully (its queued calls, `__ray_shutdown__`, atexit handlers), as in Ray."""
+        request = pb.KillActorRequest(
+            actor_id=actor_id, no_restart=True, only_if_not_detached=True, graceful=True
         )
         with contextlib.suppress(*rpc.CONNECTION_ERRORS):
             await self.runtime.gcs(pb.ActorInfoGcsServiceStub).kill_actor(request, timeout=10)

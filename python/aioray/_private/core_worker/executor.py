@@ -17,13 +17,17 @@ owner never frees an object a borrower still needs.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import concurrent.futures
+import contextlib
 import ctypes
 import functools
 import inspect
 import logging
 import os
+import signal
+import sys
 import threading
 import time
 import traceback
@@ -31,16 +35,27 @@ from collections.abc import Callable
 from typing import Any
 
 from aioray._private.common import serialization, task_spec
+from aioray._private.common.config import ACTOR_GRACEFUL_SHUTDOWN_TIMEOUT_S
 from aioray._private.common.process import new_event_loop
 from aioray._private.common.task_spec import ActorCreationSpec, TaskSpec
 from aioray._private.core_worker.borrowing import BorrowProtocol
 from aioray._private.core_worker.ownership import ObjectValue
 from aioray._private.core_worker.runtime import Runtime
-from aioray.exceptions import ObjectLostError, RayTaskError, TaskCancelledError
+from aioray._proto.aioray import v1 as pb
+from aioray.exceptions import (
+    ActorDiedError,
+    AsyncioActorExit,
+    ObjectLostError,
+    RayTaskError,
+    TaskCancelledError,
+)
 
 log = logging.getLogger("aioray.executor")
 Reply = Callable[[task_spec.Result], None]
 Outcome = tuple[bytes, int, list[tuple[Any, ...]]]
+# What `execute` returns for a call that made its actor exit: no reply is sent, the caller learns
+# the actor's death (and its reason) from the GCS when the worker is gone.
+NO_REPLY: Outcome = (b"", -1, [])
 
 
 class TaskContext(threading.local):
@@ -86,9 +101,27 @@ class Executor:
         self._running: dict[bytes, int] = {}  # task id -> ident of the thread running it
         self._running_lock = threading.Lock()
         self._coros: dict[bytes, asyncio.Task[None]] = {}
+        # Set once the hosted actor has begun to exit: no call runs or is answered after that.
+        self.exit_reason: str | None = None
+        self._exit_requested = False
+        self._exit_hooks_ran = False
         self._cv = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="aioray-task", daemon=True)
-        self._thread.start()
+        self._task_thread: int | None = None  # the thread `serve` runs on
+
+    def serve(self) -> None:
+        """Runs plain tasks and sync actor methods on the calling thread, forever.
+
+        The worker's main thread calls this (its core loop runs on another thread), so a
+        cancel's SIGINT interrupts what the task blocks in (``time.sleep``, a lock, ``get``)
+        with KeyboardInterrupt, as in Ray. A SIGINT that is not a cancel is ignored."""
+        self._task_thread = threading.get_ident()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._on_sigint)
+        self._run()
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.context.task_id is not None and self.context.task_id in self.cancelled:
+            raise KeyboardInterrupt
 
     def note_child(self, task_id: bytes) -> None:
         """Any thread: inside a running task, remembers what it submits, for recursive cancellation."""
@@ -113,6 +146,8 @@ class Executor:
     def submit(self, specs: list[TaskSpec], lease_id: bytes, reply: Reply) -> None:
         """From the core loop: run specs in order; `reply(result)` is called on the core loop."""
         for spec in specs:
+            if self.exit_reason is not None:
+                continue  # the actor is exiting: its callers learn that from the GCS
             if spec.actor_id and self._actor_loop is not None:
                 self._run_async_method(spec, reply)
             elif spec.actor_id and self._actor_pool is not None:
@@ -125,10 +160,11 @@ class Executor:
     def _run_and_reply(self, spec: TaskSpec, lease_id: bytes, reply: Reply) -> None:
         start = time.perf_counter()
         try:
-            task_id, status, returns = self.execute(spec, lease_id)
+            outcome = self.execute(spec, lease_id)
         except KeyboardInterrupt:  # a cancel landed outside the user's code
-            task_id, status, returns = self._cancelled_result(spec)
-        self._reply(reply, (task_id, status, returns, time.perf_counter() - start))
+            outcome = self._cancelled_result(spec)
+        if outcome is not NO_REPLY:
+            self._reply(reply, (*outcome, time.perf_counter() - start))
 
     def _reply(self, reply: Reply, result: task_spec.Result) -> None:
         self._to_loop(self._send, result, reply)
@@ -149,6 +185,9 @@ class Executor:
         if spec.actor_id:
             if self.actor is None or spec.actor_id != self.actor_id:
                 raise RuntimeError(f"this worker hosts no actor {spec.actor_id.hex()}")
+            builtin = self._builtin_method(spec.method)
+            if builtin is not None:
+                return builtin
             method: Callable[..., Any] = getattr(self.actor, spec.method)
             return method
         function: Callable[..., Any] = self._load_function(spec.function_id)
@@ -156,6 +195,8 @@ class Executor:
 
     def execute(self, spec: TaskSpec, lease_id: bytes) -> Outcome:
         task_id = spec.task_id
+        if self.exit_reason is not None and spec.actor_id:
+            return NO_REPLY
         if task_id in self.cancelled:
             self.cancelled.discard(task_id)
             return self._cancelled_result(spec)
@@ -177,7 +218,13 @@ class Executor:
                 if task_id in self.cancelled:
                     return self._cancelled_result(spec)
                 raise
-            except Exception as e:
+            except (Exception, SystemExit) as e:
+                if self.exit_reason is not None and spec.actor_id:
+                    return NO_REPLY  # exit_actor() raised (or was caught): the actor exits
+                if task_id in self.cancelled:  # the user's code turned the interrupt into another error
+                    return self._cancelled_result(spec)
+                if isinstance(e, SystemExit):
+                    raise
                 err = RayTaskError(spec.name, _user_traceback(e), e)
                 return self._error_result(spec, err, task_spec.APP_ERROR)
             finally:
@@ -186,6 +233,8 @@ class Executor:
                     # A cancel that raced with the return must not hit the next task.
                     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(me), None)
             del args, kwargs
+            if self.exit_reason is not None and spec.actor_id:
+                return NO_REPLY
             return self._finish(spec, value)
         finally:
             ctx.task_id, ctx.task_name, ctx.lease_id = None, "", None
@@ -214,8 +263,11 @@ class Executor:
                 if force:
                     # The owner sees the stream break and reports the task cancelled.
                     self._runtime.loop.call_later(0.05, os._exit, 1)
-                else:
-                    # KeyboardInterrupt, as Ray: an `except Exception` in user code does not swallow it.
+                elif thread == self._task_thread and self._task_thread == threading.main_thread().ident:
+                    # KeyboardInterrupt, as Ray: an `except Exception` in user code does not swallow
+                    # it, and the signal wakes a thread blocked in a system call.
+                    signal.pthread_kill(thread, signal.SIGINT)
+                else:  # a threaded actor's method: raised at its next bytecode
                     exc = ctypes.py_object(KeyboardInterrupt)
                     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), exc)
                 return True
@@ -283,12 +335,7 @@ class Executor:
         return returns
 
     def _error_result(self, spec: TaskSpec, err: RayTaskError, status: int) -> Outcome:
-        try:
-            frame = serialization.serialize(err, is_error=True).to_bytes()
-        except serialization.SerializationError:
-            # The exception itself cannot be pickled: send its text.
-            plain = RayTaskError(spec.name, err.traceback_str, None)
-            frame = serialization.serialize(plain, is_error=True).to_bytes()
+        frame = _error_frame(err)
         return (spec.task_id, status, [(task_spec.RET_INLINE, frame, [])] * spec.num_returns)
 
     # -- actors --------------------------------------------------------------------------------
@@ -304,33 +351,126 @@ class Executor:
                 self.actor_id, self.actor_name = spec.actor_id, spec.class_name
                 self.actor = cls(*args, **kwargs)
                 outcome = b""
-            except Exception as e:
-                self.actor_id = None
-                err = RayTaskError(f"{spec.class_name}.__init__", _user_traceback(e), e)
-                try:
-                    outcome = serialization.serialize(err, is_error=True).to_bytes()
-                except serialization.SerializationError:
-                    plain = RayTaskError(f"{spec.class_name}.__init__", err.traceback_str, None)
-                    outcome = serialization.serialize(plain, is_error=True).to_bytes()
+            except (Exception, SystemExit) as e:
+                if self.exit_reason is not None:
+                    # exit_actor() in the constructor: the GCS kills this worker once it hears, so
+                    # the atexit handlers run now.
+                    self._run_exit_hooks(shutdown_method=False)
+                    died = ActorDiedError(
+                        f"the actor exited intentionally in its constructor: {self.exit_reason}"
+                    )
+                    outcome = serialization.serialize(died, is_error=True).to_bytes()
+                elif isinstance(e, SystemExit):
+                    raise
+                else:
+                    self.actor_id = None
+                    outcome = _error_frame(RayTaskError(f"{spec.class_name}.__init__", _user_traceback(e), e))
             loop.call_soon_threadsafe(done.set_result, outcome)
 
-        self._on_task_thread(construct)
+        if spec.is_async:
+            # An async actor's constructor runs on its event loop, as its methods do, so that it
+            # can start asyncio tasks.
+            self._start_actor_loop(spec.max_concurrency)
+            assert self._actor_loop is not None
+            self._actor_loop.call_soon_threadsafe(construct)
+        else:
+            self._on_task_thread(construct)
         outcome = await done
         if not outcome:
-            if spec.is_async:
-                self._start_actor_loop(spec.max_concurrency)
-            elif spec.max_concurrency > 1:
+            if spec.max_concurrency > 1 and not spec.is_async:
                 self._actor_pool = concurrent.futures.ThreadPoolExecutor(
                     spec.max_concurrency, thread_name_prefix="aioray-actor"
                 )
         return outcome
 
+    @property
+    def hosts_async_actor(self) -> bool:
+        return self._actor_loop is not None
+
+    def _builtin_method(self, name: str) -> Callable[..., Any] | None:
+        """The methods every actor has (as in Ray): `__ray_ready__`, `__ray_terminate__`, `__ray_call__`."""
+        if name == "__ray_ready__":
+            return _ready
+        if name == "__ray_terminate__":
+            return functools.partial(self.request_exit, "__ray_terminate__() was called", drain=False)
+        if name == "__ray_call__":
+            return functools.partial(_call_with_actor, self.actor)
+        return None
+
+    # -- graceful exit -------------------------------------------------------------------------
+    def request_exit(self, reason: str, *, drain: bool, report: bool = True) -> None:
+        """Any thread: the hosted actor exits gracefully: it runs `__ray_shutdown__` and the atexit
+        handlers, then the process ends. With `drain`, the calls queued before this run first
+        (the GCS asked, after the last handle went away); else (exit_actor(), __ray_terminate__)
+        nothing more runs or is answered. With `report`, the GCS is told first, so that the actor
+        is DEAD, not restarted, and its callers get `reason`."""
+        with self._cv:
+            if self._exit_requested:
+                return
+            self._exit_requested = True
+            if not drain:
+                self.exit_reason = reason
+            job = functools.partial(self._exit, reason, report)
+            if drain:
+                self._queue.append(job)
+            else:
+                self._queue.appendleft(job)
+            self._cv.notify()
+
+    def _exit(self, reason: str, report: bool) -> None:
+        """On the task thread: the end of this worker."""
+        self.exit_reason = reason
+        # Hooks that hang must not keep the worker: the GCS kills it too, after the same time.
+        watchdog = threading.Timer(ACTOR_GRACEFUL_SHUTDOWN_TIMEOUT_S, os._exit, (1,))
+        watchdog.daemon = True
+        watchdog.start()
+        if report and self.actor_id is not None:
+            request = pb.KillActorRequest(actor_id=self.actor_id, no_restart=True, exit_reason=reason)
+            stub = self._runtime.gcs(pb.ActorInfoGcsServiceStub)
+            try:
+                asyncio.run_coroutine_threadsafe(
+                    stub.kill_actor(request, timeout=10), self._runtime.loop
+                ).result(15)
+            except Exception:
+                log.warning("could not tell the GCS that actor %s exits", self.actor_id.hex(), exc_info=True)
+        self._run_exit_hooks(shutdown_method=True)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(0)
+
+    def _run_exit_hooks(self, shutdown_method: bool) -> None:
+        """`__ray_shutdown__` (sync or async), then the atexit handlers; once per process."""
+        if self._exit_hooks_ran:
+            return
+        self._exit_hooks_ran = True
+        hook = getattr(self.actor, "__ray_shutdown__", None) if shutdown_method else None
+        if hook is not None:
+            try:
+                result = hook()
+                if inspect.isawaitable(result):
+                    if self._actor_loop is None:
+                        raise TypeError("__ray_shutdown__ is a coroutine, but the actor is not async")
+                    asyncio.run_coroutine_threadsafe(_awaited(result), self._actor_loop).result()
+            except Exception:
+                log.exception("__ray_shutdown__ of %s raised", self.actor_name)
+        try:
+            atexit._run_exitfuncs()
+        except Exception:
+            log.exception("an atexit handler of %s raised", self.actor_name)
+
     def _start_actor_loop(self, max_concurrency: int) -> None:
         loop = new_event_loop()
         ready = threading.Event()
 
+        def quiet_exit(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            # exit_actor() in an asyncio task nobody awaits: the exit is under way, not an error.
+            if not isinstance(context.get("exception"), AsyncioActorExit):
+                loop.default_exception_handler(context)
+
         def run() -> None:
             asyncio.set_event_loop(loop)
+            loop.set_exception_handler(quiet_exit)
             self._actor_slots = asyncio.Semaphore(max_concurrency)
             loop.call_soon(ready.set)
             loop.run_forever()
@@ -362,6 +502,8 @@ class Executor:
             start = time.perf_counter()
             ctx = self.context
             ctx.task_id, ctx.task_name = spec.task_id, self.actor_name
+            if self.exit_reason is not None:
+                return
             try:
                 fn = self._target(spec)
                 args, kwargs = self.resolve_args(spec.args, spec.kwarg_names)
@@ -374,14 +516,46 @@ class Executor:
                     value = fn(*args, **kwargs)
                     if inspect.isawaitable(value):
                         value = await value
-                    outcome = self._finish(spec, value)
+                    outcome = NO_REPLY if self.exit_reason is not None else self._finish(spec, value)
                 except asyncio.CancelledError:
                     outcome = self._cancelled_result(spec)
-                except Exception as e:
-                    outcome = self._error_result(
-                        spec, RayTaskError(spec.name, _user_traceback(e), e), task_spec.APP_ERROR
-                    )
-            self._reply(reply, (*outcome, time.perf_counter() - start))
+                except (Exception, SystemExit) as e:
+                    if self.exit_reason is not None:
+                        outcome = NO_REPLY  # exit_actor(): the actor exits
+                    elif isinstance(e, SystemExit):
+                        raise
+                    else:
+                        outcome = self._error_result(
+                            spec, RayTaskError(spec.name, _user_traceback(e), e), task_spec.APP_ERROR
+                        )
+            if outcome is not NO_REPLY:
+                self._reply(reply, (*outcome, time.perf_counter() - start))
+
+
+def _error_frame(err: RayTaskError) -> bytes:
+    """The error as its caller will read it. An exception that cannot be pickled, or that pickles
+    but cannot be rebuilt (an ``__init__`` that takes other arguments), is sent as its traceback
+    text: the caller gets a RayTaskError with the message, not a failure to read the error."""
+    try:
+        frame = serialization.serialize(err, is_error=True).to_bytes()
+        serialization.deserialize(frame)
+        return frame
+    except Exception:
+        plain = RayTaskError(err.function_name, err.traceback_str, None)
+        return serialization.serialize(plain, is_error=True).to_bytes()
+
+
+def _ready() -> bool:
+    return True
+
+
+def _call_with_actor(actor: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`actor.__ray_call__.remote(fn, *args)` runs ``fn(actor_instance, *args)`` in the actor."""
+    return fn(actor, *args, **kwargs)
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
 
 
 def _user_traceback(e: BaseException) -> str:

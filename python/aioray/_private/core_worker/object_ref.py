@@ -9,7 +9,7 @@ borrower), and can be awaited from any event loop.
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from aioray._private.common import serialization
@@ -26,7 +26,26 @@ def set_global_worker(worker: CoreWorker | None) -> None:
     _worker = worker
 
 
-def global_worker() -> CoreWorker:
+def current_worker() -> CoreWorker | None:
+    """The connected core worker, or None (never starts one)."""
+    return _worker
+
+
+# Starts (or connects to) a cluster when a driver uses the API before `init`, as Ray does; installed
+# by the driver-side API (worker processes are connected before any user code runs).
+_auto_connect: Callable[[], None] | None = None
+
+
+def set_auto_connect(start: Callable[[], None] | None) -> None:
+    global _auto_connect
+    _auto_connect = start
+
+
+def global_worker(auto_connect: bool = True) -> CoreWorker:
+    """The connected core worker; in a driver that is not connected yet, `init()` runs first
+    (unless AIORAY_ENABLE_AUTO_CONNECT=0, or `auto_connect` is False)."""
+    if _worker is None and auto_connect and _auto_connect is not None:
+        _auto_connect()
     if _worker is None:
         raise RuntimeError(
             "aioray is not initialised: call aioray.init() or use `async with aioray.Cluster()`"
@@ -79,12 +98,12 @@ class ObjectRef:
 
     def future(self) -> concurrent.futures.Future[Any]:
         """A concurrent.futures.Future of the value (or its error)."""
-        return global_worker().get_future(self)
+        return global_worker(auto_connect=False).get_future(self)
 
     def __await__(self) -> Generator[Any, None, Any]:
         # Cancelling the awaiting coroutine cancels the task, unless the result is needed
         # elsewhere; ``await aioray.shield(ref)`` never cancels it.
-        return global_worker().await_ref(self).__await__()
+        return global_worker(auto_connect=False).await_ref(self).__await__()
 
 
 class _Shielded:
@@ -94,7 +113,7 @@ class _Shielded:
         self._ref = ref
 
     def __await__(self) -> Generator[Any, None, Any]:
-        return global_worker().await_ref(self._ref, cancel_on_cancel=False).__await__()
+        return global_worker(auto_connect=False).await_ref(self._ref, cancel_on_cancel=False).__await__()
 
 
 def shield(ref: ObjectRef) -> Any:

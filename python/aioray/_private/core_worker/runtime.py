@@ -88,6 +88,9 @@ class Runtime:
                 raise  # the coroutine's own timeout error
             fut.cancel()
             raise GetTimeoutError(f"timed out after {timeout}s") from None
+        except KeyboardInterrupt:  # a cancel of the task that waits here: stop waiting on the loop too
+            fut.cancel()
+            raise
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """From another thread: runs `coro` on the loop; its result as a concurrent future."""

@@ -6,6 +6,7 @@
   asks with ``lost=True`` and the owner rebuilds it from lineage if its node died.
 - The GCS asks a leased worker to become an actor (`CreateActor`).
 - Anyone may ask to cancel a task (`CancelTask`).
+- The GCS asks an actor to exit gracefully once its last handle is gone (`ExitActor`).
 """
 
 from __future__ import annotations
@@ -121,6 +122,16 @@ class CoreWorkerService(pb.CoreWorkerBase):
         # Running (or queued) here? Else it is one of ours, asked by a non-owner.
         if self._executor is None or not self._executor.cancel(req.task_id, req.force, req.recursive):
             self._submitter.cancel(req.task_id, req.force, req.recursive)
+        return pb.Empty()
+
+    async def exit_actor(self, exit_actor_request: pb.ExitActorRequest) -> pb.Empty:
+        executor = self._executor
+        if executor is None or executor.actor_id != exit_actor_request.actor_id:
+            raise GRPCError(
+                Status.NOT_FOUND, f"this worker hosts no actor {exit_actor_request.actor_id.hex()}"
+            )
+        # The GCS asked (it already holds the actor DEAD): no need to tell it back.
+        executor.request_exit(exit_actor_request.reason, drain=True, report=False)
         return pb.Empty()
 
     async def exit(self, empty: pb.Empty) -> pb.Empty:

@@ -293,6 +293,8 @@ class CoreWorker:
 
     async def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
         await self.actors.kill(actor_id, no_restart)
+        # Its worker is gone: calls made from now on wait for the restart (or fail with the death).
+        self.actors.worker_killed(actor_id)
 
     # -- cancellation ----------------------------------------------------------------------------
     def cancel(self, ref: ObjectRef, force: bool, recursive: bool) -> None:
@@ -371,7 +373,7 @@ class CoreWorker:
                 self.submitter.forget_lineage(oid)
             actor_id = lifetimes.pop(oid, None) if lifetimes else None
             if actor_id is not None:  # the last handle of an actor we own is gone
-                self.runtime.spawn(self.actors.kill(actor_id, no_restart=True, only_if_not_detached=True))
+                self.runtime.spawn(self.actors.release(actor_id))
 
 
 def connect(core: CoreWorker) -> None:

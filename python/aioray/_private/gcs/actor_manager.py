@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import betterproto
 
 from aioray._private.common import proto_enums, rpc, serialization
+from aioray._private.common.config import ACTOR_GRACEFUL_SHUTDOWN_TIMEOUT_S
 from aioray._private.common.resources import ResourceSet
 from aioray._private.gcs.storage import Tables
 from aioray._proto.aioray import v1 as pb
@@ -80,6 +81,7 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
         # Callers may ask about an actor before its creator's request arrived (a handle
         # passed on at once): they wait here for the registration.
         self._registered: dict[bytes, asyncio.Event] = {}
+        self._killed_early: dict[bytes, str] = {}  # actor id -> reason, for kills that beat the creation
 
     # -- the ActorInfoGcsService ---------------------------------------------------------------
     async def create_actor(self, create_actor_request: pb.CreateActorRequest) -> pb.ActorInfo:
@@ -92,9 +94,21 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
         return self.named_actor(named_actor_request)
 
     async def kill_actor(self, kill_actor_request: pb.KillActorRequest) -> pb.Empty:
-        actor = self.actors.get(kill_actor_request.actor_id)
-        if actor is not None and not (kill_actor_request.only_if_not_detached and actor.info.detached):
-            stop = self.kill(actor, "it was killed", no_restart=kill_actor_request.no_restart)
+        req = kill_actor_request
+        actor = self.actors.get(req.actor_id)
+        if actor is None:
+            if req.no_restart and not req.only_if_not_detached:
+                # Killed before its creator's request arrived (kill right after `.remote()`):
+                # the creation, when it comes, finds the actor dead.
+                self._killed_early[req.actor_id] = "it was killed by `kill()` before it was created"
+        elif req.exit_reason:
+            self.exit_gracefully(actor, f"it exited intentionally: {req.exit_reason}", notify=False)
+        elif req.only_if_not_detached and actor.info.detached:
+            pass
+        elif req.graceful:
+            await self.exit_gracefully(actor, "all references to it (its handles) were dropped", notify=True)
+        else:
+            stop = self.kill(actor, "it was killed by `kill()`", no_restart=req.no_restart)
             if stop is not None:
                 await stop  # the worker is gone when the caller hears back
             await self._tables.flush()
@@ -134,6 +148,10 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
         waiting = self._registered.pop(request.actor_id, None)
         if waiting is not None:
             waiting.set()
+        early_kill = self._killed_early.pop(request.actor_id, None)
+        if early_kill is not None:
+            actor.killed = True
+            self._mark_dead(actor, ActorDiedError(f"the actor {self._describe(actor)} is dead: {early_kill}"))
         self._save(actor)
         await self._tables.flush()  # stored before any worker is leased for it
         if info.state == State.PENDING and actor.task is None:  # not killed meanwhile
@@ -342,6 +360,45 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
             self._mark_dead(actor, ActorDiedError(f"the actor {self._describe(actor)} is dead: {reason}"))
         return stop
 
+    def exit_gracefully(self, actor: Actor, reason: str, notify: bool) -> asyncio.Future[None]:
+        """The actor is DEAD from now on; its worker exits by itself, after its shutdown hooks.
+
+        With `notify`, the worker is asked to (else it told us it is exiting). Its lease is
+        returned, which kills the worker, once the graceful-shutdown timeout has passed.
+        An actor without a worker, or whose worker is still in its constructor, is killed at once."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        done.set_result(None)
+        if actor.info.state == State.DEAD:
+            return done
+        address = actor.info.address
+        if not actor.lease_id or (notify and not address):
+            self.kill(actor, reason)  # no worker, or one still constructing: nothing to wait for
+            return done
+        if actor.task is not None and actor.info.state != State.ALIVE:
+            actor.task.cancel()  # the constructor returned, its answer is in flight: it is moot
+        raylet, lease = actor.raylet_address, actor.lease_id
+        actor.lease_id = b""
+        actor.killed = True
+        self._mark_dead(actor, ActorDiedError(f"the actor {self._describe(actor)} is dead: {reason}"))
+        loop.call_later(
+            ACTOR_GRACEFUL_SHUTDOWN_TIMEOUT_S,
+            lambda: loop.create_task(self._return_lease(raylet, lease, failed=True)),
+        )
+        if not notify:
+            return done
+        return loop.create_task(self._ask_to_exit(actor.info.actor_id, address, reason, raylet, lease))
+
+    async def _ask_to_exit(
+        self, actor_id: bytes, address: str, reason: str, raylet: str, lease: bytes
+    ) -> None:
+        try:
+            await self.channels.stub(address, pb.CoreWorkerStub).exit_actor(
+                pb.ExitActorRequest(actor_id=actor_id, reason=reason), timeout=10
+            )
+        except Exception:  # unreachable: no shutdown hooks to wait for
+            await self._return_lease(raylet, lease, failed=True)
+
     def on_job_finished(self, driver_address: str) -> None:
         for actor in list(self.actors.values()):
             if actor.info.owner_address == driver_address and not actor.info.detached:
@@ -352,6 +409,11 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + request.timeout if request.timeout else None
         actor = self.actors.get(request.actor_id)
+        early_kill = self._killed_early.get(request.actor_id)
+        if actor is None and early_kill is not None:
+            cause = ActorDiedError(f"the actor {request.actor_id.hex()[:12]} is dead: {early_kill}")
+            frame = serialization.serialize(cause, is_error=True).to_bytes()
+            return pb.ActorInfo(actor_id=request.actor_id, state=proto_enums.ACTOR_DEAD, death_cause=frame)
         if actor is None and request.wait_settled:
             event = self._registered.setdefault(request.actor_id, asyncio.Event())
             with contextlib.suppress(TimeoutError):

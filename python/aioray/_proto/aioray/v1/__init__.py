@@ -135,6 +135,12 @@ class BorrowerUpdate(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class ExitActorRequest(betterproto.Message):
+    actor_id: bytes = betterproto.bytes_field(1)
+    reason: str = betterproto.string_field(2)
+
+
+@dataclass(eq=False, repr=False)
 class CancelRequest(betterproto.Message):
     task_id: bytes = betterproto.bytes_field(1)
     force: bool = betterproto.bool_field(2)
@@ -314,6 +320,18 @@ class KillActorRequest(betterproto.Message):
     no_restart: bool = betterproto.bool_field(2)
     only_if_not_detached: bool = betterproto.bool_field(3)
     """Only if it is not detached: the owner's last handle went away."""
+
+    graceful: bool = betterproto.bool_field(4)
+    """
+    Let the actor finish what is queued, run its shutdown hooks and exit on its own (forced after
+     the graceful-shutdown timeout) instead of killing its worker now. Implies no_restart.
+    """
+
+    exit_reason: str = betterproto.string_field(5)
+    """
+    Sent by the actor's own worker: the actor exits intentionally for this reason (exit_actor(),
+     __ray_terminate__); it is DEAD from now on and its worker exits by itself.
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -545,6 +563,23 @@ class CoreWorkerStub(betterproto.ServiceStub):
         return await self._unary_unary(
             "/aioray.v1.CoreWorker/CancelTask",
             cancel_request,
+            Empty,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def exit_actor(
+        self,
+        exit_actor_request: "ExitActorRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Empty":
+        return await self._unary_unary(
+            "/aioray.v1.CoreWorker/ExitActor",
+            exit_actor_request,
             Empty,
             timeout=timeout,
             deadline=deadline,
@@ -1194,6 +1229,9 @@ class CoreWorkerBase(ServiceBase):
     async def cancel_task(self, cancel_request: "CancelRequest") -> "Empty":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def exit_actor(self, exit_actor_request: "ExitActorRequest") -> "Empty":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_push_tasks(
         self, stream: "grpclib.server.Stream[Blob, Blob]"
     ) -> None:
@@ -1237,6 +1275,13 @@ class CoreWorkerBase(ServiceBase):
         response = await self.cancel_task(request)
         await stream.send_message(response)
 
+    async def __rpc_exit_actor(
+        self, stream: "grpclib.server.Stream[ExitActorRequest, Empty]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.exit_actor(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/aioray.v1.CoreWorker/PushTasks": grpclib.const.Handler(
@@ -1273,6 +1318,12 @@ class CoreWorkerBase(ServiceBase):
                 self.__rpc_cancel_task,
                 grpclib.const.Cardinality.UNARY_UNARY,
                 CancelRequest,
+                Empty,
+            ),
+            "/aioray.v1.CoreWorker/ExitActor": grpclib.const.Handler(
+                self.__rpc_exit_actor,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ExitActorRequest,
                 Empty,
             ),
         }
