@@ -223,3 +223,25 @@ def test_gcs_subscription_starts_with_the_view_then_streams_resource_reports() -
         assert report.available.amounts["CPU"] in (0.0, 1.0)
     finally:
         aioray.shutdown()
+
+
+def test_a_driver_of_another_version_is_refused_at_connect(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aioray._private.common import versions
+
+    from .multinode import Nodes
+
+    nodes = Nodes()
+    nodes.start_head({})
+    try:
+        monkeypatch.setattr(versions, "build_version", lambda: "aioray 0.0.1, Python 2.7")
+        with pytest.raises(
+            RuntimeError,
+            match=r"version mismatch: the cluster runs aioray .*, this driver aioray 0.0.1, Python 2.7",
+        ):
+            aioray.init(address=nodes.address)
+        assert not aioray.is_initialized()
+        monkeypatch.undo()
+        aioray.init(address=nodes.address)  # the same versions connect
+        aioray.shutdown()
+    finally:
+        nodes.stop()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from aioray._private.common import process, proto_enums, rpc
+from aioray._private.common import process, proto_enums, rpc, versions
 from aioray._private.common.process import Child
 from aioray._proto.aioray import v1 as pb
 
@@ -136,8 +136,14 @@ async def test_a_gcs_killed_and_restarted_on_its_storage_serves_its_tables(
             pb.KvPutRequest(key="fn:abc", value=b"a pickled function", overwrite=True), timeout=10
         )
         await kv.kv_put(pb.KvPutRequest(key="cluster/meta", value=b"\x00\x01", overwrite=True), timeout=10)
-        job1 = await jobs.register_job(pb.RegisterJobRequest(driver_address="127.0.0.1:9", namespace="ns"))
-        job2 = await jobs.register_job(pb.RegisterJobRequest(driver_address="127.0.0.1:8"))
+        job1 = await jobs.register_job(
+            pb.RegisterJobRequest(
+                version=versions.build_version(), driver_address="127.0.0.1:9", namespace="ns"
+            )
+        )
+        job2 = await jobs.register_job(
+            pb.RegisterJobRequest(version=versions.build_version(), driver_address="127.0.0.1:8")
+        )
         await jobs.mark_job_finished(pb.JobId(job_id=job2.job_id), timeout=10)
         await nodes.register_node(node_info(LIVE_NODE, raylet_address), timeout=10)
         actor_id = os.urandom(16)
@@ -168,7 +174,9 @@ async def test_a_gcs_killed_and_restarted_on_its_storage_serves_its_tables(
         assert (await kv.kv_get(pb.KvKey(key="fn:abc"), timeout=10)).value == b"a pickled function"
         assert sorted((await kv.kv_keys(pb.KvKey(key=""), timeout=10)).keys) == ["cluster/meta", "fn:abc"]
         # Jobs: a new one gets a new id, and a job of before the restart can finish.
-        job3 = await jobs.register_job(pb.RegisterJobRequest(driver_address="127.0.0.1:7"), timeout=10)
+        job3 = await jobs.register_job(
+            pb.RegisterJobRequest(version=versions.build_version(), driver_address="127.0.0.1:7"), timeout=10
+        )
         assert int.from_bytes(job3.job_id, "little") == 3
         await jobs.mark_job_finished(pb.JobId(job_id=job1.job_id), timeout=10)
         # Nodes that were alive are alive until health checks say otherwise.

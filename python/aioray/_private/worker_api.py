@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aioray._private import node as node_mod
-from aioray._private.common import process, rpc
+from aioray._private.common import process, rpc, versions
 from aioray._private.common.ids import random_id
 from aioray._private.core_worker import object_ref
 from aioray._private.core_worker.worker import CoreWorker, connect
@@ -204,11 +204,20 @@ async def _start_core(
     await core.start(rpc.split_address(local.address)[0])
     try:
         request = pb.RegisterJobRequest(
-            driver_address=core.address, driver_pid=os.getpid(), namespace=namespace
+            driver_address=core.address,
+            driver_pid=os.getpid(),
+            namespace=namespace,
+            version=versions.build_version(),
         )
-        core.job_id = (
-            await channels.stub(gcs_address, pb.JobInfoGcsServiceStub).register_job(request, timeout=10)
-        ).job_id
+        try:
+            reply = await channels.stub(gcs_address, pb.JobInfoGcsServiceStub).register_job(
+                request, timeout=10
+            )
+        except rpc.GRPCError as e:
+            if e.status == rpc.Status.FAILED_PRECONDITION:
+                raise RuntimeError(f"cannot connect to the cluster at {gcs_address}: {e.message}") from None
+            raise
+        core.job_id = reply.job_id
     except BaseException:
         await core.close()
         raise

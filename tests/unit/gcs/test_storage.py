@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from aioray._private.common import process, rpc
+from aioray._private.common import process, rpc, versions
 from aioray._private.gcs import node_table, storage
 from aioray._private.gcs.actor_manager import ActorManager
 from aioray._private.gcs.node_table import NodeTable
@@ -213,9 +213,13 @@ async def test_gcs_tables_survive_a_restart(opened: Opened) -> None:
     await kv.kv_put(pb.KvPutRequest(key="gone", value=b"g", overwrite=True))
     assert (await kv.kv_del(pb.KvKey(key="gone"))).deleted
     job1 = await gcs.jobs.register_job(
-        pb.RegisterJobRequest(driver_address="d:1", driver_pid=7, namespace="n")
+        pb.RegisterJobRequest(
+            version=versions.build_version(), driver_address="d:1", driver_pid=7, namespace="n"
+        )
     )
-    job2 = await gcs.jobs.register_job(pb.RegisterJobRequest(driver_address="d:2"))
+    job2 = await gcs.jobs.register_job(
+        pb.RegisterJobRequest(version=versions.build_version(), driver_address="d:2")
+    )
     await gcs.jobs.mark_job_finished(pb.JobId(job_id=job2.job_id))
     await gcs.nodes.register_node(
         pb.NodeInfo(
@@ -237,10 +241,12 @@ async def test_gcs_tables_survive_a_restart(opened: Opened) -> None:
         assert not (await again.kv.kv_get(pb.KvKey(key="gone"))).found
         assert list(again.jobs.jobs) == [job1.job_id]
         assert again.jobs.jobs[job1.job_id] == pb.RegisterJobRequest(
-            driver_address="d:1", driver_pid=7, namespace="n"
+            version=versions.build_version(), driver_address="d:1", driver_pid=7, namespace="n"
         )
         # Job ids are never handed out twice, even that of the last job, which finished.
-        job3 = await again.jobs.register_job(pb.RegisterJobRequest(driver_address="d:3"))
+        job3 = await again.jobs.register_job(
+            pb.RegisterJobRequest(version=versions.build_version(), driver_address="d:3")
+        )
         assert int.from_bytes(job3.job_id, "little") == 3
         (n1,) = (await again.nodes.get_cluster_view(pb.Empty())).nodes
         assert (n1.node_id, n1.address, n1.alive, n1.start_time) == (b"n1", "127.0.0.1:1", True, 100)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from aioray._private.common import rpc, versions
 from aioray._private.gcs.storage import Tables
 from aioray._proto.aioray import v1 as pb
 
@@ -32,6 +33,13 @@ class JobTable(pb.JobInfoGcsServiceBase):
         return len(self.jobs)
 
     async def register_job(self, register_job_request: pb.RegisterJobRequest) -> pb.RegisterJobReply:
+        ours = versions.build_version()
+        if register_job_request.version != ours:
+            raise rpc.GRPCError(
+                rpc.Status.FAILED_PRECONDITION,
+                f"version mismatch: the cluster runs {ours}, this driver {register_job_request.version or 'an unknown version'}; "
+                "use the same aioray and Python versions on the driver and the cluster",
+            )
         self._counter += 1
         job_id = self._counter.to_bytes(4, "little")
         self.jobs[job_id] = register_job_request

@@ -174,6 +174,10 @@ class RegisterJobRequest(betterproto.Message):
     driver_address: str = betterproto.string_field(1)
     driver_pid: int = betterproto.int32_field(2)
     namespace: str = betterproto.string_field(3)
+    version: str = betterproto.string_field(4)
+    """
+    The driver's aioray and Python versions (common/versions.py): the GCS refuses a mismatch.
+    """
 
 
 @dataclass(eq=False, repr=False)
