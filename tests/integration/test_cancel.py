@@ -138,3 +138,71 @@ async def test_cancelled_awaiter_cancels_its_task(one_cpu, tmp_path) -> None:
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(aioray.shield(ref), 0.5)
     assert await ref == "finished"
+
+
+def test_cancel_interrupts_sleep_and_blocking_get(one_cpu, tmp_path) -> None:
+    """Tasks run on their worker's main thread: the cancel's signal wakes them from a system call."""
+
+    @aioray.remote
+    def sleeps() -> None:
+        time.sleep(600)
+
+    @aioray.remote
+    def waits_on(refs: list) -> None:
+        aioray.get(refs[0])
+
+    @aioray.remote
+    class Never:
+        async def answer(self) -> None:
+            await asyncio.sleep(600)
+
+    never = Never.remote()
+    for ref in (sleeps.remote(), waits_on.remote([never.answer.remote()])):
+        time.sleep(0.5)  # running, inside sleep / get
+        start = time.monotonic()
+        aioray.cancel(ref, recursive=False)
+        with pytest.raises(TaskCancelledError):
+            aioray.get(ref, timeout=30)
+        assert time.monotonic() - start < 10
+    aioray.kill(never)
+
+
+def test_a_sync_actor_method_is_not_interrupted_but_sees_is_canceled(one_cpu, tmp_path) -> None:
+    @aioray.remote
+    class Careful:
+        def __init__(self) -> None:
+            self.steps = 0
+
+        def work(self) -> str:
+            while not aioray.get_runtime_context().is_canceled():
+                self.steps += 1
+                time.sleep(0.01)
+            return "stopped cleanly"
+
+        def steps_done(self) -> int:
+            return self.steps
+
+    a = Careful.options(max_concurrency=2).remote()  # a threaded actor: steps_done runs beside work
+    ref = a.work.remote()
+    eventually(lambda: _steps(a) > 3, 30, "the method running")
+    aioray.cancel(ref)
+    with pytest.raises(TaskCancelledError):
+        aioray.get(ref, timeout=30)
+    # The actor's state survived the cancel, and it goes on serving calls.
+    assert aioray.get(a.steps_done.remote(), timeout=30) > 3
+
+
+def _steps(actor) -> int:
+    steps: int = aioray.get(actor.steps_done.remote(), timeout=30)
+    return steps
+
+
+def test_is_canceled_outside_a_task_is_an_error(one_cpu) -> None:
+    with pytest.raises(RuntimeError, match="inside a task"):
+        aioray.get_runtime_context().is_canceled()
+
+    @aioray.remote
+    def not_cancelled() -> bool:
+        return aioray.get_runtime_context().is_canceled()
+
+    assert aioray.get(not_cancelled.remote(), timeout=30) is False

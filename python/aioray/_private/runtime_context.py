@@ -30,6 +30,22 @@ class RuntimeContext:
             return None
         return core.executor.actor_id.hex()
 
+    def is_canceled(self) -> bool:
+        """Whether the running task or actor method was cancelled (``aioray.cancel``).
+
+        A sync or threaded actor's method is not interrupted by a cancel: it can check this and stop
+        early (its caller gets TaskCancelledError either way). Raises RuntimeError in a driver, and
+        in an async actor, where a cancel raises asyncio.CancelledError in the method instead."""
+        core = object_ref.global_worker()
+        executor = core.executor
+        if executor is None or executor.context.task_id is None:
+            raise RuntimeError("is_canceled() can only be called inside a task or an actor method")
+        if executor.hosts_async_actor:
+            raise RuntimeError(
+                "is_canceled() is not available in an async actor: a cancel raises asyncio.CancelledError there"
+            )
+        return executor.context.task_id in executor.cancelled
+
     @property
     def namespace(self) -> str:
         return object_ref.global_worker().namespace

@@ -131,6 +131,7 @@ class DependencyResolver:
                 value = await self._wait_value(oid, owner, None)
             if value.inline is not None:
                 if serialization.peek_flags(value.inline)[1]:
+                    value.accessed = True  # the dependent task fails with it: handled
                     return value.inline
                 args[index] = (task_spec.ARG_INLINE, value.inline)
             else:

@@ -235,6 +235,8 @@ class Executor:
             del args, kwargs
             if self.exit_reason is not None and spec.actor_id:
                 return NO_REPLY
+            if task_id in self.cancelled:  # an actor method that ran on after its cancel
+                return self._cancelled_result(spec)
             return self._finish(spec, value)
         finally:
             ctx.task_id, ctx.task_name, ctx.lease_id = None, "", None
@@ -263,6 +265,10 @@ class Executor:
                 if force:
                     # The owner sees the stream break and reports the task cancelled.
                     self._runtime.loop.call_later(0.05, os._exit, 1)
+                elif self.actor_id is not None:
+                    # As in Ray, an actor's running method is not interrupted (the actor has state
+                    # to keep consistent): it may check get_runtime_context().is_canceled().
+                    pass
                 elif thread == self._task_thread and self._task_thread == threading.main_thread().ident:
                     # KeyboardInterrupt, as Ray: an `except Exception` in user code does not swallow
                     # it, and the signal wakes a thread blocked in a system call.
@@ -538,11 +544,13 @@ def _error_frame(err: RayTaskError) -> bytes:
     text: the caller gets a RayTaskError with the message, not a failure to read the error."""
     try:
         frame = serialization.serialize(err, is_error=True).to_bytes()
-        serialization.deserialize(frame)
-        return frame
+        rebuilt, _ = serialization.deserialize(frame)  # a failure to rebuild comes back as a RayError
+        if isinstance(rebuilt, RayTaskError):
+            return frame
     except Exception:
-        plain = RayTaskError(err.function_name, err.traceback_str, None)
-        return serialization.serialize(plain, is_error=True).to_bytes()
+        pass
+    plain = RayTaskError(err.function_name, err.traceback_str, None)
+    return serialization.serialize(plain, is_error=True).to_bytes()
 
 
 def _ready() -> bool:

@@ -28,6 +28,9 @@ class ObjectValue:
     node_id: bytes | None = None
     node_address: str | None = None  # the raylet holding the primary copy
     size: int = 0
+    # Read by someone (get, await, a task that took it as an argument, a borrower): an error
+    # value freed before that is reported as unhandled, as Ray does.
+    accessed: bool = False
 
 
 class Entry:

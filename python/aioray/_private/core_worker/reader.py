@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
+import sys
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from typing import Any
 
@@ -28,7 +30,15 @@ from aioray._private.core_worker.ownership import ObjectValue, OwnershipTable
 from aioray._private.core_worker.runtime import Runtime
 from aioray._proto.aioray import v1 as pb
 from aioray._store import Buffer, ObjectStore
-from aioray.exceptions import GetTimeoutError, ObjectLostError, OwnerDiedError, RayTaskError
+from aioray.exceptions import (
+    GetTimeoutError,
+    ObjectLostError,
+    OwnerDiedError,
+    RayTaskError,
+    TaskCancelledError,
+)
+
+IGNORE_UNHANDLED_ERRORS_ENV = "AIORAY_IGNORE_UNHANDLED_ERRORS"
 
 # A value and, for a store object, a read buffer of it (None for inline values).
 # A read buffer: a view of a store object, or a spill file mapped in.
@@ -72,12 +82,28 @@ def is_error(value: ObjectValue) -> bool:
     return value.inline is not None and serialization.peek_flags(value.inline)[1]
 
 
+def report_unhandled_error(value: ObjectValue) -> None:
+    """An error value nobody read is being freed: say so on stderr, as Ray does, since the failure
+    would otherwise go unseen (AIORAY_IGNORE_UNHANDLED_ERRORS=1 turns this off). Cancellations,
+    asked for by the user, are not reported."""
+    if os.environ.get(IGNORE_UNHANDLED_ERRORS_ENV, "0") not in ("", "0") or value.inline is None:
+        return
+    try:
+        err, _ = serialization.deserialize(value.inline)
+    except Exception:
+        return
+    if isinstance(err, TaskCancelledError):
+        return
+    sys.stderr.write(f"Unhandled error (suppress with '{IGNORE_UNHANDLED_ERRORS_ENV}=1'): {err}\n")
+
+
 def _failed(f: asyncio.Future[Any]) -> bool:
     return not f.cancelled() and (f.exception() is not None or is_error(f.result()))
 
 
 def materialize(oid: bytes, value: ObjectValue, buf: ReadBuffer | None) -> Any:
     """The Python value of a readable object; raises the error it stores."""
+    value.accessed = True
     if value.inline is not None:
         result, is_error = serialization.deserialize(value.inline)
     else:

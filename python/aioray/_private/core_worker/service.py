@@ -66,6 +66,7 @@ class CoreWorkerService(pb.CoreWorkerBase):
         except ObjectLostError:
             return pb.GetObjectReply(status=proto_enums.OBJECT_FREED)
         if value.inline is not None:
+            value.accessed = True
             return pb.GetObjectReply(status=proto_enums.OBJECT_READY, inline_value=value.inline)
         return pb.GetObjectReply(
             status=proto_enums.OBJECT_READY,

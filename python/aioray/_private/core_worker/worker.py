@@ -37,7 +37,7 @@ from aioray._private.core_worker.lease_pool import PendingTask
 from aioray._private.core_worker.nodes import NodeDirectory
 from aioray._private.core_worker.object_ref import ObjectRef
 from aioray._private.core_worker.ownership import ObjectValue, OwnershipTable, Released
-from aioray._private.core_worker.reader import ObjectReader
+from aioray._private.core_worker.reader import ObjectReader, is_error, report_unhandled_error
 from aioray._private.core_worker.runtime import Runtime, quietly
 from aioray._private.core_worker.service import CoreWorkerService
 from aioray._private.core_worker.task_submitter import TaskSubmitter
@@ -368,7 +368,9 @@ class CoreWorker:
         """On the loop, for released objects: forget what only mattered while they lived."""
         self.reader.forget(oid for oid, *_ in released)
         lineage, lifetimes = self.submitter.lineage, self.actor_lifetimes
-        for oid, _, _, owned, _ in released:
+        for oid, _, value, owned, _ in released:
+            if owned and value is not None and not value.accessed and is_error(value):
+                report_unhandled_error(value)
             if owned and lineage:
                 self.submitter.forget_lineage(oid)
             actor_id = lifetimes.pop(oid, None) if lifetimes else None
