@@ -295,6 +295,8 @@ def test_per_call_max_task_retries(ray: Any, tmp_path: Path) -> None:
 
 def test_actor_method_options_refuse_what_they_do_not_know(ray: Any, tmp_path: Path) -> None:
     a = Journal.remote(str(tmp_path))
-    with pytest.raises(ValueError, match="concurrency_group"):
+    with pytest.raises(ValueError, match="tensor_transport"):
+        a.ping.options(tensor_transport="nccl")
+    with pytest.raises(ValueError, match="no concurrency group 'io'"):
         a.ping.options(concurrency_group="io")
     assert aioray.get(a.ping.options(name="custom-name").remote(), timeout=30) == "pong"

@@ -32,20 +32,27 @@ _ACTOR_OPTIONS = {
     "memory",
     "scheduling_strategy",
     "runtime_env",
+    "concurrency_groups",
 }
 DEFAULT_NAMESPACE = "default"
 # Methods every actor has, as in Ray: `__ray_ready__()` answers once the actor is constructed,
 # `__ray_terminate__()` makes it exit gracefully after the calls before it, `__ray_call__(fn, *args)`
 # runs ``fn(actor_instance, *args)`` inside it.
 _BUILTIN_METHODS = ("__ray_ready__", "__ray_terminate__", "__ray_call__")
-_METHOD_OPTIONS = {"num_returns", "name", "max_task_retries"}
+_METHOD_OPTIONS = {"num_returns", "name", "max_task_retries", "concurrency_group"}
 
 
-def method(*, num_returns: int = 1) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``@aioray.method(num_returns=2)`` on an actor method sets its defaults."""
+def method(
+    *, num_returns: int = 1, concurrency_group: str | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``@aioray.method(num_returns=2, concurrency_group="io")`` on an actor method sets its defaults:
+    how many refs a call returns, and the concurrency group (of the class's ``concurrency_groups``)
+    its calls run in."""
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         fn.__aioray_num_returns__ = num_returns  # type: ignore[attr-defined]
+        if concurrency_group is not None:
+            fn.__aioray_concurrency_group__ = concurrency_group  # type: ignore[attr-defined]
         return fn
 
     return wrap
@@ -60,6 +67,34 @@ class HandleMeta:
     call_shapes: dict[str, CallShape] = field(default_factory=dict)
     is_async: bool = False
     max_task_retries: int = 0
+    concurrency_groups: frozenset[str] = frozenset()  # their names, to check per-call choices
+
+
+def _method_groups(cls: type, groups: dict[str, int]) -> dict[str, str]:
+    """The concurrency group of each method that names one; ValueError for a group not defined."""
+    out = {}
+    for name, member in inspect.getmembers(cls, predicate=callable):
+        group = getattr(member, "__aioray_concurrency_group__", None)
+        if group is None:
+            continue
+        if group not in groups:
+            raise ValueError(
+                f"{cls.__name__}.{name} is in concurrency group {group!r}, which the class does not define "
+                f"(concurrency_groups={groups!r})"
+            )
+        out[name] = group
+    return out
+
+
+def _check_groups(groups: Any) -> dict[str, int]:
+    if groups is None:
+        return {}
+    if not isinstance(groups, dict) or not all(
+        isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool) and v >= 1
+        for k, v in groups.items()
+    ):
+        raise ValueError(f"concurrency_groups must map names to integers >= 1, got {groups!r}")
+    return dict(groups)
 
 
 def _class_meta(cls: type, max_task_retries: int) -> HandleMeta:
@@ -94,6 +129,7 @@ class ActorClass:
         max_task_retries = options.get("max_task_retries", 0)
         if not isinstance(max_task_retries, int) or max_task_retries < -1:
             raise ValueError(f"max_task_retries must be an integer >= -1, got {max_task_retries!r}")
+        _method_groups(cls, _check_groups(options.get("concurrency_groups")))  # refuse bad groups early
         self._cls = cls
         self._options = options
         self.__name__ = cls.__name__
@@ -117,6 +153,8 @@ class ActorClass:
         if max_task_retries == -1:  # retried without limit, as max_retries=-1 for tasks
             max_task_retries = 10**9
         meta = _class_meta(self._cls, max_task_retries)
+        groups = _check_groups(opts.get("concurrency_groups"))
+        meta.concurrency_groups = frozenset(groups)
         max_concurrency = int(opts.get("max_concurrency", 1000 if meta.is_async else 1))
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
@@ -142,6 +180,8 @@ class ActorClass:
             max_concurrency=max_concurrency,
             is_async=meta.is_async,
             wait=bool(name),  # a name must be claimed (or found, with get_if_exists) before returning
+            concurrency_groups=groups,
+            method_groups=_method_groups(self._cls, groups),
         )
         if name and created.result().actor_id != actor_id:
             # get_if_exists found a live actor of that name: this handle is for it.
@@ -199,20 +239,28 @@ class ActorMethod:
         num_returns: int,
         label: str | None = None,
         max_task_retries: int | None = None,
+        concurrency_group: str = "",
     ) -> None:
         self._handle = handle
         self._name = name
         self._num_returns = num_returns
         self._label = label
         self._max_task_retries = max_task_retries
+        self._concurrency_group = concurrency_group
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"actor methods cannot be called directly: use .{self._name}.remote(...)")
 
     def options(self, **options: Any) -> ActorMethod:
         """A copy of this method with per-call options: ``num_returns``, ``name`` (the call's name in
-        errors), ``max_task_retries``. Any other option raises ``ValueError``."""
+        errors), ``max_task_retries``, ``concurrency_group``. Any other option raises ``ValueError``."""
         validate_options(options, _METHOD_OPTIONS, "an actor method")
+        group = options.get("concurrency_group", self._concurrency_group) or ""
+        if group and group not in self._handle._meta.concurrency_groups:
+            raise ValueError(
+                f"actor {self._handle._meta.class_name} has no concurrency group {group!r} "
+                f"(it has {sorted(self._handle._meta.concurrency_groups)})"
+            )
         num_returns = options.get("num_returns", self._num_returns)
         if not isinstance(num_returns, int) or num_returns < 0:
             raise ValueError(f"num_returns must be a non-negative integer, got {num_returns!r}")
@@ -220,7 +268,7 @@ class ActorMethod:
         if max_task_retries is not None and (not isinstance(max_task_retries, int) or max_task_retries < -1):
             raise ValueError(f"max_task_retries must be an integer >= -1, got {max_task_retries!r}")
         return ActorMethod(
-            self._handle, self._name, num_returns, options.get("name", self._label), max_task_retries
+            self._handle, self._name, num_returns, options.get("name", self._label), max_task_retries, group
         )
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
@@ -242,6 +290,7 @@ class ActorMethod:
             kwargs,
             num_returns=self._num_returns,
             max_task_retries=max_task_retries,
+            concurrency_group=self._concurrency_group,
         )
         if self._num_returns == 1:
             return refs[0]

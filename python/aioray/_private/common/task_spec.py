@@ -60,6 +60,7 @@ class TaskSpec:
     return_ids: list[bytes] = field(default_factory=list)
     actor_id: bytes = b""  # set for actor method calls
     method: str = ""
+    concurrency_group: str = ""  # an actor call's group, when the caller chose one (else the method's)
 
     def to_wire(self) -> tuple[Any, ...]:
         return (
@@ -74,6 +75,7 @@ class TaskSpec:
             self.return_ids,
             self.actor_id,
             self.method,
+            self.concurrency_group,
         )
 
     @classmethod
@@ -107,6 +109,10 @@ class ActorCreationSpec:
     is_async: bool
     owner: str
     job_id: bytes
+    # Named groups of methods with their own concurrency limit (and thread or event loop), and the
+    # group each method belongs to; methods in no group share the default one (`max_concurrency`).
+    concurrency_groups: dict[str, int] = field(default_factory=dict)
+    method_groups: dict[str, str] = field(default_factory=dict)
 
     def encode(self) -> bytes:
         return serialization.dumps_plain(astuple(self))

@@ -96,6 +96,10 @@ class Executor:
         self._actor_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._actor_loop: asyncio.AbstractEventLoop | None = None
         self._actor_slots: asyncio.Semaphore | None = None
+        # Concurrency groups: an event loop (async actors) or a thread pool (sync ones) per group.
+        self._method_groups: dict[str, str] = {}
+        self._group_loops: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Semaphore]] = {}
+        self._group_pools: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
         self._queue: collections.deque[Callable[[], None]] = collections.deque()
         self.cancelled: set[bytes] = set()
         self._running: dict[bytes, int] = {}  # task id -> ident of the thread running it
@@ -148,8 +152,16 @@ class Executor:
         for spec in specs:
             if self.exit_reason is not None:
                 continue  # the actor is exiting: its callers learn that from the GCS
-            if spec.actor_id and self._actor_loop is not None:
-                self._run_async_method(spec, reply)
+            group = (
+                (spec.concurrency_group or self._method_groups.get(spec.method, "")) if spec.actor_id else ""
+            )
+            if group and group not in self._group_loops and group not in self._group_pools:
+                err = RayTaskError(spec.name, "", ValueError(f"the actor has no concurrency group {group!r}"))
+                self._reply(reply, (*self._error_result(spec, err, task_spec.APP_ERROR), 0.0))
+            elif spec.actor_id and self._actor_loop is not None:
+                self._run_async_method(spec, reply, group)
+            elif group:
+                self._group_pools[group].submit(self._run_and_reply, spec, lease_id, reply)
             elif spec.actor_id and self._actor_pool is not None:
                 self._actor_pool.submit(self._run_and_reply, spec, lease_id, reply)
             else:
@@ -255,8 +267,8 @@ class Executor:
             for child in self.children.pop(task_id, ()):
                 self._cancel_owned(child, force, recursive)
         coro = self._coros.get(task_id)
-        if coro is not None and self._actor_loop is not None:
-            self._actor_loop.call_soon_threadsafe(coro.cancel)
+        if coro is not None:
+            coro.get_loop().call_soon_threadsafe(coro.cancel)
             return True
         with self._running_lock:
             thread = self._running.get(task_id)
@@ -376,13 +388,20 @@ class Executor:
         if spec.is_async:
             # An async actor's constructor runs on its event loop, as its methods do, so that it
             # can start asyncio tasks.
-            self._start_actor_loop(spec.max_concurrency)
-            assert self._actor_loop is not None
+            self._actor_loop, self._actor_slots = self._new_actor_loop(spec.max_concurrency, "default")
             self._actor_loop.call_soon_threadsafe(construct)
         else:
             self._on_task_thread(construct)
         outcome = await done
         if not outcome:
+            self._method_groups = dict(spec.method_groups)
+            for name, size in spec.concurrency_groups.items():
+                if spec.is_async:
+                    self._group_loops[name] = self._new_actor_loop(size, name)
+                else:
+                    self._group_pools[name] = concurrent.futures.ThreadPoolExecutor(
+                        size, thread_name_prefix=f"aioray-actor-{name}"
+                    )
             if spec.max_concurrency > 1 and not spec.is_async:
                 self._actor_pool = concurrent.futures.ThreadPoolExecutor(
                     spec.max_concurrency, thread_name_prefix="aioray-actor"
@@ -465,9 +484,13 @@ class Executor:
         except Exception:
             log.exception("an atexit handler of %s raised", self.actor_name)
 
-    def _start_actor_loop(self, max_concurrency: int) -> None:
+    def _new_actor_loop(
+        self, max_concurrency: int, group: str
+    ) -> tuple[asyncio.AbstractEventLoop, asyncio.Semaphore]:
+        """An event loop on a thread of its own, with a semaphore of `max_concurrency` slots."""
         loop = new_event_loop()
         ready = threading.Event()
+        slots: list[asyncio.Semaphore] = []
 
         def quiet_exit(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
             # exit_actor() in an asyncio task nobody awaits: the exit is under way, not an error.
@@ -477,34 +500,36 @@ class Executor:
         def run() -> None:
             asyncio.set_event_loop(loop)
             loop.set_exception_handler(quiet_exit)
-            self._actor_slots = asyncio.Semaphore(max_concurrency)
+            slots.append(asyncio.Semaphore(max_concurrency))
             loop.call_soon(ready.set)
             loop.run_forever()
 
-        threading.Thread(target=run, name="aioray-actor-loop", daemon=True).start()
+        threading.Thread(target=run, name=f"aioray-actor-loop-{group}", daemon=True).start()
         ready.wait()
-        self._actor_loop = loop
+        return loop, slots[0]
 
-    def _run_async_method(self, spec: TaskSpec, reply: Reply) -> None:
-        loop = self._actor_loop
-        assert loop is not None
+    def _run_async_method(self, spec: TaskSpec, reply: Reply, group: str) -> None:
+        if group:
+            loop, slots = self._group_loops[group]
+        else:
+            assert self._actor_loop is not None and self._actor_slots is not None
+            loop, slots = self._actor_loop, self._actor_slots
         # Coroutines start in arrival order: call_soon_threadsafe keeps it.
-        loop.call_soon_threadsafe(lambda: loop.create_task(self._async_method(spec, reply)))
+        loop.call_soon_threadsafe(lambda: loop.create_task(self._async_method(spec, reply, slots)))
 
-    async def _async_method(self, spec: TaskSpec, reply: Reply) -> None:
+    async def _async_method(self, spec: TaskSpec, reply: Reply, slots: asyncio.Semaphore) -> None:
         current = asyncio.current_task()
         assert current is not None
         self._coros[spec.task_id] = current
         try:
-            await self._async_method_body(spec, reply)
+            await self._async_method_body(spec, reply, slots)
         except asyncio.CancelledError:  # cancelled before it got a slot
             self._reply(reply, (*self._cancelled_result(spec), 0.0))
         finally:
             self._coros.pop(spec.task_id, None)
 
-    async def _async_method_body(self, spec: TaskSpec, reply: Reply) -> None:
-        assert self._actor_slots is not None
-        async with self._actor_slots:
+    async def _async_method_body(self, spec: TaskSpec, reply: Reply, slots: asyncio.Semaphore) -> None:
+        async with slots:
             start = time.perf_counter()
             ctx = self.context
             ctx.task_id, ctx.task_name = spec.task_id, self.actor_name

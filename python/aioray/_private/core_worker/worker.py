@@ -240,8 +240,10 @@ class CoreWorker:
         *,
         num_returns: int,
         max_task_retries: int,
+        concurrency_group: str = "",
     ) -> list[ObjectRef]:
         spec, deps, kept, refs = self._new_call(name, args, kwargs, num_returns, b"", actor_id, method)
+        spec.concurrency_group = concurrency_group
         pending = PendingTask(spec, ResourceSet(), max_task_retries, False, kept, deps)
         self.submitter.actor_tasks.add(spec.task_id)
         self.runtime.call_soon(self.actors.submit, pending)
@@ -257,13 +259,15 @@ class CoreWorker:
         max_concurrency: int,
         is_async: bool,
         wait: bool,
+        concurrency_groups: dict[str, int] | None = None,
+        method_groups: dict[str, str] | None = None,
     ) -> tuple[bytes, ObjectRef | None, concurrent.futures.Future[pb.ActorInfo]]:
         """Registers an actor with the GCS; returns its id, its lifetime ref and the GCS's answer."""
         fid, pickled = self.functions.function_id(cls)
         packed = self.dependencies.pack(f"{cls.__name__}.__init__", args, kwargs)
         spec = task_spec.ActorCreationSpec(
             request.actor_id, fid, cls.__name__, packed.args, tuple(kwargs), max_concurrency, is_async,
-            self.address, self.job_id,
+            self.address, self.job_id, concurrency_groups or {}, method_groups or {},
         )  # fmt: skip
         request.owner_address = self.address
         request.job_id = self.job_id
