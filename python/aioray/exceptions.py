@@ -61,13 +61,18 @@ class RayTaskError(RayError):
         """This error as an instance of both ``RayTaskError`` and the cause's class.
 
         A cause that is itself a ``RayTaskError`` (a nested task's failure that its caller did
-        not catch) is unwrapped to the user's original exception, as in Ray."""
+        not catch) is unwrapped to the user's original exception, as in Ray. As in Ray too, the
+        error stays a plain ``RayTaskError`` when that is already an instance of the cause's class
+        (``raise Exception(...)``), and when the cause is one of aioray's own errors (a
+        ``GetTimeoutError`` inside the task is not a timeout of the caller's)."""
         cause = self.cause
         while isinstance(cause, RayTaskError) and cause.cause is not None:
             cause = cause.cause
         if cause is None or isinstance(cause, RayTaskError):
             return self
         cause_cls = type(cause)
+        if issubclass(RayTaskError, cause_cls) or issubclass(cause_cls, RayError):
+            return self
         try:
             cls = _dual_class(cause_cls)
             err = cls.__new__(cls)

@@ -103,9 +103,11 @@ def test_cancel_async_actor_method(one_cpu) -> None:
     @aioray.remote
     class Waiter:
         def __init__(self):
+            self.started = 0
             self.cancelled = 0
 
         async def wait_forever(self):
+            self.started += 1
             try:
                 await asyncio.sleep(1000)
             except asyncio.CancelledError:
@@ -113,16 +115,16 @@ def test_cancel_async_actor_method(one_cpu) -> None:
                 raise
 
         async def count(self):
-            return self.cancelled
+            return self.started, self.cancelled
 
     w = Waiter.remote()
     ref = w.wait_forever.remote()
-    time.sleep(0.3)
+    eventually(lambda: aioray.get(w.count.remote(), timeout=30)[0] == 1, 30, "the method starting")
     aioray.cancel(ref)
     with pytest.raises(TaskCancelledError):
         aioray.get(ref, timeout=30)
-    assert aioray.get(w.count.remote()) == 1
-    with pytest.raises(ValueError, match="force=True cannot cancel an actor method"):
+    assert aioray.get(w.count.remote(), timeout=30) == (1, 1)
+    with pytest.raises(ValueError, match="force=True is not supported for actor tasks"):
         aioray.cancel(w.wait_forever.remote(), force=True)
 
 

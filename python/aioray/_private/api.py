@@ -234,7 +234,9 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
         raise TypeError(f"cancel() takes an ObjectRef, got {type(ref).__name__}")
     core = global_worker()
     if force and ref.task_id() in core.actor_tasks:
-        raise ValueError("force=True cannot cancel an actor method; use aioray.kill(actor) to stop the actor")
+        raise ValueError(
+            "force=True is not supported for actor tasks: use aioray.kill(actor) to stop the actor"
+        )
     core.cancel(ref, force, recursive)
 
 

@@ -149,7 +149,8 @@ class ActorQueue:
             submitter.fail_task(p, e)
             return False
         if failed is not None:
-            submitter.complete(p, [ObjectValue(failed)] * p.spec.num_returns, ())
+            failure = submitter.dependencies.failure_of(p.spec.name, failed)
+            submitter.complete(p, [ObjectValue(failure)] * p.spec.num_returns, ())
             return False
         p.deps = []
         return True

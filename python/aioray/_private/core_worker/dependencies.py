@@ -21,6 +21,7 @@ from typing import Any
 from aioray._private.common import serialization, task_spec
 from aioray._private.core_worker.object_ref import ObjectRef
 from aioray._private.core_worker.ownership import ObjectValue, OwnershipTable
+from aioray.exceptions import RayTaskError, TaskCancelledError
 
 # (argument index, object id, owner address)
 Dependency = tuple[int, bytes, str]
@@ -120,6 +121,23 @@ class DependencyResolver:
         # is not worth an event on every node death.
         while nodes and not nodes & self._dead_nodes and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(LOST_COPY_POLL_S)
+
+    @staticmethod
+    def failure_of(task_name: str, frame: bytes) -> bytes:
+        """The error a task fails with when its argument failed with `frame`, as in Ray: a user's
+        error as it is (still catchable as the user's class), a cancellation as it is, and any other
+        of aioray's errors (a dead actor or worker, a lost object) as a RayTaskError of this task
+        whose ``cause`` is that error."""
+        err, _ = serialization.deserialize(frame)
+        if isinstance(err, RayTaskError | TaskCancelledError) or not isinstance(err, BaseException):
+            return frame
+        wrapped = RayTaskError(
+            task_name, f"an argument of {task_name} failed: {type(err).__name__}: {err}", err
+        )
+        try:
+            return serialization.serialize(wrapped, is_error=True).to_bytes()
+        except serialization.SerializationError:
+            return frame
 
     async def resolve(self, args: list[tuple[Any, ...]], deps: list[Dependency]) -> bytes | None:
         """On the loop: waits for the ref arguments and fills them into `args` (inline values, or

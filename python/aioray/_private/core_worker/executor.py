@@ -214,16 +214,24 @@ class Executor:
             return self._cancelled_result(spec)
         ctx = self.context
         ctx.task_id, ctx.task_name, ctx.lease_id = task_id, self.actor_name or spec.name, lease_id
+        me = threading.get_ident()
+        with self._running_lock:  # cancellable from here on, while its arguments are read too
+            self._running[task_id] = me
         try:
             try:
                 fn = self._target(spec)
                 args, kwargs = self.resolve_args(spec.args, spec.kwarg_names)
+            except KeyboardInterrupt:
+                if task_id in self.cancelled:
+                    return self._cancelled_result(spec)
+                raise
             except Exception as e:
+                if task_id in self.cancelled:
+                    return self._cancelled_result(spec)
                 err = RayTaskError(spec.name, traceback.format_exc(), e)
                 return self._error_result(spec, err, task_spec.SYSTEM_ERROR)
-            me = threading.get_ident()
-            with self._running_lock:
-                self._running[task_id] = me
+            if task_id in self.cancelled:  # cancelled before it started (an actor method is only flagged)
+                return self._cancelled_result(spec)
             try:
                 value = fn(*args, **kwargs)
             except KeyboardInterrupt:
@@ -239,11 +247,6 @@ class Executor:
                     raise
                 err = RayTaskError(spec.name, _user_traceback(e), e)
                 return self._error_result(spec, err, task_spec.APP_ERROR)
-            finally:
-                with self._running_lock:
-                    del self._running[task_id]
-                    # A cancel that raced with the return must not hit the next task.
-                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(me), None)
             del args, kwargs
             if self.exit_reason is not None and spec.actor_id:
                 return NO_REPLY
@@ -251,6 +254,10 @@ class Executor:
                 return self._cancelled_result(spec)
             return self._finish(spec, value)
         finally:
+            with self._running_lock:
+                del self._running[task_id]
+                # A cancel that raced with the return must not hit the next task.
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(me), None)
             ctx.task_id, ctx.task_name, ctx.lease_id = None, "", None
             self.cancelled.discard(task_id)
             self.children.pop(task_id, None)

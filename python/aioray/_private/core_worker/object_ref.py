@@ -4,11 +4,21 @@ Creating an ObjectRef counts as a local reference in the owner's ownership
 table (or, in another process, as a borrow); dropping the last one frees the
 object. Refs hash and compare by id, pickle (the receiver becomes a
 borrower), and can be awaited from any event loop.
+
+Inside a running event loop a ref is also an asyncio future (`asyncio.isfuture`
+is true), so `asyncio.wait`, `as_completed`, `gather`, `shield`, `wait_for` and
+`ensure_future` take it as it is. Its future side is a per-loop view that is
+done once the object is *ready*, without reading it; `result()` and
+`exception()` read it then. Outside a running loop it is a plain awaitable, so
+`loop.run_until_complete(ref)` wraps it in a task as any awaitable.
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import contextlib
+import contextvars
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +66,8 @@ def global_worker(auto_connect: bool = True) -> CoreWorker:
 class ObjectRef:
     """A reference to a remote object: ``await ref`` or ``aioray.get(ref)`` for its value."""
 
-    __slots__ = ("__weakref__", "_counted", "_id", "_owner")
+    # `_view` and `_callbacks` are set only once the ref is used as an asyncio future.
+    __slots__ = ("__weakref__", "_callbacks", "_counted", "_id", "_owner", "_view")
 
     def __init__(self, object_id: bytes, owner: str, *, _count: bool = True) -> None:
         self._id = object_id
@@ -104,6 +115,114 @@ class ObjectRef:
         # Cancelling the awaiting coroutine cancels the task, unless the result is needed
         # elsewhere; ``await aioray.shield(ref)`` never cancels it.
         return global_worker(auto_connect=False).await_ref(self).__await__()
+
+    # -- the asyncio.Future protocol -------------------------------------------------------------
+    @property
+    def _asyncio_future_blocking(self) -> bool | None:
+        # asyncio.isfuture() is true where a loop runs: outside one (`loop.run_until_complete(ref)`)
+        # a ref is an awaitable to wrap in a task, since it cannot know which loop it belongs to.
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        return False
+
+    def _loop_view(self) -> asyncio.Future[None]:
+        """This ref's future on the running loop: done once the object is ready (not read)."""
+        loop = asyncio.get_running_loop()
+        view: asyncio.Future[None] | None = getattr(self, "_view", None)
+        if view is not None and view.get_loop() is loop:
+            return view
+        view = loop.create_future()
+        self._view = view
+        ready = global_worker(auto_connect=False).ready_future(self)
+
+        def settle(done: concurrent.futures.Future[Any]) -> None:
+            if view.done():
+                return
+            err = None if done.cancelled() else done.exception()
+            if err is not None:  # the wait itself failed (e.g. shut down): the view fails with it
+                view.set_exception(err)
+            else:
+                view.set_result(None)
+
+        def hand_over(done: concurrent.futures.Future[Any]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+                loop.call_soon_threadsafe(settle, done)
+
+        ready.add_done_callback(hand_over)
+        return view
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop_view().get_loop()
+
+    def done(self) -> bool:
+        """Whether the object is ready (its task finished, well or not), without reading it."""
+        try:
+            return self._loop_view().done()
+        except RuntimeError:  # no running loop: ask without waiting
+            ready, _ = global_worker(auto_connect=False).wait([self], 1, 0)
+            return bool(ready)
+
+    def cancelled(self) -> bool:
+        view: asyncio.Future[None] | None = getattr(self, "_view", None)
+        return view is not None and view.cancelled()
+
+    def result(self) -> Any:
+        """The value (read now: a pull from another node blocks the caller, as ``get`` does; ``await
+        ref`` does not block the loop). Raises the task's error, CancelledError if this future was
+        cancelled, InvalidStateError if the object is not ready yet."""
+        self._check_done()
+        return global_worker(auto_connect=False).get([self], None)[0]
+
+    def exception(self) -> BaseException | None:
+        """The task's error, or None if it succeeded; same conditions as `result`."""
+        self._check_done()
+        try:
+            global_worker(auto_connect=False).get([self], None)
+        except Exception as e:
+            return e
+        return None
+
+    def _check_done(self) -> None:
+        view: asyncio.Future[None] | None = getattr(self, "_view", None)
+        if view is not None and view.cancelled():
+            raise asyncio.CancelledError
+        if not self.done():
+            raise asyncio.InvalidStateError("the object is not ready yet")
+
+    def add_done_callback(
+        self, fn: Callable[[ObjectRef], object], *, context: contextvars.Context | None = None
+    ) -> None:
+        """Calls ``fn(ref)`` on the running loop once the object is ready (as asyncio.Future does)."""
+        callbacks: dict[Any, Callable[[Any], object]] | None = getattr(self, "_callbacks", None)
+        if callbacks is None:
+            callbacks = {}
+            self._callbacks = callbacks
+
+        def call(_view: asyncio.Future[None]) -> object:
+            return fn(self)
+
+        callbacks[fn] = call
+        self._loop_view().add_done_callback(call, context=context)
+
+    def remove_done_callback(self, fn: Callable[[ObjectRef], object]) -> int:
+        callbacks: dict[Any, Callable[[Any], object]] | None = getattr(self, "_callbacks", None)
+        call = callbacks.pop(fn, None) if callbacks else None
+        view: asyncio.Future[None] | None = getattr(self, "_view", None)
+        if call is None or view is None:
+            return 0
+        return view.remove_done_callback(call)
+
+    def cancel(self, msg: Any = None) -> bool:
+        """Cancels this future (e.g. ``asyncio.wait_for`` timing out) and the task that makes the
+        object, unless its result is needed elsewhere (the rule of a cancelled ``await ref``)."""
+        view = self._loop_view()
+        if view.done():
+            return False
+        view.cancel(msg)
+        global_worker(auto_connect=False).cancel_if_abandoned(self)
+        return True
 
 
 class _Shielded:

@@ -404,6 +404,21 @@ class ObjectReader:
             out.set_exception(e)
         return out
 
+    def ready_future(self, ref: ObjectRef) -> concurrent.futures.Future[Any]:
+        """From any thread: a concurrent future that is done once the object is ready (a value or an
+        error, anywhere in the cluster), without reading or pulling it."""
+        if self._here([ref]) is not None:
+            out: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            out.set_result(None)
+            return out
+        return self._runtime.submit(self.wait_async([ref], 1, None))
+
+    def cancel_if_abandoned(self, ref: ObjectRef) -> None:
+        """The asyncio view of `ref` was cancelled (e.g. by ``asyncio.wait_for``): cancel its task by
+        the rule of `await_ref`, and only if no coroutine awaits it either."""
+        if not self._awaiters.get(ref.binary()) and self._abandoned(ref):
+            self._cancel(ref)
+
     async def await_ref(self, ref: ObjectRef, cancel_on_cancel: bool = True) -> Any:
         """``await ref`` on any loop: the value; if the awaiting coroutine is cancelled, the task is
         cancelled too, unless something else still needs its result (see `_abandoned`)."""

@@ -130,8 +130,9 @@ class TaskSubmitter:
         except Exception as e:
             self.fail_task(p, e)
             return
-        if failed is not None:  # a failed dependency fails the task with the same error
-            self.complete(p, [ObjectValue(failed)] * p.spec.num_returns, ())
+        if failed is not None:  # a failed dependency fails the task (see `failure_of`)
+            failure = self.dependencies.failure_of(p.spec.name, failed)
+            self.complete(p, [ObjectValue(failure)] * p.spec.num_returns, ())
         elif not p.cancelled:
             self._queue(p)
 

@@ -332,6 +332,12 @@ class CoreWorker:
     async def await_ref(self, ref: ObjectRef, cancel_on_cancel: bool = True) -> Any:
         return await self.reader.await_ref(ref, cancel_on_cancel)
 
+    def ready_future(self, ref: ObjectRef) -> concurrent.futures.Future[Any]:
+        return self.reader.ready_future(ref)
+
+    def cancel_if_abandoned(self, ref: ObjectRef) -> None:
+        self.reader.cancel_if_abandoned(ref)
+
     def wait(
         self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None
     ) -> tuple[list[ObjectRef], list[ObjectRef]]:
