@@ -17,6 +17,13 @@ def total(values: list[int]) -> int:
 
 
 @aioray.remote
+def countdown(n: int):  # a generator task: each item reaches the caller as soon as it is yielded
+    for i in range(n, 0, -1):
+        time.sleep(0.05)
+        yield i
+
+
+@aioray.remote
 class Counter:
     def __init__(self, start: int) -> None:
         self.value = start
@@ -45,6 +52,9 @@ async def main() -> None:
         print("async: counter  =", await asyncio.gather(*(counter.add.remote(1) for _ in range(3))))
         greeter = AsyncGreeter.remote()
         print("async:", await greeter.greet.remote("aioray"))
+        print("async: countdown =", [await ref async for ref in countdown.remote(3)])
+        done, _ = await asyncio.wait([square.remote(i) for i in range(3)])  # refs are asyncio futures
+        print("async: asyncio.wait over refs =", sorted(ref.result() for ref in done))
 
 
 def sync_flavour() -> None:

@@ -7,7 +7,7 @@ Sync, Ray-compatible: ``import aioray as ray; ray.init(); ray.get(f.remote(x))``
 from importlib.metadata import PackageNotFoundError, version
 
 from aioray import exceptions, util
-from aioray._private.actor import ActorClass, ActorHandle, method
+from aioray._private.actor import ActorClass, ActorHandle, ActorProxy, method
 from aioray._private.api import (
     available_resources,
     cancel,
@@ -25,6 +25,7 @@ from aioray._private.api import (
     wait,
 )
 from aioray._private.cluster import Cluster, connect
+from aioray._private.core_worker.generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from aioray._private.core_worker.object_ref import ObjectRef, shield
 from aioray._private.remote_function import RemoteFunction
 from aioray._private.runtime_context import get_runtime_context
@@ -51,11 +52,14 @@ __all__ = [
     "ActorClass",
     "ActorDiedError",
     "ActorHandle",
+    "ActorProxy",
     "Cluster",
+    "DynamicObjectRefGenerator",
     "GetTimeoutError",
     "NodeDiedError",
     "ObjectLostError",
     "ObjectRef",
+    "ObjectRefGenerator",
     "ObjectStoreFullError",
     "OwnerDiedError",
     "RayActorError",

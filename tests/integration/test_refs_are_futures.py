@@ -98,7 +98,15 @@ async def test_result_before_ready_and_done_callbacks(ray: Any) -> None:
     assert ref.done() and not ref.cancelled()
 
 
-async def test_wait_for_timeout_cancels_the_task(ray: Any, tmp_path: Any) -> None:
+async def test_wait_for_timeout_on_a_ref_leaves_the_task_but_on_a_coroutine_cancels_it(
+    ray: Any, tmp_path: Any
+) -> None:
+    ref = echo.remote("still coming", 1.0)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(ref, 0.1)
+    assert ref.cancelled()  # its future on this loop; the task runs on, as in Ray
+    assert await ref == "still coming"
+
     path = tmp_path / "ticks"
 
     @aioray.remote
@@ -108,22 +116,22 @@ async def test_wait_for_timeout_cancels_the_task(ray: Any, tmp_path: Any) -> Non
                 f.write(".")
             time.sleep(0.02)
 
-    ref = ticks.remote(str(path))
+    ticking = ticks.remote(str(path))
     with pytest.raises(TimeoutError):
-        await asyncio.wait_for(ref, 1)
-    assert ref.cancelled()
+        await asyncio.wait_for(_await(ticking), 1)  # the awaiting coroutine is cancelled
     with pytest.raises(TaskCancelledError):
-        aioray.get(ref, timeout=30)  # the task itself was cancelled: nothing else needed it
+        aioray.get(ticking, timeout=30)  # ...and the task with it: nothing else needed it
     size = path.stat().st_size
     eventually(lambda: path.stat().st_size == size, 5, "the task stopping")
 
 
-async def test_cancelling_a_ref_someone_else_needs_leaves_the_task(ray: Any) -> None:
+async def test_cancelling_a_refs_future_leaves_the_task(ray: Any) -> None:
     ref = echo.remote("kept", 1)
-    consumer = echo.remote(ref)  # a pending task takes it as an argument
     assert ref.cancel()
     assert ref.cancelled()
-    assert await consumer == "kept"
+    with pytest.raises(asyncio.CancelledError):
+        ref.result()
+    assert await ref == "kept"
 
 
 async def test_readiness_does_not_read_the_value(ray: Any) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeAlias, TypeVar, overload
 
 import cloudpickle
 
@@ -15,7 +15,7 @@ from aioray._private.common.ids import random_id
 from aioray._private.common.resources import task_resources
 from aioray._private.core_worker import object_ref
 from aioray._private.core_worker.object_ref import ObjectRef
-from aioray._private.remote_function import validate_options
+from aioray._private.remote_function import check_backpressure, check_num_returns, validate_options
 from aioray._proto.aioray import v1 as pb
 
 _ACTOR_OPTIONS = {
@@ -39,18 +39,91 @@ DEFAULT_NAMESPACE = "default"
 # `__ray_terminate__()` makes it exit gracefully after the calls before it, `__ray_call__(fn, *args)`
 # runs ``fn(actor_instance, *args)`` inside it.
 _BUILTIN_METHODS = ("__ray_ready__", "__ray_terminate__", "__ray_call__")
-_METHOD_OPTIONS = {"num_returns", "name", "max_task_retries", "concurrency_group"}
+_METHOD_OPTIONS = {
+    "num_returns",
+    "name",
+    "max_task_retries",
+    "concurrency_group",
+    "_generator_backpressure_num_objects",
+}
+
+# Type parameters, for type checkers only (nothing below changes what runs). Their defaults (PEP 696)
+# keep the bare names meaning what they meant: `ActorHandle` is `ActorHandle[Any]`, and so on.
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator
+    from typing import Concatenate, Protocol
+
+    from typing_extensions import ParamSpec as _ParamSpecWithDefault
+    from typing_extensions import TypeVar as _TypeVarWithDefault
+
+    _T = _TypeVarWithDefault("_T", default=Any)
+    _T_co = _TypeVarWithDefault("_T_co", covariant=True, default=Any)
+    _P = _ParamSpecWithDefault("_P", default=...)
+    _Ret_co = _TypeVarWithDefault("_Ret_co", covariant=True, default=Any)
+
+    _Q = ParamSpec("_Q")
+    _S = TypeVar("_S")
+    _S_contra = TypeVar("_S_contra", contravariant=True)
+    _R = TypeVar("_R")
+    _C_co = TypeVar("_C_co", covariant=True)
+    _V_co = TypeVar("_V_co", covariant=True)
+    _Iter = TypeVar("_Iter", bound="Iterator[Any] | AsyncIterator[Any]")
+
+    class _RemoteMethod(Protocol[_S_contra, _Q, _C_co, _V_co]):
+        """What ``@aioray.method(...)`` makes of a method, for type checkers: on an instance (inside
+        the actor) the method as it was; on the class, hence on an ``ActorProxy``, an
+        ``ActorMethod`` whose ``remote`` takes the method's arguments."""
+
+        @overload
+        def __get__(self, obj: None, owner: Any, /) -> ActorMethod[_Q, _V_co]: ...
+        @overload
+        def __get__(self, obj: _S_contra, owner: Any, /) -> Callable[_Q, _C_co]: ...
+
+    class _MethodDecorator(Protocol):
+        # Awaitables are awaited in the actor (so `ObjectRef[R]`); generators stream (`Any`).
+        @overload
+        def __call__(
+            self, fn: Callable[Concatenate[_S, _Q], Coroutine[Any, Any, _R]], /
+        ) -> _RemoteMethod[_S, _Q, Coroutine[Any, Any, _R], ObjectRef[_R]]: ...
+        @overload
+        def __call__(
+            self, fn: Callable[Concatenate[_S, _Q], _Iter], /
+        ) -> _RemoteMethod[_S, _Q, _Iter, Any]: ...
+        @overload
+        def __call__(
+            self, fn: Callable[Concatenate[_S, _Q], Awaitable[_R]], /
+        ) -> _RemoteMethod[_S, _Q, Awaitable[_R], ObjectRef[_R]]: ...
+        @overload
+        def __call__(
+            self, fn: Callable[Concatenate[_S, _Q], _R], /
+        ) -> _RemoteMethod[_S, _Q, _R, ObjectRef[_R]]: ...
+
+    class _MethodDecoratorAnyReturns(Protocol):
+        def __call__(self, fn: Callable[Concatenate[_S, _Q], _R], /) -> _RemoteMethod[_S, _Q, _R, Any]: ...
+
+else:
+    _T = TypeVar("_T")
+    _T_co = TypeVar("_T_co", covariant=True)
+    _P = ParamSpec("_P")
+    _Ret_co = TypeVar("_Ret_co", covariant=True)
 
 
+@overload
 def method(
-    *, num_returns: int = 1, concurrency_group: str | None = None
+    *, num_returns: Literal[1] | None = None, concurrency_group: str | None = None
+) -> _MethodDecorator: ...
+@overload
+def method(*, num_returns: int | str, concurrency_group: str | None = None) -> _MethodDecoratorAnyReturns: ...
+def method(
+    *, num_returns: int | str | None = None, concurrency_group: str | None = None
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``@aioray.method(num_returns=2, concurrency_group="io")`` on an actor method sets its defaults:
     how many refs a call returns, and the concurrency group (of the class's ``concurrency_groups``)
     its calls run in."""
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        fn.__aioray_num_returns__ = num_returns  # type: ignore[attr-defined]
+        if num_returns is not None:
+            fn.__aioray_num_returns__ = _method_returns(num_returns, fn)  # type: ignore[attr-defined]
         if concurrency_group is not None:
             fn.__aioray_concurrency_group__ = concurrency_group  # type: ignore[attr-defined]
         return fn
@@ -63,11 +136,19 @@ class HandleMeta:
     """What every handle of an actor needs to know about its class."""
 
     class_name: str
-    methods: dict[str, int]  # name -> num_returns
+    methods: dict[str, int | str]  # name -> num_returns ("streaming" for a generator method)
     call_shapes: dict[str, CallShape] = field(default_factory=dict)
     is_async: bool = False
     max_task_retries: int = 0
     concurrency_groups: frozenset[str] = frozenset()  # their names, to check per-call choices
+
+
+def _method_returns(num_returns: Any, fn: Callable[..., Any] | None) -> int | str:
+    """An actor method's `num_returns`: an integer or "streaming" (Ray's "dynamic" is refused for
+    actor methods: use "streaming")."""
+    if num_returns == "dynamic":
+        raise ValueError('num_returns="dynamic" is not supported for actor methods: use "streaming"')
+    return check_num_returns(num_returns, fn)
 
 
 def _method_groups(cls: type, groups: dict[str, int]) -> dict[str, str]:
@@ -98,13 +179,14 @@ def _check_groups(groups: Any) -> dict[str, int]:
 
 
 def _class_meta(cls: type, max_task_retries: int) -> HandleMeta:
-    methods: dict[str, int] = {}
+    methods: dict[str, int | str] = {}
     call_shapes: dict[str, CallShape] = {}
     is_async = False
     for name, member in inspect.getmembers(cls, predicate=callable):
         if name.startswith("__") and name != "__call__":
             continue
-        methods[name] = getattr(member, "__aioray_num_returns__", 1)
+        declared = getattr(member, "__aioray_num_returns__", None)
+        methods[name] = check_num_returns(None, member) if declared is None else declared
         if inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member):
             is_async = True
         try:
@@ -118,10 +200,14 @@ def _class_meta(cls: type, max_task_retries: int) -> HandleMeta:
     return HandleMeta(cls.__name__, methods, call_shapes, is_async, max_task_retries)
 
 
-class ActorClass:
-    """A class to run as an actor: ``C.remote(*args)`` starts one and returns its handle at once."""
+class ActorClass(Generic[_T, _P]):
+    """A class to run as an actor: ``C.remote(*args)`` starts one and returns its handle at once.
 
-    def __init__(self, cls: type, options: dict[str, Any]) -> None:
+    For type checkers, ``ActorClass[T, P]``: ``remote`` takes the arguments ``P`` of ``T.__init__``
+    and returns an ``ActorHandle[T]``.
+    """
+
+    def __init__(self, cls: type[_T], options: dict[str, Any]) -> None:
         validate_options(options, _ACTOR_OPTIONS, "an actor class")
         lifetime = options.get("lifetime")
         if lifetime not in (None, "detached", "non_detached"):
@@ -141,11 +227,11 @@ class ActorClass:
             f"actor class {self._cls.__name__} cannot be instantiated directly: use {self._cls.__name__}.remote(...)"
         )
 
-    def options(self, **options: Any) -> ActorClass:
+    def options(self, **options: Any) -> ActorClass[_T, _P]:
         """A copy with some options changed (name, lifetime, num_cpus, max_restarts, ...)."""
         return ActorClass(self._cls, {**self._options, **options})
 
-    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+    def remote(self, *args: _P.args, **kwargs: _P.kwargs) -> ActorHandle[_T]:
         opts = self._options
         CallShape.of(self._cls).check(self._cls.__name__, args, kwargs)
         core = object_ref.global_worker()
@@ -190,8 +276,18 @@ class ActorClass:
         return ActorHandle(actor_id, meta, lifetime)
 
 
-class ActorHandle:
-    """A handle to an actor: ``handle.method.remote(*args)`` returns an ObjectRef. Picklable."""
+class ActorHandle(Generic[_T_co]):
+    """A handle to an actor: ``handle.method.remote(*args)`` returns an ObjectRef. Picklable.
+
+    Typing: ``C.remote(...)`` is an ``ActorHandle[C]``, but its methods are found at run time
+    (``__getattr__``), so type checkers see each as an unchecked ``ActorMethod`` whose ``remote``
+    returns ``Any``. To have calls checked, mark the methods with ``@aioray.method()`` and annotate
+    the handle as ``ActorProxy[C]`` (``h: ActorProxy[C] = C.remote(...)``): then
+    ``h.m.remote(...)`` is checked against ``C.m`` and is an ``ObjectRef[R]`` (``R`` awaited for an
+    ``async def``); its type shows as ``Any | ObjectRef[R]``. Limits: on an ``ActorProxy``, methods
+    without ``@aioray.method()`` are an error, as are the handle's own attributes (``actor_id``) and
+    passing it where an ``ActorHandle`` is expected (narrow with ``isinstance`` first).
+    """
 
     def __init__(self, actor_id: bytes, meta: HandleMeta, lifetime: ObjectRef | None) -> None:
         self._actor_id = actor_id
@@ -231,19 +327,29 @@ class ActorHandle:
         return self
 
 
-class ActorMethod:
+# An actor handle as type checkers should see it to check method calls (see ActorHandle): the class
+# part gives each `@aioray.method()` method's typed `ActorMethod`.
+ActorProxy: TypeAlias = ActorHandle[_T] | type[_T]
+
+
+class ActorMethod(Generic[_P, _Ret_co]):
+    """One method of an actor handle: ``.remote(*args)`` calls it. For type checkers,
+    ``ActorMethod[P, Ret]``: ``remote`` takes ``P`` and returns ``Ret``."""
+
     def __init__(
         self,
         handle: ActorHandle,
         name: str,
-        num_returns: int,
+        num_returns: int | str,
         label: str | None = None,
         max_task_retries: int | None = None,
         concurrency_group: str = "",
+        backpressure: int = 0,
     ) -> None:
         self._handle = handle
         self._name = name
         self._num_returns = num_returns
+        self._backpressure = backpressure
         self._label = label
         self._max_task_retries = max_task_retries
         self._concurrency_group = concurrency_group
@@ -251,7 +357,13 @@ class ActorMethod:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"actor methods cannot be called directly: use .{self._name}.remote(...)")
 
-    def options(self, **options: Any) -> ActorMethod:
+    @overload
+    def options(self, *, num_returns: Literal[1], **options: Any) -> ActorMethod[_P, _Ret_co]: ...
+    @overload
+    def options(self, *, num_returns: int | str | None, **options: Any) -> ActorMethod[_P, Any]: ...
+    @overload
+    def options(self, **options: Any) -> ActorMethod[_P, _Ret_co]: ...
+    def options(self, **options: Any) -> ActorMethod[_P, Any]:
         """A copy of this method with per-call options: ``num_returns``, ``name`` (the call's name in
         errors), ``max_task_retries``, ``concurrency_group``. Any other option raises ``ValueError``."""
         validate_options(options, _METHOD_OPTIONS, "an actor method")
@@ -261,17 +373,25 @@ class ActorMethod:
                 f"actor {self._handle._meta.class_name} has no concurrency group {group!r} "
                 f"(it has {sorted(self._handle._meta.concurrency_groups)})"
             )
-        num_returns = options.get("num_returns", self._num_returns)
-        if not isinstance(num_returns, int) or num_returns < 0:
-            raise ValueError(f"num_returns must be a non-negative integer, got {num_returns!r}")
+        num_returns = _method_returns(options.get("num_returns", self._num_returns), None)
+        backpressure = check_backpressure(
+            options.get("_generator_backpressure_num_objects", self._backpressure or None)
+        )
         max_task_retries = options.get("max_task_retries", self._max_task_retries)
         if max_task_retries is not None and (not isinstance(max_task_retries, int) or max_task_retries < -1):
             raise ValueError(f"max_task_retries must be an integer >= -1, got {max_task_retries!r}")
         return ActorMethod(
-            self._handle, self._name, num_returns, options.get("name", self._label), max_task_retries, group
+            self._handle,
+            self._name,
+            num_returns,
+            options.get("name", self._label),
+            max_task_retries,
+            group,
+            backpressure,
         )
 
-    def remote(self, *args: Any, **kwargs: Any) -> Any:
+    # The returns below are `Ret` by construction (see _RemoteMethod), which mypy cannot see.
+    def remote(self, *args: _P.args, **kwargs: _P.kwargs) -> _Ret_co:
         meta = self._handle._meta
         label = self._label or f"{meta.class_name}.{self._name}"
         shape = meta.call_shapes.get(self._name)
@@ -282,6 +402,17 @@ class ActorMethod:
             max_task_retries = meta.max_task_retries
         else:  # -1: retried without limit
             max_task_retries = 10**9 if self._max_task_retries == -1 else self._max_task_retries
+        if isinstance(self._num_returns, str):  # "streaming": a method that yields
+            return core.submit_actor_generator_task(  # type: ignore[return-value]
+                self._handle._actor_id,
+                self._name,
+                label,
+                args,
+                kwargs,
+                max_task_retries=max_task_retries,
+                concurrency_group=self._concurrency_group,
+                backpressure=self._backpressure,
+            )
         refs = core.submit_actor_task(
             self._handle._actor_id,
             self._name,
@@ -293,5 +424,5 @@ class ActorMethod:
             concurrency_group=self._concurrency_group,
         )
         if self._num_returns == 1:
-            return refs[0]
-        return None if self._num_returns == 0 else refs
+            return refs[0]  # type: ignore[return-value]
+        return None if self._num_returns == 0 else refs  # type: ignore[return-value]

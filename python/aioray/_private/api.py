@@ -5,14 +5,51 @@ from __future__ import annotations
 import asyncio
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
 from aioray._private import worker_api
 from aioray._private.actor import DEFAULT_NAMESPACE, ActorClass, ActorHandle, HandleMeta
 from aioray._private.common.resources import ResourceSet
+from aioray._private.core_worker.generators import ObjectRefGenerator
 from aioray._private.core_worker.object_ref import ObjectRef, global_worker
 from aioray._private.remote_function import RemoteFunction
 from aioray._proto.aioray import v1 as pb
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+_P = ParamSpec("_P")
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+    from typing import Protocol
+
+    _T_co = TypeVar("_T_co", covariant=True)
+
+    class _ClassLike(Protocol[_P, _T_co]):
+        """A class, for type checkers: callable (its constructor) and with an ``__mro__``, which a
+        function has not, so that ``remote`` tells classes from functions."""
+
+        @property
+        def __mro__(self) -> tuple[type, ...]: ...
+        def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _T_co: ...
+
+    class _RemoteDecorator(Protocol):
+        """``remote(**options)``: as ``remote`` itself."""
+
+        @overload
+        def __call__(self, cls: _ClassLike[_P, _T], /) -> ActorClass[_T, _P]: ...  # type: ignore[overload-overlap]
+        @overload
+        def __call__(
+            self, fn: Callable[_P, Iterator[Any] | AsyncIterator[Any]], /
+        ) -> RemoteFunction[_P, Any]: ...
+        @overload
+        def __call__(self, fn: Callable[_P, _R], /) -> RemoteFunction[_P, ObjectRef[_R]]: ...
+
+    class _RemoteDecoratorAnyReturns(Protocol):
+        """``remote(num_returns=n)``: a task whose ``remote`` returns a list of refs, None, or a
+        generator, typed ``Any``."""
+
+        def __call__(self, fn: Callable[_P, Any], /) -> RemoteFunction[_P, Any]: ...
 
 
 class InitContext:
@@ -74,13 +111,22 @@ def is_initialized() -> bool:
     return worker_api.current() is not None
 
 
-# A class is also a callable: the class overload must come first, and it wins for classes.
+# For type checkers (nothing here changes what runs): `f.remote(...)` is checked against `f`'s
+# parameters and is an `ObjectRef[R]`, `R` being what `f` returns; `C.remote(...)` is checked against
+# `C.__init__` and is an `ActorHandle[C]`. A generator function, or `num_returns` other than 1, gives
+# a `remote` returning `Any`. mypy ignores what a class decorator returns: for it, `@remote class C`
+# stays the plain class (no `C.remote`); `C = remote(CImpl)` is typed (pyright takes both). A class
+# is also a callable: the class overload must come first.
 @overload
-def remote(cls: type, /) -> ActorClass: ...  # type: ignore[overload-overlap]
+def remote(cls: _ClassLike[_P, _T], /) -> ActorClass[_T, _P]: ...  # type: ignore[overload-overlap]
 @overload
-def remote(fn: Callable[..., Any], /) -> RemoteFunction: ...
+def remote(fn: Callable[_P, Iterator[Any] | AsyncIterator[Any]], /) -> RemoteFunction[_P, Any]: ...
 @overload
-def remote(**options: Any) -> Callable[[Any], Any]: ...
+def remote(fn: Callable[_P, _R], /) -> RemoteFunction[_P, ObjectRef[_R]]: ...
+@overload
+def remote(*, num_returns: Literal[1] | None = None, **options: Any) -> _RemoteDecorator: ...
+@overload
+def remote(*, num_returns: int | str, **options: Any) -> _RemoteDecoratorAnyReturns: ...
 def remote(*args: Any, **options: Any) -> Any:
     """``@remote`` or ``@remote(num_cpus=..., ...)`` on a function (a task) or a class (an actor)."""
 
@@ -103,6 +149,10 @@ def _check_timeout(timeout: float | None) -> None:
         raise ValueError(f"timeout must be None or a non-negative number of seconds, got {timeout!r}")
 
 
+@overload
+def get(refs: ObjectRef[_T], *, timeout: float | None = None) -> _T: ...
+@overload
+def get(refs: Sequence[ObjectRef[_T]], *, timeout: float | None = None) -> list[_T]: ...
 def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:
     """The value(s) of one ref or a list of refs; raises the task's error, or GetTimeoutError."""
     _check_timeout(timeout)
@@ -117,14 +167,18 @@ def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) 
     return core.get(list(refs), timeout)
 
 
-def put(value: Any) -> ObjectRef:
+def put(value: _T) -> ObjectRef[_T]:
     """Stores `value` in the cluster; returns its ref (the caller owns it)."""
     return global_worker().put(value)
 
 
 def wait(
-    refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: float | None = None, fetch_local: bool = True
-) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    refs: Sequence[ObjectRef[_T]],
+    *,
+    num_returns: int = 1,
+    timeout: float | None = None,
+    fetch_local: bool = True,
+) -> tuple[list[ObjectRef[_T]], list[ObjectRef[_T]]]:
     """Splits `refs` into (ready, not ready) once `num_returns` are ready or `timeout` passes.
 
     Both lists keep the input order.
@@ -221,15 +275,19 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     return ActorHandle(info.actor_id, meta, None)
 
 
-def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
-    """Cancels the task that makes `ref`: dropped if pending, interrupted if running.
+def cancel(ref: ObjectRef | ObjectRefGenerator, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancels the task that makes `ref` (or a generator's task): dropped if pending, interrupted
+    if running.
 
-    A running task gets KeyboardInterrupt in its thread at the next bytecode
-    (an async actor method is cancelled as a coroutine); with ``force=True`` its
-    worker process is killed instead (not for actor methods: use ``kill``). With
-    ``recursive`` the tasks it submitted are cancelled too. ``get``/``await`` of
-    the ref then raises TaskCancelledError; cancelled tasks are never retried.
+    A running task gets KeyboardInterrupt (an async actor method is cancelled as a
+    coroutine; a sync actor method only sees ``get_runtime_context().is_canceled()``);
+    with ``force=True`` its worker process is killed instead (not for actor methods:
+    use ``kill``). With ``recursive`` the tasks it submitted are cancelled too.
+    ``get``/``await`` of the ref then raises TaskCancelledError (a generator's next
+    item does); cancelled tasks are never retried.
     """
+    if isinstance(ref, ObjectRefGenerator):
+        ref = ref._cancel_ref()
     if not isinstance(ref, ObjectRef):
         raise TypeError(f"cancel() takes an ObjectRef, got {type(ref).__name__}")
     core = global_worker()

@@ -102,7 +102,7 @@ AsyncActor = aioray.remote(_AsyncActor)
 
 
 class _Client:
-    def __init__(self, servers: list[Any]) -> None:
+    def __init__(self, servers: list[Any] | Any) -> None:  # a handle, or a list of them
         self.servers = servers if isinstance(servers, list) else [servers]
 
     def small_value_batch(self, n: int) -> int:
@@ -250,7 +250,7 @@ def run(filter_: str = "", duration: float = 2.0, runs: int = 3, num_cpus: int |
     if wanted("multi client tasks async"):
         _timeit("multi client tasks async", lambda: sum(aioray.get([submit_many.remote(1000) for _ in range(4)])), duration, runs)  # fmt: skip
     if wanted("1:1 actor calls"):
-        a = Actor.remote()
+        a: aioray.ActorHandle = Actor.remote()  # then an AsyncActor's
         _timeit("1:1 actor calls sync", lambda: (aioray.get(a.small_value.remote()), 1)[1], duration, runs)
         _timeit("1:1 actor calls async", lambda: len(aioray.get([a.small_value.remote() for _ in range(1000)])), duration, runs)  # fmt: skip
         c = Actor.options(max_concurrency=16).remote()

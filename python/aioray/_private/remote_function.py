@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from aioray._private.arity import CallShape
 from aioray._private.common.resources import task_resources
@@ -21,8 +22,32 @@ _FUNCTION_OPTIONS = {
     "memory",
     "scheduling_strategy",
     "runtime_env",
+    "_generator_backpressure_num_objects",
 }
 DEFAULT_MAX_RETRIES = 3
+GENERATOR_RETURNS = ("streaming", "dynamic")
+
+
+def check_num_returns(num_returns: Any, fn: Callable[..., Any] | None) -> int | str:
+    """`num_returns` as given, or "streaming" for a generator function that names none (as Ray)."""
+    if num_returns is None:
+        is_generator = fn is not None and (inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn))
+        return "streaming" if is_generator else 1
+    if num_returns in GENERATOR_RETURNS:
+        return str(num_returns)
+    if not isinstance(num_returns, int) or isinstance(num_returns, bool) or num_returns < 0:
+        raise ValueError(
+            f"num_returns must be a non-negative integer, 'streaming' or 'dynamic', got {num_returns!r}"
+        )
+    return num_returns
+
+
+def check_backpressure(value: Any) -> int:
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or value < -1:
+        raise ValueError(f"_generator_backpressure_num_objects must be an integer, got {value!r}")
+    return max(0, value)  # -1 and 0: no backpressure
 
 
 # Ray options aioray accepts only at their default value for now: anything else would be silently
@@ -57,14 +82,34 @@ def validate_options(options: dict[str, Any], allowed: set[str], what: str) -> N
         raise ValueError(f"resources must be a dict of names to numbers, got {res!r}")
 
 
-class RemoteFunction:
-    """A function to run as a task: ``f.remote(*args)`` returns an ObjectRef at once."""
+if TYPE_CHECKING:  # defaults (PEP 696): a bare `RemoteFunction` is `RemoteFunction[..., Any]`
+    from typing_extensions import ParamSpec as _ParamSpecWithDefault
+    from typing_extensions import TypeVar as _TypeVarWithDefault
+
+    _P = _ParamSpecWithDefault("_P", default=...)
+    _Ret_co = _TypeVarWithDefault("_Ret_co", covariant=True, default=Any)
+else:
+    _P = ParamSpec("_P")
+    _Ret_co = TypeVar("_Ret_co", covariant=True)
+
+
+class RemoteFunction(Generic[_P, _Ret_co]):
+    """A function to run as a task: ``f.remote(*args)`` returns an ObjectRef at once.
+
+    For type checkers, ``RemoteFunction[P, Ret]`` takes the function's parameters ``P`` and returns
+    ``Ret`` from ``remote``: ``ObjectRef[R]`` for ``@remote`` on a function returning ``R``; ``Any``
+    for a generator function or a ``num_returns`` other than 1 (a list of refs, None, or a generator).
+    """
 
     def __init__(self, fn: Callable[..., Any], options: dict[str, Any]) -> None:
         validate_options(options, _FUNCTION_OPTIONS, "a remote function")
-        num_returns = options.get("num_returns", 1)
-        if not isinstance(num_returns, int) or num_returns < 0:
-            raise ValueError(f"num_returns must be a non-negative integer, got {num_returns!r}")
+        if inspect.iscoroutinefunction(fn):
+            raise ValueError(
+                f"'async def' should not be used for remote tasks ({getattr(fn, '__name__', fn)}): a task runs "
+                "in a worker of its own; use an async actor method to run a coroutine"
+            )
+        num_returns = check_num_returns(options.get("num_returns"), fn)
+        self._backpressure = check_backpressure(options.get("_generator_backpressure_num_objects"))
         max_retries = options.get("max_retries", DEFAULT_MAX_RETRIES)
         if not isinstance(max_retries, int) or max_retries < -1:
             raise ValueError(f"max_retries must be an integer >= -1, got {max_retries!r}")
@@ -93,13 +138,33 @@ class RemoteFunction:
             "and get the result with aioray.get(ref) or `await ref`"
         )
 
-    def options(self, **options: Any) -> RemoteFunction:
+    @overload
+    def options(self, *, num_returns: Literal[1], **options: Any) -> RemoteFunction[_P, _Ret_co]: ...
+    @overload
+    def options(self, *, num_returns: int | str | None, **options: Any) -> RemoteFunction[_P, Any]: ...
+    @overload
+    def options(self, **options: Any) -> RemoteFunction[_P, _Ret_co]: ...
+    def options(self, **options: Any) -> RemoteFunction[_P, Any]:
         """A copy with some options changed (num_cpus, num_returns, max_retries, ...)."""
         return RemoteFunction(self._function, {**self._options, **options})
 
-    def remote(self, *args: Any, **kwargs: Any) -> Any:
+    # The returns below are `Ret` by construction (see the class docstring), which mypy cannot see.
+    def remote(self, *args: _P.args, **kwargs: _P.kwargs) -> _Ret_co:
         self._call_shape.check(self._name, args, kwargs)
         core = object_ref.global_worker()
+        if isinstance(self._num_returns, str):  # a generator task
+            generator, end = core.submit_generator_task(
+                self._function,
+                self._name,
+                args,
+                kwargs,
+                resources=self._resources,
+                max_retries=self._max_retries,
+                retry_exceptions=self._retry_exceptions,
+                backpressure=self._backpressure,
+                dynamic=self._num_returns == "dynamic",
+            )
+            return end if self._num_returns == "dynamic" else generator  # type: ignore[return-value]
         refs = core.submit_task(
             self._function,
             self._name,
@@ -111,7 +176,7 @@ class RemoteFunction:
             retry_exceptions=self._retry_exceptions,
         )
         if self._num_returns == 1:
-            return refs[0]
+            return refs[0]  # type: ignore[return-value]
         if self._num_returns == 0:
-            return None
-        return refs
+            return None  # type: ignore[return-value]
+        return refs  # type: ignore[return-value]

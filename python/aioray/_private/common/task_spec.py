@@ -61,6 +61,7 @@ class TaskSpec:
     actor_id: bytes = b""  # set for actor method calls
     method: str = ""
     concurrency_group: str = ""  # an actor call's group, when the caller chose one (else the method's)
+    streaming: bool = False  # a generator task: items are reported one by one (core_worker/generators)
 
     def to_wire(self) -> tuple[Any, ...]:
         return (
@@ -76,6 +77,7 @@ class TaskSpec:
             self.actor_id,
             self.method,
             self.concurrency_group,
+            self.streaming,
         )
 
     @classmethod

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
+import collections.abc
 import concurrent.futures
 import contextlib
 import ctypes
@@ -38,6 +39,7 @@ from aioray._private.common import serialization, task_spec
 from aioray._private.common.config import ACTOR_GRACEFUL_SHUTDOWN_TIMEOUT_S
 from aioray._private.common.process import new_event_loop
 from aioray._private.common.task_spec import ActorCreationSpec, TaskSpec
+from aioray._private.core_worker import generators
 from aioray._private.core_worker.borrowing import BorrowProtocol
 from aioray._private.core_worker.ownership import ObjectValue
 from aioray._private.core_worker.runtime import Runtime
@@ -234,6 +236,9 @@ class Executor:
                 return self._cancelled_result(spec)
             try:
                 value = fn(*args, **kwargs)
+                if spec.streaming:
+                    self._stream(spec, value)
+                    value = None
             except KeyboardInterrupt:
                 if task_id in self.cancelled:
                     return self._cancelled_result(spec)
@@ -332,6 +337,41 @@ class Executor:
         value, _ = serialization.deserialize(buf)
         return value
 
+    # -- streaming generators ----------------------------------------------------------------------
+    def _stream(self, spec: TaskSpec, items: Any) -> None:
+        """Runs a generator task's generator, reporting each item to the owner as it comes; each
+        report waits for the owner's answer (its backpressure). Returns the task's value: None."""
+        if not inspect.isgenerator(items) and not isinstance(items, collections.abc.Iterator):
+            raise TypeError(
+                f"{spec.name} was called as a generator task but returned {type(items).__name__}, not a "
+                "generator (an async generator runs only in an async actor)"
+            )
+        loop = self._runtime.loop
+        for index, item in enumerate(items):
+            ret = self._store_one(spec, generators.item_id(spec.task_id, index), item)
+            asyncio.run_coroutine_threadsafe(self._report_item(spec, index, ret), loop).result()
+
+    async def _stream_async(self, spec: TaskSpec, items: Any) -> None:
+        """`_stream` for an async actor's method: an async generator (or a plain one)."""
+        if not inspect.isasyncgen(items):
+            await asyncio.to_thread(self._stream, spec, items)
+            return
+        loop = self._runtime.loop
+        index = 0
+        async for item in items:
+            ret = self._store_one(spec, generators.item_id(spec.task_id, index), item)
+            await asyncio.wrap_future(
+                asyncio.run_coroutine_threadsafe(self._report_item(spec, index, ret), loop)
+            )
+            index += 1
+
+    async def _report_item(self, spec: TaskSpec, index: int, ret: tuple[Any, ...]) -> None:
+        """On the core loop: sends one item to the owner; returns once the owner lets us go on."""
+        if self._borrows.has_pending():  # borrows of refs inside the item are known before it is
+            await self._borrows.flush_registrations()
+        stub = self._runtime.channels.stub(spec.owner, pb.CoreWorkerStub)
+        await stub.report_generator_item(pb.Blob(data=serialization.dumps_plain((spec.task_id, index, ret))))
+
     def _store_returns(self, spec: TaskSpec, value: Any) -> list[tuple[Any, ...]]:
         if spec.num_returns == 1:
             outputs = [value]
@@ -344,20 +384,18 @@ class Executor:
                     f"{type(value).__name__} {value!r:.60}"
                 )
             outputs = list(value)
-        returns: list[tuple[Any, ...]] = []
-        for oid, out in zip(spec.return_ids, outputs, strict=True):
-            frame = serialization.serialize(out)
-            inner = [(r.binary(), r.owner_address) for r in frame.contained_refs]
-            if inner:
-                self._borrows.lend_refs(inner, spec.owner)
-            if frame.size <= self._inline_limit:
-                returns.append((task_spec.RET_INLINE, frame.to_bytes(), inner))
-            else:
-                self._write_to_store(oid, frame)
-                returns.append(
-                    (task_spec.RET_STORE, self._node_id, frame.size, inner, self._runtime.raylet_address)
-                )
-        return returns
+        return [self._store_one(spec, oid, out) for oid, out in zip(spec.return_ids, outputs, strict=True)]
+
+    def _store_one(self, spec: TaskSpec, oid: bytes, out: Any) -> tuple[Any, ...]:
+        """One output as it travels to the owner: inline bytes, or where it was written to the store."""
+        frame = serialization.serialize(out)
+        inner = [(r.binary(), r.owner_address) for r in frame.contained_refs]
+        if inner:
+            self._borrows.lend_refs(inner, spec.owner)
+        if frame.size <= self._inline_limit:
+            return (task_spec.RET_INLINE, frame.to_bytes(), inner)
+        self._write_to_store(oid, frame)
+        return (task_spec.RET_STORE, self._node_id, frame.size, inner, self._runtime.raylet_address)
 
     def _error_result(self, spec: TaskSpec, err: RayTaskError, status: int) -> Outcome:
         frame = _error_frame(err)
@@ -552,7 +590,10 @@ class Executor:
             else:
                 try:
                     value = fn(*args, **kwargs)
-                    if inspect.isawaitable(value):
+                    if spec.streaming:
+                        await self._stream_async(spec, value)
+                        value = None
+                    elif inspect.isawaitable(value):
                         value = await value
                     outcome = NO_REPLY if self.exit_reason is not None else self._finish(spec, value)
                 except asyncio.CancelledError:
@@ -601,7 +642,7 @@ async def _awaited(awaitable: Any) -> Any:
 def _user_traceback(e: BaseException) -> str:
     """The traceback of the user's code, without aioray's own frames above it."""
     tb = e.__traceback__
-    # Skip the executor's frame: the user's function starts one level down.
-    if tb is not None and tb.tb_next is not None:
+    # Skip the executor's frames (one, or two for a generator's): the user's code starts below.
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename == __file__:
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(e), e, tb))

@@ -20,7 +20,7 @@ import concurrent.futures
 import contextlib
 import contextvars
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from aioray._private.common import serialization
 
@@ -63,8 +63,20 @@ def global_worker(auto_connect: bool = True) -> CoreWorker:
     return _worker
 
 
-class ObjectRef:
-    """A reference to a remote object: ``await ref`` or ``aioray.get(ref)`` for its value."""
+if TYPE_CHECKING:  # a default (PEP 696) keeps a bare `ObjectRef` meaning `ObjectRef[Any]`
+    from typing_extensions import TypeVar as _TypeVarWithDefault
+
+    _T_co = _TypeVarWithDefault("_T_co", covariant=True, default=Any)
+else:
+    _T_co = TypeVar("_T_co", covariant=True)
+
+
+class ObjectRef(Generic[_T_co]):
+    """A reference to a remote object: ``await ref`` or ``aioray.get(ref)`` for its value.
+
+    Generic in the value's type for type checkers only (``ObjectRef[int]``: ``await ref`` is an
+    int); a bare ``ObjectRef`` is ``ObjectRef[Any]``.
+    """
 
     # `_view` and `_callbacks` are set only once the ref is used as an asyncio future.
     __slots__ = ("__weakref__", "_callbacks", "_counted", "_id", "_owner", "_view")
@@ -107,11 +119,16 @@ class ObjectRef:
         if self._counted and _worker is not None:
             _worker.refs.remove_local(self._id)
 
-    def future(self) -> concurrent.futures.Future[Any]:
+    def future(self) -> concurrent.futures.Future[_T_co]:
         """A concurrent.futures.Future of the value (or its error)."""
         return global_worker(auto_connect=False).get_future(self)
 
-    def __await__(self) -> Generator[Any, None, Any]:
+    def as_future(self) -> asyncio.Future[Any]:
+        """An asyncio.Future of the value on the running loop (Ray's ``as_future``); cancelling it
+        leaves the task running."""
+        return asyncio.wrap_future(self.future())
+
+    def __await__(self) -> Generator[Any, None, _T_co]:
         # Cancelling the awaiting coroutine cancels the task, unless the result is needed
         # elsewhere; ``await aioray.shield(ref)`` never cancels it.
         return global_worker(auto_connect=False).await_ref(self).__await__()
@@ -215,13 +232,13 @@ class ObjectRef:
         return view.remove_done_callback(call)
 
     def cancel(self, msg: Any = None) -> bool:
-        """Cancels this future (e.g. ``asyncio.wait_for`` timing out) and the task that makes the
-        object, unless its result is needed elsewhere (the rule of a cancelled ``await ref``)."""
+        """Cancels this future on this loop (``asyncio.wait_for(ref, t)`` timing out does), not the
+        task: as in Ray, the ref can be awaited again. The task is cancelled by ``aioray.cancel`` or
+        by cancelling a coroutine that awaits the ref (see docs/asyncio.md)."""
         view = self._loop_view()
         if view.done():
             return False
         view.cancel(msg)
-        global_worker(auto_connect=False).cancel_if_abandoned(self)
         return True
 
 

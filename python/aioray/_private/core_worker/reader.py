@@ -413,12 +413,6 @@ class ObjectReader:
             return out
         return self._runtime.submit(self.wait_async([ref], 1, None))
 
-    def cancel_if_abandoned(self, ref: ObjectRef) -> None:
-        """The asyncio view of `ref` was cancelled (e.g. by ``asyncio.wait_for``): cancel its task by
-        the rule of `await_ref`, and only if no coroutine awaits it either."""
-        if not self._awaiters.get(ref.binary()) and self._abandoned(ref):
-            self._cancel(ref)
-
     async def await_ref(self, ref: ObjectRef, cancel_on_cancel: bool = True) -> Any:
         """``await ref`` on any loop: the value; if the awaiting coroutine is cancelled, the task is
         cancelled too, unless something else still needs its result (see `_abandoned`)."""

@@ -7,6 +7,7 @@
 - The GCS asks a leased worker to become an actor (`CreateActor`).
 - Anyone may ask to cancel a task (`CancelTask`).
 - The GCS asks an actor to exit gracefully once its last handle is gone (`ExitActor`).
+- A generator task reports its items to their owner one by one (`ReportGeneratorItem`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from aioray._private.common import proto_enums, task_spec
+from aioray._private.common import proto_enums, serialization, task_spec
 from aioray._private.core_worker.borrowing import BorrowProtocol
 from aioray._private.core_worker.executor import Executor
 from aioray._private.core_worker.ownership import OwnershipTable
@@ -123,6 +124,11 @@ class CoreWorkerService(pb.CoreWorkerBase):
         # Running (or queued) here? Else it is one of ours, asked by a non-owner.
         if self._executor is None or not self._executor.cancel(req.task_id, req.force, req.recursive):
             self._submitter.cancel(req.task_id, req.force, req.recursive)
+        return pb.Empty()
+
+    async def report_generator_item(self, blob: pb.Blob) -> pb.Empty:
+        task_id, index, ret = serialization.loads_plain(blob.data)
+        await self._submitter.on_generator_item(task_id, index, ret)
         return pb.Empty()
 
     async def exit_actor(self, exit_actor_request: pb.ExitActorRequest) -> pb.Empty:

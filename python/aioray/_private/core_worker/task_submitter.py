@@ -17,6 +17,7 @@ from aioray._private.common import serialization, task_spec
 from aioray._private.common.resources import ResourceSet
 from aioray._private.core_worker.dependencies import DependencyResolver
 from aioray._private.core_worker.functions import FunctionManager
+from aioray._private.core_worker.generators import GeneratorStreams
 from aioray._private.core_worker.lease_pool import (
     LeasedWorker,
     LeasePool,
@@ -77,6 +78,7 @@ class TaskSubmitter:
         wait_value: WaitValue,
         store_result: StoreResult,
         note_node: Callable[[bytes, str], None],
+        node_is_dead: Callable[[bytes], bool],
     ) -> None:
         self._runtime = runtime
         self._job_id = job_id
@@ -93,6 +95,9 @@ class TaskSubmitter:
         self.actor_tasks: set[bytes] = set()  # unfinished actor calls (force-cancel refuses them)
         # Finished tasks whose outputs live in a store, kept to re-run them if a node loses them.
         self.lineage: dict[bytes, PendingTask] = {}
+        self._node_is_dead = node_is_dead
+        self._rebuilt_from: dict[bytes, set[bytes]] = {}  # generator task -> nodes whose items it rebuilt
+        self.generators = GeneratorStreams(refs, lambda: runtime.address, store_result, node_is_dead)
 
     # -- submission ----------------------------------------------------------------------------
     def submit_new(self, p: PendingTask, fid: bytes, pickled: bytes) -> None:
@@ -173,18 +178,19 @@ class TaskSubmitter:
             p.retries_left -= 1
             self.retry(p)
             return
-        values = []
-        inner_all: list[tuple[tuple[bytes, str], ...]] = []
-        for ret in returns:
-            if ret[0] == task_spec.RET_INLINE:
-                values.append(ObjectValue(ret[1]))
-                inner_all.append(tuple(ret[2]))
-            else:
-                node_id, size, inner, raylet = ret[1], ret[2], ret[3], ret[4]
-                self._note_node(node_id, raylet)
-                values.append(ObjectValue(None, node_id, raylet, size))
-                inner_all.append(tuple(inner))
-        self.complete(p, values, inner_all)
+        decoded = [self._decode_return(ret) for ret in returns]
+        self.complete(p, [v for v, _ in decoded], [inner for _, inner in decoded])
+
+    def _decode_return(self, ret: tuple[Any, ...]) -> tuple[ObjectValue, tuple[tuple[bytes, str], ...]]:
+        if ret[0] == task_spec.RET_INLINE:
+            return ObjectValue(ret[1]), tuple(ret[2])
+        node_id, size, inner, raylet = ret[1], ret[2], ret[3], ret[4]
+        self._note_node(node_id, raylet)
+        return ObjectValue(None, node_id, raylet, size), tuple(inner)
+
+    async def on_generator_item(self, task_id: bytes, index: int, ret: tuple[Any, ...]) -> None:
+        """An item of a generator task this process owns; returns when its producer may go on."""
+        await self.generators.on_item(task_id, index, ret, self._decode_return)
 
     @staticmethod
     def _lost_an_argument(p: PendingTask, ret: tuple[Any, ...]) -> bool:
@@ -234,6 +240,16 @@ class TaskSubmitter:
         if self.tasks.pop(p.spec.task_id, None) is None:
             return  # completed already (e.g. cancelled while its result was on the way)
         self.actor_tasks.discard(p.spec.task_id)
+        if p.spec.streaming:
+            # Its items were recorded as they came: its result only says how the stream ended.
+            end = values[0].inline if values else None
+            error = end if end is not None and serialization.peek_flags(end)[1] else None
+            self.generators.finish(p.spec.task_id, error, p.spec.return_ids[0])
+            if not p.spec.actor_id:
+                self.lineage[p.spec.task_id] = p  # to re-run it if a node loses an item
+            if p.arg_refs:
+                self._refs.remove_submitted(p.arg_refs)
+            return
         if not p.spec.actor_id and any(v.inline is None for v in values):
             self.lineage[p.spec.task_id] = p
         for i, (oid, value) in enumerate(zip(p.spec.return_ids, values, strict=True)):
@@ -255,8 +271,27 @@ class TaskSubmitter:
                 f"object {oid.hex()} was lost with its node and cannot be rebuilt: only the outputs of tasks "
                 "can be reconstructed (objects made by put() cannot)"
             )
+        current = self._refs.get(oid)
+        node = current.value.node_id if current is not None and current.value is not None else None
+        if p.spec.streaming and node is not None:
+            # One re-run rebuilds every item of a lost node; a late request for an item it already
+            # put on another (live) node must not run the generator once more.
+            lost_nodes = self._rebuilt_from.setdefault(task_id, set())
+            if lost_nodes and node not in lost_nodes and not self._node_is_dead(node):
+                return
+            lost_nodes.add(node)
         if task_id not in self.tasks:
-            for rid in p.spec.return_ids:
+            lost = [*p.spec.return_ids, oid]
+            if p.spec.streaming:  # every item that was on the same node is lost too: one re-run for all
+                for item in self.generators.items.get(task_id, ()):
+                    item_entry = self._refs.get(item)
+                    if (
+                        item_entry is not None
+                        and item_entry.value is not None
+                        and item_entry.value.node_id == node
+                    ):
+                        lost.append(item)
+            for rid in lost:
                 entry = self._refs.get(rid)
                 if entry is not None:
                     entry.value = None
@@ -270,7 +305,14 @@ class TaskSubmitter:
 
     def forget_lineage(self, oid: bytes) -> None:
         p = self.lineage.get(oid[: len(oid) - 4])
-        if p is not None and not any(rid in self._refs for rid in p.spec.return_ids):
+        if p is None:
+            return
+        if p.spec.streaming:
+            if not self.generators.item_alive(p.spec.task_id):
+                del self.lineage[p.spec.task_id]
+                self.generators.forget(p.spec.task_id)
+                self._rebuilt_from.pop(p.spec.task_id, None)
+        elif not any(rid in self._refs for rid in p.spec.return_ids):
             del self.lineage[p.spec.task_id]
 
     # -- cancellation --------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from aioray._private.core_worker.borrowing import BorrowProtocol
 from aioray._private.core_worker.dependencies import Dependency, DependencyResolver
 from aioray._private.core_worker.executor import Executor
 from aioray._private.core_worker.functions import FunctionManager
+from aioray._private.core_worker.generators import ObjectRefGenerator
 from aioray._private.core_worker.lease_pool import PendingTask
 from aioray._private.core_worker.nodes import NodeDirectory
 from aioray._private.core_worker.object_ref import ObjectRef
@@ -108,6 +109,7 @@ class CoreWorker:
             self.reader.wait_value,
             self._store_result,
             self.nodes.note,
+            lambda node_id: node_id in self.nodes.dead,
         )
         self.actors = ActorClient(runtime, self.submitter, self.functions, self.nodes.address_of)
         self.submitter.actors = self.actors
@@ -230,6 +232,46 @@ class CoreWorker:
         self.runtime.call_soon(self.submitter.submit_new, pending, fid, pickled)
         return refs
 
+    def submit_generator_task(
+        self,
+        fn: Any,
+        name: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        *,
+        resources: ResourceSet,
+        max_retries: int,
+        retry_exceptions: bool | tuple[type[BaseException], ...],
+        backpressure: int = 0,
+        dynamic: bool = False,
+    ) -> tuple[ObjectRefGenerator, ObjectRef]:
+        """Submits a generator task: the generator of its items' refs (a retried attempt or a re-run
+        yields them again; the owner keeps the first of each), and the ref of its end. With
+        `dynamic` (Ray's ``num_returns="dynamic"``) that ref's value is, once the task ended, a
+        DynamicObjectRefGenerator of all the items' refs."""
+        fid, pickled = self.functions.function_id(fn)
+        spec, deps, kept, (end,) = self._new_call(name, args, kwargs, 1, fid)
+        spec.streaming = True
+        pending = PendingTask(spec, resources, max_retries, retry_exceptions, kept, deps)
+        self.runtime.call_soon(self._open_stream, pending, backpressure, fid, pickled, dynamic)
+        return ObjectRefGenerator(spec.task_id, self), end
+
+    def _open_stream(
+        self,
+        p: PendingTask,
+        backpressure: int,
+        fid: bytes | None,
+        pickled: bytes | None,
+        dynamic: bool = False,
+    ) -> None:
+        """On the loop: the stream exists before any item can be reported, then the task goes."""
+        self.submitter.generators.open(p.spec.task_id, p.spec.name, backpressure, dynamic)
+        if fid is None:
+            self.actors.submit(p)
+        else:
+            assert pickled is not None
+            self.submitter.submit_new(p, fid, pickled)
+
     def submit_actor_task(
         self,
         actor_id: bytes,
@@ -248,6 +290,27 @@ class CoreWorker:
         self.submitter.actor_tasks.add(spec.task_id)
         self.runtime.call_soon(self.actors.submit, pending)
         return refs
+
+    def submit_actor_generator_task(
+        self,
+        actor_id: bytes,
+        method: str,
+        name: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        *,
+        max_task_retries: int,
+        concurrency_group: str = "",
+        backpressure: int = 0,
+    ) -> ObjectRefGenerator:
+        """An actor method that yields: the generator of its items' refs."""
+        spec, deps, kept, _ = self._new_call(name, args, kwargs, 1, b"", actor_id, method)
+        spec.concurrency_group = concurrency_group
+        spec.streaming = True
+        pending = PendingTask(spec, ResourceSet(), max_task_retries, False, kept, deps)
+        self.submitter.actor_tasks.add(spec.task_id)
+        self.runtime.call_soon(self._open_stream, pending, backpressure, None, None)
+        return ObjectRefGenerator(spec.task_id, self)
 
     def start_actor(
         self,
@@ -334,9 +397,6 @@ class CoreWorker:
 
     def ready_future(self, ref: ObjectRef) -> concurrent.futures.Future[Any]:
         return self.reader.ready_future(ref)
-
-    def cancel_if_abandoned(self, ref: ObjectRef) -> None:
-        self.reader.cancel_if_abandoned(ref)
 
     def wait(
         self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None

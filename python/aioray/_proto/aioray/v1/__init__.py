@@ -590,6 +590,23 @@ class CoreWorkerStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def report_generator_item(
+        self,
+        blob: "Blob",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Empty":
+        return await self._unary_unary(
+            "/aioray.v1.CoreWorker/ReportGeneratorItem",
+            blob,
+            Empty,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class NodeInfoGcsServiceStub(betterproto.ServiceStub):
     async def register_node(
@@ -1236,6 +1253,9 @@ class CoreWorkerBase(ServiceBase):
     async def exit_actor(self, exit_actor_request: "ExitActorRequest") -> "Empty":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def report_generator_item(self, blob: "Blob") -> "Empty":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_push_tasks(
         self, stream: "grpclib.server.Stream[Blob, Blob]"
     ) -> None:
@@ -1286,6 +1306,13 @@ class CoreWorkerBase(ServiceBase):
         response = await self.exit_actor(request)
         await stream.send_message(response)
 
+    async def __rpc_report_generator_item(
+        self, stream: "grpclib.server.Stream[Blob, Empty]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.report_generator_item(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/aioray.v1.CoreWorker/PushTasks": grpclib.const.Handler(
@@ -1328,6 +1355,12 @@ class CoreWorkerBase(ServiceBase):
                 self.__rpc_exit_actor,
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ExitActorRequest,
+                Empty,
+            ),
+            "/aioray.v1.CoreWorker/ReportGeneratorItem": grpclib.const.Handler(
+                self.__rpc_report_generator_item,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                Blob,
                 Empty,
             ),
         }
