@@ -6,7 +6,7 @@ Sync, Ray-compatible: ``import aioray as ray; ray.init(); ray.get(f.remote(x))``
 
 from importlib.metadata import PackageNotFoundError, version
 
-from aioray import exceptions, util
+from aioray import actor, exceptions, util
 from aioray._private.actor import ActorClass, ActorHandle, ActorProxy, method
 from aioray._private.api import (
     available_resources,
@@ -69,6 +69,7 @@ __all__ = [
     "TaskCancelledError",
     "WorkerCrashedError",
     "__version__",
+    "actor",
     "available_resources",
     "cancel",
     "cluster_resources",

@@ -51,7 +51,7 @@ def test_state_order_and_handles(ray) -> None:
     assert ray.get([a, b]) == [60, -60]
     # Handles are picklable: tasks call the same actor.
     assert sorted(ray.get([use_counter.remote(c, 1) for _ in range(5)])) == list(range(61, 66))
-    assert ray.get(c.my_id.remote()) == c.actor_id
+    assert ray.get(c.my_id.remote()) == c._actor_id.hex()  # as in Ray: `handle._actor_id.hex()`
     with pytest.raises(AttributeError, match="no method 'nope'"):
         c.nope.remote()
     with pytest.raises(TypeError, match=r"Counter\.inc\.remote"):

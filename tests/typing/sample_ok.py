@@ -86,7 +86,7 @@ def sync_api() -> None:
     handle = Counter.remote(1, step=2)
     assert_type(handle, ActorHandle[CounterImpl])
     assert_type(Counter.options(name="c").remote(0), ActorHandle[CounterImpl])
-    assert_type(handle.actor_id, str)
+    assert_type(handle._actor_id, bytes)
     aioray.kill(handle)
     anything = handle.untyped.remote("not checked")  # a plain ActorHandle: methods are unchecked
     assert_type(anything, Any)

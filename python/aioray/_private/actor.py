@@ -212,9 +212,18 @@ class ActorClass(Generic[_T, _P]):
         lifetime = options.get("lifetime")
         if lifetime not in (None, "detached", "non_detached"):
             raise ValueError(f"lifetime must be 'detached' or 'non_detached', got {lifetime!r}")
-        max_task_retries = options.get("max_task_retries", 0)
-        if not isinstance(max_task_retries, int) or max_task_retries < -1:
-            raise ValueError(f"max_task_retries must be an integer >= -1, got {max_task_retries!r}")
+        for key in ("max_task_retries", "max_restarts"):
+            value = options.get(key, 0)
+            if not isinstance(value, int) or isinstance(value, bool) or value < -1:
+                raise ValueError(f"{key} only accepts -1, 0 or a positive integer, got {value!r}")
+        name = options.get("name")
+        if name is not None:
+            if not isinstance(name, str):
+                raise TypeError(f"an actor's name must be a string, got {type(name).__name__}")
+            if not name:
+                raise ValueError("an actor's name cannot be empty (leave it out for an anonymous actor)")
+        if options.get("get_if_exists") and not name:
+            raise ValueError("get_if_exists needs the actor's name: .options(name=..., get_if_exists=True)")
         _method_groups(cls, _check_groups(options.get("concurrency_groups")))  # refuse bad groups early
         self._cls = cls
         self._options = options
@@ -225,6 +234,23 @@ class ActorClass(Generic[_T, _P]):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
             f"actor class {self._cls.__name__} cannot be instantiated directly: use {self._cls.__name__}.remote(...)"
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        # The class's own attributes (constants, static and class methods) through the actor class,
+        # as in Ray, where the actor class derives from the user's.
+        cls = self.__dict__.get("_cls")
+        if cls is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(cls, name)
+
+    def __dir__(self) -> list[str]:
+        return sorted({"options", "remote", *(n for n in dir(self._cls) if not n.startswith("__"))})
+
+    def __mro_entries__(self, bases: tuple[Any, ...]) -> tuple[type, ...]:
+        raise TypeError(
+            "Inheriting from actor classes is not currently supported: inherit from the plain class and "
+            "make the derived class an actor with @aioray.remote"
         )
 
     def options(self, **options: Any) -> ActorClass[_T, _P]:
@@ -297,11 +323,15 @@ class ActorHandle(Generic[_T_co]):
     def __getattr__(self, name: str) -> ActorMethod:
         if name in _BUILTIN_METHODS:
             return ActorMethod(self, name, 1)
-        if name.startswith("_"):
+        meta = self.__dict__.get("_meta")
+        if meta is not None and name in meta.methods:
+            return ActorMethod(self, name, meta.methods[name])
+        if name.startswith("_") or meta is None:
             raise AttributeError(name)
-        if name not in self._meta.methods:
-            raise AttributeError(f"actor {self._meta.class_name} has no method {name!r}")
-        return ActorMethod(self, name, self._meta.methods[name])
+        raise AttributeError(f"actor {meta.class_name} has no method {name!r}")
+
+    def __dir__(self) -> list[str]:
+        return sorted({*self._meta.methods, *_BUILTIN_METHODS})
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (ActorHandle, (self._actor_id, self._meta, self._lifetime))
@@ -315,11 +345,7 @@ class ActorHandle(Generic[_T_co]):
     def __repr__(self) -> str:
         return f"Actor({self._meta.class_name}, {self._actor_id.hex()[:12]})"
 
-    @property
-    def actor_id(self) -> str:
-        return self._actor_id.hex()
-
-    async def _wait_ready(self) -> ActorHandle:
+    async def _aioray_wait_ready(self) -> ActorHandle:
         """Waits until the actor is alive; raises its death cause (e.g. the constructor's error)."""
         core = object_ref.global_worker()
         fut = asyncio.run_coroutine_threadsafe(core.wait_actor_started(self._actor_id), core.loop)

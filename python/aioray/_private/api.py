@@ -139,7 +139,7 @@ def remote(*args: Any, **options: Any) -> Any:
 
     if len(args) == 1 and not options and callable(args[0]):
         return wrap(args[0])
-    if args:
+    if args or not options:  # `@remote()` too, as in Ray: it would silently mean nothing
         raise TypeError("use @remote or @remote(option=value, ...)")
     return wrap
 
@@ -159,12 +159,12 @@ def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) 
     core = global_worker()
     if isinstance(refs, ObjectRef):
         return core.get([refs], timeout)[0]
-    if not isinstance(refs, list | tuple):
-        raise TypeError(f"get() takes an ObjectRef or a list of them, got {type(refs).__name__}")
+    if not isinstance(refs, list):  # a ValueError, as in Ray
+        raise ValueError(f"get() takes an ObjectRef or a list of ObjectRefs, got {type(refs).__name__}")
     for r in refs:
         if not isinstance(r, ObjectRef):
             raise TypeError(f"get() takes ObjectRefs, got {type(r).__name__} in the list")
-    return core.get(list(refs), timeout)
+    return core.get(refs, timeout)
 
 
 def put(value: _T) -> ObjectRef[_T]:
@@ -184,9 +184,16 @@ def wait(
     Both lists keep the input order.
     """
     _check_timeout(timeout)
-    if isinstance(refs, ObjectRef) or not isinstance(refs, list | tuple):
-        raise TypeError("wait() takes a list of ObjectRefs")
-    return global_worker().wait(list(refs), num_returns, timeout)
+    if not isinstance(refs, list):
+        raise TypeError(f"wait() takes a list of ObjectRefs, got {type(refs).__name__}")
+    for r in refs:
+        if not isinstance(r, ObjectRef):
+            raise TypeError(f"wait() takes ObjectRefs, got {type(r).__name__} in the list")
+    if not isinstance(num_returns, int) or num_returns < 1:
+        raise ValueError(f"invalid number of objects to return: {num_returns!r} (at least 1)")
+    if not refs:
+        return [], []
+    return global_worker().wait(refs, num_returns, timeout)
 
 
 def _node_table_call(call: Callable[[pb.NodeInfoGcsServiceStub], Any], timeout: float = 10) -> Any:
@@ -244,7 +251,9 @@ def available_resources() -> dict[str, float]:
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     """Kills an actor; later calls raise ActorDiedError. With no_restart=False it may restart."""
     if not isinstance(actor, ActorHandle):
-        raise TypeError(f"kill() takes an actor handle, got {type(actor).__name__}")
+        raise ValueError(
+            f"kill() only takes actor handles, got {type(actor).__name__}; for tasks, use aioray.cancel()"
+        )
     core = global_worker()
     core.run_sync(core.kill_actor(actor._actor_id, no_restart), timeout=30)
 

@@ -75,7 +75,7 @@ class Cluster:
         if isinstance(fn, type):
             fn = ActorClass(fn, {})
         if isinstance(fn, ActorClass):
-            return await fn.remote(*args, **kwargs)._wait_ready()
+            return await fn.remote(*args, **kwargs)._aioray_wait_ready()
         if not isinstance(fn, RemoteFunction):
             fn = RemoteFunction(fn, {})
         refs = fn.remote(*args, **kwargs)

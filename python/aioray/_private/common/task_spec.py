@@ -62,6 +62,7 @@ class TaskSpec:
     method: str = ""
     concurrency_group: str = ""  # an actor call's group, when the caller chose one (else the method's)
     streaming: bool = False  # a generator task: items are reported one by one (core_worker/generators)
+    num_cpus: float = 0.0  # the CPUs its lease holds (a task's OMP_NUM_THREADS follows them, as in Ray)
 
     def to_wire(self) -> tuple[Any, ...]:
         return (
@@ -78,6 +79,7 @@ class TaskSpec:
             self.method,
             self.concurrency_group,
             self.streaming,
+            self.num_cpus,
         )
 
     @classmethod

@@ -113,6 +113,11 @@ class Executor:
         self._exit_hooks_ran = False
         self._cv = threading.Condition()
         self._task_thread: int | None = None  # the thread `serve` runs on
+        # Unless the user set it, OMP_NUM_THREADS follows each task's CPUs (1 at least), as in Ray,
+        # so numerical libraries do not start a thread per core of the machine in every worker.
+        self._set_omp_threads = "OMP_NUM_THREADS" not in os.environ
+        if self._set_omp_threads:
+            os.environ["OMP_NUM_THREADS"] = "1"
 
     def serve(self) -> None:
         """Runs plain tasks and sync actor methods on the calling thread, forever.
@@ -216,6 +221,8 @@ class Executor:
             return self._cancelled_result(spec)
         ctx = self.context
         ctx.task_id, ctx.task_name, ctx.lease_id = task_id, self.actor_name or spec.name, lease_id
+        if self._set_omp_threads and not spec.actor_id:
+            os.environ["OMP_NUM_THREADS"] = str(max(1, int(spec.num_cpus)))
         me = threading.get_ident()
         with self._running_lock:  # cancellable from here on, while its arguments are read too
             self._running[task_id] = me

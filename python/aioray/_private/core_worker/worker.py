@@ -228,6 +228,7 @@ class CoreWorker:
     ) -> list[ObjectRef]:
         fid, pickled = self.functions.function_id(fn)
         spec, deps, kept, refs = self._new_call(name, args, kwargs, num_returns, fid)
+        spec.num_cpus = resources.get("CPU")
         pending = PendingTask(spec, resources, max_retries, retry_exceptions, kept, deps)
         self.runtime.call_soon(self.submitter.submit_new, pending, fid, pickled)
         return refs
@@ -252,6 +253,7 @@ class CoreWorker:
         fid, pickled = self.functions.function_id(fn)
         spec, deps, kept, (end,) = self._new_call(name, args, kwargs, 1, fid)
         spec.streaming = True
+        spec.num_cpus = resources.get("CPU")
         pending = PendingTask(spec, resources, max_retries, retry_exceptions, kept, deps)
         self.runtime.call_soon(self._open_stream, pending, backpressure, fid, pickled, dynamic)
         return ObjectRefGenerator(spec.task_id, self), end
