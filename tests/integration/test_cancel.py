@@ -130,8 +130,12 @@ def test_cancel_async_actor_method(one_cpu) -> None:
 
 async def test_cancelled_awaiter_cancels_its_task(one_cpu, tmp_path) -> None:
     path = tmp_path / "awaited"
-    with pytest.raises(TimeoutError):
-        await asyncio.wait_for(ticker.remote(str(path)), 1.0)
+
+    async def awaits(ref):
+        return await ref
+
+    with pytest.raises(TimeoutError):  # the coroutine awaiting the ref is cancelled: so is the task
+        await asyncio.wait_for(awaits(ticker.remote(str(path))), 1.0)
     await asyncio.to_thread(eventually, lambda: _stopped(path), 10, "the awaited task stopping")
 
     # Shielded, or still referenced by another pending task: the task goes on.
