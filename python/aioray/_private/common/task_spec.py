@@ -63,6 +63,7 @@ class TaskSpec:
     concurrency_group: str = ""  # an actor call's group, when the caller chose one (else the method's)
     streaming: bool = False  # a generator task: items are reported one by one (core_worker/generators)
     num_cpus: float = 0.0  # the CPUs its lease holds (a task's OMP_NUM_THREADS follows them, as in Ray)
+    backpressure: int = 0  # a generator task reports item by item, pausing as its owner says
 
     def to_wire(self) -> tuple[Any, ...]:
         return (
@@ -80,6 +81,7 @@ class TaskSpec:
             self.concurrency_group,
             self.streaming,
             self.num_cpus,
+            self.backpressure,
         )
 
     @classmethod

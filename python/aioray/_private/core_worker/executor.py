@@ -41,6 +41,7 @@ from aioray._private.common.process import new_event_loop
 from aioray._private.common.task_spec import ActorCreationSpec, TaskSpec
 from aioray._private.core_worker import generators
 from aioray._private.core_worker.borrowing import BorrowProtocol
+from aioray._private.core_worker.item_sender import ItemSender
 from aioray._private.core_worker.ownership import ObjectValue
 from aioray._private.core_worker.runtime import Runtime
 from aioray._proto.aioray import v1 as pb
@@ -346,17 +347,27 @@ class Executor:
 
     # -- streaming generators ----------------------------------------------------------------------
     def _stream(self, spec: TaskSpec, items: Any) -> None:
-        """Runs a generator task's generator, reporting each item to the owner as it comes; each
-        report waits for the owner's answer (its backpressure). Returns the task's value: None."""
+        """Runs a generator task's generator, reporting each item to the owner as it comes. With
+        backpressure each report waits for the owner's answer (which it holds back while too many
+        items wait for the consumer); else items go in batches (`ItemSender`), and every one has
+        reached the owner before the task's result (or error) does."""
         if not inspect.isgenerator(items) and not isinstance(items, collections.abc.Iterator):
             raise TypeError(
                 f"{spec.name} was called as a generator task but returned {type(items).__name__}, not a "
                 "generator (an async generator runs only in an async actor)"
             )
         loop = self._runtime.loop
-        for index, item in enumerate(items):
-            ret = self._store_one(spec, generators.item_id(spec.task_id, index), item)
-            asyncio.run_coroutine_threadsafe(self._report_item(spec, index, ret), loop).result()
+        if spec.backpressure:
+            for index, item in enumerate(items):
+                ret = self._store_one(spec, generators.item_id(spec.task_id, index), item)
+                asyncio.run_coroutine_threadsafe(self._report_items(spec, [(index, ret)]), loop).result()
+            return
+        sender = ItemSender(loop, functools.partial(self._report_items, spec))
+        try:
+            for index, item in enumerate(items):
+                sender.put(index, self._store_one(spec, generators.item_id(spec.task_id, index), item))
+        finally:
+            sender.close()
 
     async def _stream_async(self, spec: TaskSpec, items: Any) -> None:
         """`_stream` for an async actor's method: an async generator (or a plain one)."""
@@ -368,16 +379,16 @@ class Executor:
         async for item in items:
             ret = self._store_one(spec, generators.item_id(spec.task_id, index), item)
             await asyncio.wrap_future(
-                asyncio.run_coroutine_threadsafe(self._report_item(spec, index, ret), loop)
+                asyncio.run_coroutine_threadsafe(self._report_items(spec, [(index, ret)]), loop)
             )
             index += 1
 
-    async def _report_item(self, spec: TaskSpec, index: int, ret: tuple[Any, ...]) -> None:
-        """On the core loop: sends one item to the owner; returns once the owner lets us go on."""
-        if self._borrows.has_pending():  # borrows of refs inside the item are known before it is
+    async def _report_items(self, spec: TaskSpec, batch: list[tuple[int, tuple[Any, ...]]]) -> None:
+        """On the core loop: sends items to the owner; returns once the owner lets us go on."""
+        if self._borrows.has_pending():  # borrows of refs inside the items are known before they are
             await self._borrows.flush_registrations()
         stub = self._runtime.channels.stub(spec.owner, pb.CoreWorkerStub)
-        await stub.report_generator_item(pb.Blob(data=serialization.dumps_plain((spec.task_id, index, ret))))
+        await stub.report_generator_item(pb.Blob(data=serialization.dumps_plain((spec.task_id, batch))))
 
     def _store_returns(self, spec: TaskSpec, value: Any) -> list[tuple[Any, ...]]:
         if spec.num_returns == 1:

@@ -78,7 +78,7 @@ class GeneratorStreams:
         oid = item_id(task_id, index)
         value, inner = decode(ret)
         stream = self.streams.get(task_id)
-        if stream is None or index < stream.received:
+        if stream is None or index < stream.received or stream.finished:
             # An attempt after a retry, or a re-run rebuilding lost items: only a copy that is
             # gone is replaced; the consumer's refs stay as they were.
             entry = self._refs.get(oid)

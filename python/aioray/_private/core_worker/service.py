@@ -127,8 +127,9 @@ class CoreWorkerService(pb.CoreWorkerBase):
         return pb.Empty()
 
     async def report_generator_item(self, blob: pb.Blob) -> pb.Empty:
-        task_id, index, ret = serialization.loads_plain(blob.data)
-        await self._submitter.on_generator_item(task_id, index, ret)
+        task_id, batch = serialization.loads_plain(blob.data)
+        for index, ret in batch:
+            await self._submitter.on_generator_item(task_id, index, ret)
         return pb.Empty()
 
     async def exit_actor(self, exit_actor_request: pb.ExitActorRequest) -> pb.Empty:

@@ -254,6 +254,7 @@ class CoreWorker:
         spec, deps, kept, (end,) = self._new_call(name, args, kwargs, 1, fid)
         spec.streaming = True
         spec.num_cpus = resources.get("CPU")
+        spec.backpressure = backpressure
         pending = PendingTask(spec, resources, max_retries, retry_exceptions, kept, deps)
         self.runtime.call_soon(self._open_stream, pending, backpressure, fid, pickled, dynamic)
         return ObjectRefGenerator(spec.task_id, self), end
@@ -309,6 +310,7 @@ class CoreWorker:
         spec, deps, kept, _ = self._new_call(name, args, kwargs, 1, b"", actor_id, method)
         spec.concurrency_group = concurrency_group
         spec.streaming = True
+        spec.backpressure = backpressure
         pending = PendingTask(spec, ResourceSet(), max_task_retries, False, kept, deps)
         self.submitter.actor_tasks.add(spec.task_id)
         self.runtime.call_soon(self._open_stream, pending, backpressure, None, None)
