@@ -44,3 +44,12 @@ def test_their_defaults_are_accepted(option: dict[str, object]) -> None:
 def test_unknown_options_are_refused_with_the_valid_ones() -> None:
     with pytest.raises(ValueError, match=r"unknown option.*no_such_option.*valid: "):
         aioray.remote(no_such_option=1)(f)
+
+
+def test_options_aioray_does_not_know_are_refused_by_name() -> None:
+    """`label_selector` (node labels come with issue 15) and any other unknown option: a clear error."""
+    for target in (f, A):
+        with pytest.raises(ValueError, match=r"unknown option.*label_selector"):
+            aioray.remote(label_selector={"zone": "a"})(target)
+    with pytest.raises(ValueError, match=r"unknown option.*no_such_option"):
+        aioray.remote(f).options(no_such_option=1)
