@@ -162,7 +162,11 @@ def main() -> None:
             statistics.median(rates["ray"].get(name, [0.0])),
         )
         ratio = f"{ours / theirs:.2f}" if theirs else "n/a"
-        print(f"| {name} | {theirs:,.0f} | {ours:,.0f} | {ratio} |")
+        print(f"| {name} | {_rate(theirs)} | {_rate(ours)} | {ratio} |")
+
+
+def _rate(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
 
 
 if __name__ == "__main__":
