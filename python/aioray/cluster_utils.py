@@ -127,8 +127,8 @@ class ClusterNode:
     def all_processes(self) -> list[int]:
         """Pids of the node's live processes: the CLI process, its supervisor, raylet, GCS, workers."""
         if self.proc.poll() is not None:
-            return _descendants(self.proc.pid)
-        return [self.proc.pid, *_descendants(self.proc.pid)]
+            return process.descendants(self.proc.pid)
+        return [self.proc.pid, *process.descendants(self.proc.pid)]
 
     def is_alive(self) -> bool:
         return self.proc.poll() is None
@@ -396,25 +396,6 @@ class Cluster:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
-
-
-def _descendants(root: int) -> list[int]:
-    """Pids of every process under `root` (children, theirs, ...), from /proc."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    found: list[int] = []
-    frontier = {root}
-    while frontier:
-        children = [pid for pid, ppid in parents.items() if ppid in frontier]
-        found += children
-        frontier = set(children)
-    return found
 
 
 __all__ = ["Cluster", "ClusterNode"]

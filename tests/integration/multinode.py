@@ -11,7 +11,7 @@ import time
 
 import aioray
 from aioray._private import worker_api
-from aioray._private.common import rpc
+from aioray._private.common import process, rpc
 
 MiB = 1 << 20
 
@@ -80,7 +80,7 @@ class Nodes:
         """SIGKILLs a node's CLI process and every process under it at once (raylet, workers), as
         when a machine loses power: nothing gets to clean up, not even the store segment."""
         proc = self.procs.pop(name)
-        for pid in [proc.pid, *descendants(proc.pid)]:
+        for pid in [proc.pid, *process.descendants(proc.pid)]:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -111,24 +111,6 @@ class Nodes:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-
-def descendants(root: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-    found: list[int] = []
-    frontier = [root]
-    while frontier:
-        children = [pid for pid, ppid in parents.items() if ppid in frontier]
-        found += children
-        frontier = children
-    return found
 
 
 def node_ids_by_resource() -> dict[str, str]:

@@ -260,3 +260,22 @@ def setup_logging(name: str) -> logging.Logger:
     for noisy in ("hpack", "h2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return logging.getLogger(f"aioray.{name}")
+
+
+def descendants(root: int) -> list[int]:
+    """Pids of every process under `root` (its children, theirs, ...), read from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found: list[int] = []
+    frontier = {root}
+    while frontier:
+        children = [pid for pid, ppid in parents.items() if ppid in frontier]
+        found += children
+        frontier = set(children)
+    return found

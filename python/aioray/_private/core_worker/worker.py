@@ -287,12 +287,27 @@ class CoreWorker:
         max_task_retries: int,
         concurrency_group: str = "",
     ) -> list[ObjectRef]:
-        spec, deps, kept, refs = self._new_call(name, args, kwargs, num_returns, b"", actor_id, method)
-        spec.concurrency_group = concurrency_group
-        pending = PendingTask(spec, ResourceSet(), max_task_retries, False, kept, deps)
-        self.submitter.actor_tasks.add(spec.task_id)
+        pending, refs = self._actor_call(
+            actor_id, method, name, args, kwargs, num_returns, max_task_retries, concurrency_group
+        )
         self.runtime.call_soon(self.actors.submit, pending)
         return refs
+
+    def _actor_call(
+        self,
+        actor_id: bytes,
+        method: str,
+        name: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        num_returns: int,
+        max_task_retries: int,
+        concurrency_group: str,
+    ) -> tuple[PendingTask, list[ObjectRef]]:
+        spec, deps, kept, refs = self._new_call(name, args, kwargs, num_returns, b"", actor_id, method)
+        spec.concurrency_group = concurrency_group
+        self.submitter.actor_tasks.add(spec.task_id)
+        return PendingTask(spec, ResourceSet(), max_task_retries, False, kept, deps), refs
 
     def submit_actor_generator_task(
         self,
@@ -307,14 +322,13 @@ class CoreWorker:
         backpressure: int = 0,
     ) -> ObjectRefGenerator:
         """An actor method that yields: the generator of its items' refs."""
-        spec, deps, kept, _ = self._new_call(name, args, kwargs, 1, b"", actor_id, method)
-        spec.concurrency_group = concurrency_group
-        spec.streaming = True
-        spec.backpressure = backpressure
-        pending = PendingTask(spec, ResourceSet(), max_task_retries, False, kept, deps)
-        self.submitter.actor_tasks.add(spec.task_id)
+        pending, _ = self._actor_call(
+            actor_id, method, name, args, kwargs, 1, max_task_retries, concurrency_group
+        )
+        pending.spec.streaming = True
+        pending.spec.backpressure = backpressure
         self.runtime.call_soon(self._open_stream, pending, backpressure, None, None)
-        return ObjectRefGenerator(spec.task_id, self)
+        return ObjectRefGenerator(pending.spec.task_id, self)
 
     def start_actor(
         self,
