@@ -131,7 +131,7 @@ def test_no_hand_written_python_file_over_800_lines() -> None:
     too_long = {
         str(p.relative_to(REPO)): n
         for p in REPO.glob("**/*.py")
-        if not ({"_proto", ".venv", "target", ".git"} & set(p.parts))
+        if not ({"_proto", ".venv", ".bench", "target", ".git"} & set(p.parts))  # .bench: Ray's venv
         and (n := len(p.read_text().splitlines())) > MAX_LINES
     }
     assert too_long == {}
