@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import aioray
 from aioray._private import worker_api
@@ -111,6 +113,27 @@ class Nodes:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@contextlib.contextmanager
+def connected(
+    head: dict[str, float],
+    workers: dict[str, dict[str, float]],
+    env: dict[str, dict[str, str]] | None = None,
+) -> Iterator[Nodes]:
+    """A head and worker nodes (name -> custom resources; `env` per node name) with this driver
+    connected once all are alive; everything stops afterwards."""
+    nodes = Nodes()
+    try:
+        nodes.start_head(head)
+        for name, resources in workers.items():
+            nodes.add_node(name, resources, env=(env or {}).get(name))
+        aioray.init(address=nodes.address)
+        nodes.wait_alive(1 + len(workers))
+        yield nodes
+    finally:
+        aioray.shutdown()
+        nodes.stop()
 
 
 def node_ids_by_resource() -> dict[str, str]:

@@ -12,23 +12,15 @@ import pytest
 import aioray
 from aioray.util.queue import Queue
 
-from .multinode import Nodes, node_ids_by_resource
+from .multinode import Nodes, connected, node_ids_by_resource
 
 T = 60
 
 
 @pytest.fixture
 def cluster() -> Any:
-    nodes = Nodes()
-    try:
-        nodes.start_head({"a": 1})
-        nodes.add_node("b", {"b": 1})
-        aioray.init(address=nodes.address)
-        nodes.wait_alive(2)
+    with connected({"a": 1}, {"b": {"b": 1}}) as nodes:
         yield nodes
-    finally:
-        aioray.shutdown()
-        nodes.stop()
 
 
 @aioray.remote(resources={"b": 0.1})

@@ -11,24 +11,15 @@ import pytest
 
 import aioray
 
-from .multinode import MiB, Nodes, node_ids_by_resource
+from .multinode import MiB, Nodes, connected, node_ids_by_resource
 
 T = 60
 
 
 @pytest.fixture
 def cluster() -> Any:
-    nodes = Nodes()
-    try:
-        nodes.start_head({"a": 1})
-        nodes.add_node("b", {"w": 1, "b": 1})
-        nodes.add_node("c", {"w": 1, "c": 1})
-        aioray.init(address=nodes.address)
-        nodes.wait_alive(3)
+    with connected({"a": 1}, {"b": {"w": 1, "b": 1}, "c": {"w": 1, "c": 1}}) as nodes:
         yield nodes
-    finally:
-        aioray.shutdown()
-        nodes.stop()
 
 
 @aioray.remote(resources={"w": 0.5}, max_retries=3)

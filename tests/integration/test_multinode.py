@@ -11,23 +11,15 @@ import aioray
 from aioray._store import ObjectStore
 
 from .conftest import eventually
-from .multinode import MiB, Nodes, node_ids_by_resource
+from .multinode import MiB, Nodes, connected, node_ids_by_resource
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    nodes = Nodes()
-    try:
-        nodes.start_head({"a": 1})
-        nodes.add_node("b", {"b": 1})
-        # Node c keeps its data port closed: its peers pull its objects over gRPC instead.
-        nodes.add_node("c", {"c": 1}, env={"AIORAY_OBJECT_TRANSFER": "grpc"})
-        aioray.init(address=nodes.address)
-        nodes.wait_alive(3)
+    # Node c keeps its data port closed: its peers pull its objects over gRPC instead.
+    grpc_only = {"c": {"AIORAY_OBJECT_TRANSFER": "grpc"}}
+    with connected({"a": 1}, {"b": {"b": 1}, "c": {"c": 1}}, env=grpc_only) as nodes:
         yield nodes
-    finally:
-        aioray.shutdown()
-        nodes.stop()
 
 
 def here() -> str:

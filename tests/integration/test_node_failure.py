@@ -10,22 +10,13 @@ import pytest
 import aioray
 
 from .conftest import eventually
-from .multinode import MiB, Nodes, node_ids_by_resource
+from .multinode import MiB, connected, node_ids_by_resource
 
 
 @pytest.fixture
 def cluster():
-    nodes = Nodes()
-    try:
-        nodes.start_head({"a": 1})
-        nodes.add_node("b", {"w": 1, "slot": 1, "b": 1})
-        nodes.add_node("c", {"w": 1, "slot": 1, "c": 1})
-        aioray.init(address=nodes.address)
-        nodes.wait_alive(3)
+    with connected({"a": 1}, {"b": {"w": 1, "slot": 1, "b": 1}, "c": {"w": 1, "slot": 1, "c": 1}}) as nodes:
         yield nodes
-    finally:
-        aioray.shutdown()
-        nodes.stop()
 
 
 def here() -> str:
