@@ -23,6 +23,7 @@ __all__ = [
     "RayActorError",
     "RayError",
     "RayTaskError",
+    "RuntimeEnvSetupError",
     "TaskCancelledError",
     "WorkerCrashedError",
 ]
@@ -161,6 +162,10 @@ class ObjectExistsError(RayError):
 
 class TaskCancelledError(RayError):
     """The task was cancelled before it produced a result."""
+
+
+class RuntimeEnvSetupError(RayError):
+    """The runtime environment of a task or actor could not be set up (the message says why)."""
 
 
 class NodeDiedError(RayError):

@@ -12,9 +12,9 @@ import cloudpickle
 
 from aioray._private.arity import CallShape
 from aioray._private.common.ids import random_id
-from aioray._private.common.resources import task_resources
 from aioray._private.core_worker import object_ref
 from aioray._private.core_worker.object_ref import ObjectRef
+from aioray._private.placement import PLACEMENT_OPTIONS, placement_of
 from aioray._private.remote_function import check_backpressure, check_num_returns, validate_options
 from aioray._proto.aioray import v1 as pb
 
@@ -30,8 +30,9 @@ _ACTOR_OPTIONS = {
     "lifetime",
     "get_if_exists",
     "memory",
-    "scheduling_strategy",
+    "accelerator_type",
     "runtime_env",
+    *PLACEMENT_OPTIONS,
     "concurrency_groups",
 }
 DEFAULT_NAMESPACE = "default"
@@ -209,6 +210,7 @@ class ActorClass(Generic[_T, _P]):
 
     def __init__(self, cls: type[_T], options: dict[str, Any]) -> None:
         validate_options(options, _ACTOR_OPTIONS, "an actor class")
+        placement_of(options, 0)  # refuses a bad strategy or resource now, not at .remote()
         lifetime = options.get("lifetime")
         if lifetime not in (None, "detached", "non_detached"):
             raise ValueError(f"lifetime must be 'detached' or 'non_detached', got {lifetime!r}")
@@ -271,7 +273,8 @@ class ActorClass(Generic[_T, _P]):
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
         # As in Ray, an actor needs no CPU to live unless it asks for one.
-        resources = task_resources(opts.get("num_cpus"), opts.get("num_gpus"), opts.get("resources"), 0)
+        inherited = core.current_placement_group()
+        placement = placement_of(opts, 0, inherited if inherited is not None and inherited[2] else None)
         name = opts.get("name") or ""
         namespace = opts.get("namespace") or core.namespace or DEFAULT_NAMESPACE
         request = pb.CreateActorRequest(
@@ -281,8 +284,10 @@ class ActorClass(Generic[_T, _P]):
             namespace=namespace,
             detached=opts.get("lifetime") == "detached",
             get_if_exists=bool(opts.get("get_if_exists")),
-            resources=pb.ResourceMap(amounts=resources.to_dict()),
+            resources=pb.ResourceMap(amounts=placement.shape.resources.to_dict()),
             max_restarts=int(opts.get("max_restarts", 0)),
+            strategy=placement.shape.strategy_message(),
+            runtime_env=placement.shape.runtime_env_message(),
         )
         actor_id, lifetime, created = core.start_actor(
             self._cls,
@@ -294,6 +299,7 @@ class ActorClass(Generic[_T, _P]):
             wait=bool(name),  # a name must be claimed (or found, with get_if_exists) before returning
             concurrency_groups=groups,
             method_groups=_method_groups(self._cls, groups),
+            placement_group=placement.placement_group,
         )
         if name and created.result().actor_id != actor_id:
             # get_if_exists found a live actor of that name: this handle is for it.

@@ -8,8 +8,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from aioray._private.arity import CallShape
-from aioray._private.common.resources import task_resources
+from aioray._private.common.lease_shape import Placement
 from aioray._private.core_worker import object_ref
+from aioray._private.placement import PLACEMENT_OPTIONS, placement_of
 
 _FUNCTION_OPTIONS = {
     "num_cpus",
@@ -20,8 +21,9 @@ _FUNCTION_OPTIONS = {
     "retry_exceptions",
     "name",
     "memory",
-    "scheduling_strategy",
+    "accelerator_type",
     "runtime_env",
+    *PLACEMENT_OPTIONS,
     "_generator_backpressure_num_objects",
 }
 DEFAULT_MAX_RETRIES = 3
@@ -53,9 +55,7 @@ def check_backpressure(value: Any) -> int:
 # Ray options aioray accepts only at their default value for now: anything else would be silently
 # ignored, so it is refused (see docs/ray-compatibility.md).
 _DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
-    "scheduling_strategy": (None, "DEFAULT"),
     "runtime_env": (None, {}),
-    "memory": (None, 0),
 }
 
 
@@ -126,9 +126,7 @@ class RemoteFunction(Generic[_P, _Ret_co]):
         self._num_returns = num_returns
         self._max_retries = 10**9 if max_retries == -1 else max_retries
         self._retry_exceptions = retry
-        self._resources = task_resources(
-            options.get("num_cpus"), options.get("num_gpus"), options.get("resources"), 1
-        )
+        self._placement = placement_of(options, 1)
         self._call_shape = CallShape.of(fn)
         functools.update_wrapper(self, fn)
 
@@ -148,6 +146,13 @@ class RemoteFunction(Generic[_P, _Ret_co]):
         """A copy with some options changed (num_cpus, num_returns, max_retries, ...)."""
         return RemoteFunction(self._function, {**self._options, **options})
 
+    def _placement_for_call(self, core: Any) -> Placement:
+        # Inside a placement group that captures child tasks, a task with no strategy runs in it.
+        inherited = core.current_placement_group()
+        if inherited is None or not inherited[2]:
+            return self._placement
+        return placement_of(self._options, 1, inherited)
+
     # The returns below are `Ret` by construction (see the class docstring), which mypy cannot see.
     def remote(self, *args: _P.args, **kwargs: _P.kwargs) -> _Ret_co:
         self._call_shape.check(self._name, args, kwargs)
@@ -158,7 +163,7 @@ class RemoteFunction(Generic[_P, _Ret_co]):
                 self._name,
                 args,
                 kwargs,
-                resources=self._resources,
+                placement=self._placement_for_call(core),
                 max_retries=self._max_retries,
                 retry_exceptions=self._retry_exceptions,
                 backpressure=self._backpressure,
@@ -171,7 +176,7 @@ class RemoteFunction(Generic[_P, _Ret_co]):
             args,
             kwargs,
             num_returns=self._num_returns,
-            resources=self._resources,
+            placement=self._placement_for_call(core),
             max_retries=self._max_retries,
             retry_exceptions=self._retry_exceptions,
         )

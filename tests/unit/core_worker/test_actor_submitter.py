@@ -10,7 +10,7 @@ from typing import Any, cast
 import pytest
 
 from aioray._private.common import task_spec
-from aioray._private.common.resources import ResourceSet
+from aioray._private.common.lease_shape import ACTOR_CALL_SHAPE
 from aioray._private.core_worker.actor_submitter import ActorClient, ActorQueue
 from aioray._private.core_worker.lease_pool import PendingTask
 from aioray._private.core_worker.ownership import ObjectValue
@@ -108,7 +108,7 @@ def call(*dep_oids: bytes, retries: int = -1) -> PendingTask:
         actor_id=ACTOR,
     )
     deps = [(i, oid, "me:1") for i, oid in enumerate(dep_oids)]
-    return PendingTask(spec, ResourceSet({}), retries, False, [], deps=deps)
+    return PendingTask(spec, ACTOR_CALL_SHAPE, retries, False, [], deps=deps)
 
 
 async def until(cond: Callable[[], bool], steps: int = 100) -> None:

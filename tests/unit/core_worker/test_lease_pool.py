@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from aioray._private.common import task_spec
+from aioray._private.common.lease_shape import LeaseShape
 from aioray._private.common.resources import ResourceSet
 from aioray._private.core_worker import lease_pool
 from aioray._private.core_worker.lease_pool import (
@@ -22,7 +23,7 @@ from aioray.exceptions import TaskCancelledError, WorkerCrashedError
 
 LOCAL = "local:1"
 ME = "me:1"
-SHAPE = ResourceSet({"CPU": 1})
+SHAPE = LeaseShape(ResourceSet({"CPU": 1}))
 _ids = itertools.count(1)
 
 

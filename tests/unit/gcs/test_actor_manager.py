@@ -83,8 +83,8 @@ class FakeWorker:
         self.cluster = cluster
         self.address = address
 
-    async def create_actor(self, spec: pb.Blob, timeout: float | None = None) -> pb.Blob:
-        self.cluster.created.append((self.address, spec.data))
+    async def create_actor(self, creation: pb.ActorCreation, timeout: float | None = None) -> pb.Blob:
+        self.cluster.created.append((self.address, creation.spec))
         self.cluster.constructing.set()
         answer = self.cluster.constructor.get(self.address, pb.Blob())
         if isinstance(answer, BaseException):

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from aioray._private.common import task_spec
+from aioray._private.common.lease_shape import LeaseShape
 from aioray._private.common.resources import ResourceSet
 from aioray._private.core_worker.lease_pool import (
     FAILURE_CAUSE_TIMEOUT_S,
@@ -479,14 +480,14 @@ def task(name: str, retries: int) -> PendingTask:
         job_id=b"job",
     )
     return PendingTask(
-        spec, ResourceSet({"CPU": 1}), retries_left=retries, retry_exceptions=False, arg_refs=[]
+        spec, LeaseShape(ResourceSet({"CPU": 1})), retries_left=retries, retry_exceptions=False, arg_refs=[]
     )
 
 
 @pytest.fixture
 async def lease_pool() -> AsyncIterator[tuple[LeasePool, Raylets, Owner]]:
     raylets, owner = Raylets(), Owner()
-    p = LeasePool(owner, raylets, ResourceSet({"CPU": 1}), "local:1", "me:1", b"job")
+    p = LeasePool(owner, raylets, LeaseShape(ResourceSet({"CPU": 1})), "local:1", "me:1", b"job")
     yield p, raylets, owner
     requests = list(p.requests)
     p.close()

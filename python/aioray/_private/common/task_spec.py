@@ -64,6 +64,9 @@ class TaskSpec:
     streaming: bool = False  # a generator task: items are reported one by one (core_worker/generators)
     num_cpus: float = 0.0  # the CPUs its lease holds (a task's OMP_NUM_THREADS follows them, as in Ray)
     backpressure: int = 0  # a generator task reports item by item, pausing as its owner says
+    gpu_ids: tuple[int, ...] = ()  # the GPUs of the lease it runs under (its CUDA_VISIBLE_DEVICES)
+    # (group id, bundle index, capture child tasks) when it runs in a placement group
+    placement_group: tuple[bytes, int, bool] | None = None
 
     def to_wire(self) -> tuple[Any, ...]:
         return (
@@ -82,6 +85,8 @@ class TaskSpec:
             self.streaming,
             self.num_cpus,
             self.backpressure,
+            self.gpu_ids,
+            self.placement_group,
         )
 
     @classmethod
@@ -119,6 +124,7 @@ class ActorCreationSpec:
     # group each method belongs to; methods in no group share the default one (`max_concurrency`).
     concurrency_groups: dict[str, int] = field(default_factory=dict)
     method_groups: dict[str, str] = field(default_factory=dict)
+    placement_group: tuple[bytes, int, bool] | None = None  # as TaskSpec.placement_group
 
     def encode(self) -> bytes:
         return serialization.dumps_plain(astuple(self))

@@ -53,6 +53,8 @@ from aioray.exceptions import (
     TaskCancelledError,
 )
 
+CUDA_DEVICES = "CUDA_VISIBLE_DEVICES"
+
 log = logging.getLogger("aioray.executor")
 Reply = Callable[[task_spec.Result], None]
 Outcome = tuple[bytes, int, list[tuple[Any, ...]]]
@@ -65,6 +67,8 @@ class TaskContext(threading.local):
     task_id: bytes | None = None
     task_name: str = ""
     lease_id: bytes | None = None
+    placement_group: tuple[bytes, int, bool] | None = None  # of the running task or actor
+    gpu_ids: tuple[int, ...] = ()
 
 
 class Executor:
@@ -119,6 +123,25 @@ class Executor:
         self._set_omp_threads = "OMP_NUM_THREADS" not in os.environ
         if self._set_omp_threads:
             os.environ["OMP_NUM_THREADS"] = "1"
+        # Each task sees the GPUs of its lease; one without GPUs sees what the worker started with.
+        self._original_cuda_devices = os.environ.get(CUDA_DEVICES)
+        self.actor_placement_group: tuple[bytes, int, bool] | None = None
+        self.actor_gpu_ids: tuple[int, ...] = ()
+
+    def _show_gpus(self, gpu_ids: tuple[int, ...]) -> None:
+        if gpu_ids:
+            os.environ[CUDA_DEVICES] = ",".join(str(i) for i in gpu_ids)
+        elif self._original_cuda_devices is None:
+            os.environ.pop(CUDA_DEVICES, None)
+        else:
+            os.environ[CUDA_DEVICES] = self._original_cuda_devices
+
+    def current_placement_group(self) -> tuple[bytes, int, bool] | None:
+        """(group id, bundle index, capture) of the running task, or of the hosted actor."""
+        return self.context.placement_group or self.actor_placement_group
+
+    def current_gpu_ids(self) -> tuple[int, ...]:
+        return self.context.gpu_ids or self.actor_gpu_ids
 
     def serve(self) -> None:
         """Runs plain tasks and sync actor methods on the calling thread, forever.
@@ -222,8 +245,13 @@ class Executor:
             return self._cancelled_result(spec)
         ctx = self.context
         ctx.task_id, ctx.task_name, ctx.lease_id = task_id, self.actor_name or spec.name, lease_id
-        if self._set_omp_threads and not spec.actor_id:
-            os.environ["OMP_NUM_THREADS"] = str(max(1, int(spec.num_cpus)))
+        if not spec.actor_id:
+            if self._set_omp_threads:
+                os.environ["OMP_NUM_THREADS"] = str(max(1, int(spec.num_cpus)))
+            ctx.placement_group, ctx.gpu_ids = spec.placement_group, spec.gpu_ids
+            self._show_gpus(spec.gpu_ids)
+        else:
+            ctx.placement_group, ctx.gpu_ids = self.actor_placement_group, self.actor_gpu_ids
         me = threading.get_ident()
         with self._running_lock:  # cancellable from here on, while its arguments are read too
             self._running[task_id] = me
@@ -420,10 +448,12 @@ class Executor:
         return (spec.task_id, status, [(task_spec.RET_INLINE, frame, [])] * spec.num_returns)
 
     # -- actors --------------------------------------------------------------------------------
-    async def create_actor(self, spec: ActorCreationSpec) -> bytes:
+    async def create_actor(self, spec: ActorCreationSpec, gpu_ids: tuple[int, ...] = ()) -> bytes:
         """Runs the constructor on the task thread; b"" on success, else an error frame."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[bytes] = loop.create_future()
+        self.actor_placement_group, self.actor_gpu_ids = spec.placement_group, gpu_ids
+        self._show_gpus(gpu_ids)  # for the actor's whole life: its methods run in this process
 
         def construct() -> None:
             try:

@@ -21,9 +21,15 @@ from typing import Any, Protocol
 from grpclib.const import Cardinality
 
 from aioray._private.common import rpc, task_spec
-from aioray._private.common.resources import ResourceSet
+from aioray._private.common.lease_shape import LeaseShape
 from aioray._proto.aioray import v1 as pb
-from aioray.exceptions import OutOfMemoryError, RayError, TaskCancelledError, WorkerCrashedError
+from aioray.exceptions import (
+    OutOfMemoryError,
+    RayError,
+    RuntimeEnvSetupError,
+    TaskCancelledError,
+    WorkerCrashedError,
+)
 
 log = logging.getLogger("aioray.submitter")
 
@@ -44,7 +50,7 @@ class TaskUnschedulableError(RayError):
 @dataclass(eq=False)
 class PendingTask:
     spec: task_spec.TaskSpec
-    shape: ResourceSet
+    shape: LeaseShape
     retries_left: int
     retry_exceptions: bool | tuple[type[BaseException], ...]
     arg_refs: list[bytes]  # refs this task keeps alive (submitted counts) until it finishes
@@ -99,8 +105,16 @@ def oom_message(cause: pb.WorkerFailureCause | None) -> str | None:
 class LeasedWorker:
     """One open PushTasks stream to a worker: a leased one, or an actor's."""
 
-    def __init__(self, sink: StreamSink, lease_id: bytes, address: str, raylet_address: str) -> None:
+    def __init__(
+        self,
+        sink: StreamSink,
+        lease_id: bytes,
+        address: str,
+        raylet_address: str,
+        gpu_ids: tuple[int, ...] = (),
+    ) -> None:
         self.sink = sink
+        self.gpu_ids = gpu_ids  # the lease's GPUs: every task pushed to it runs with them visible
         self.lease_id = lease_id
         self.address = address
         self.raylet_address = raylet_address
@@ -141,6 +155,8 @@ class LeasedWorker:
     async def _send(self, stream: Any) -> None:
         with contextlib.suppress(*rpc.CONNECTION_ERRORS):  # the reader sees the same break
             while (batch := await self.outbox.get()) is not None:
+                for p in batch:
+                    p.spec.gpu_ids = self.gpu_ids
                 frame = task_spec.encode_batch(self.lease_id, [p.spec for p in batch])
                 await stream.send_message(pb.Blob(data=frame))
             await stream.end()
@@ -166,7 +182,7 @@ class LeasePool:
         self,
         owner: TaskOwner,
         raylets: RayletClient,
-        shape: ResourceSet,
+        shape: LeaseShape,
         local_raylet: str,
         own_address: str,
         job_id: bytes,
@@ -231,10 +247,9 @@ class LeasePool:
         last_error = ""
         while loop.time() < deadline:
             address = self.local_raylet
-            request = pb.LeaseRequest(
-                resources=pb.ResourceMap(amounts=self.shape.to_dict()),
-                owner_address=self.own_address,
-                job_id=self.job_id,
+            request = self.shape.lease_request(
+                self.own_address,
+                self.job_id,
                 # Lets the memory monitor kill retriable work first (the queue's head stands for it).
                 retriable=bool(self.queue) and self.queue[0].retries_left > 0,
             )
@@ -248,7 +263,9 @@ class LeasePool:
                     last_error = f"raylet {address} is unreachable: {e}"
                     break
                 if reply.status == pb.LeaseReplyStatus.GRANTED:
-                    lw = LeasedWorker(self, reply.lease_id, reply.worker_address, address)
+                    lw = LeasedWorker(
+                        self, reply.lease_id, reply.worker_address, address, tuple(reply.gpu_ids)
+                    )
                     self.leases.append(lw)
                     lw.task = self.raylets.start_stream(lw)
                     current = asyncio.current_task()
@@ -260,6 +277,9 @@ class LeasePool:
                     address = reply.retry_address
                     request.no_spillback = True
                     continue
+                if reply.status == pb.LeaseReplyStatus.RUNTIME_ENV_FAILED:
+                    self._fail_queue(RuntimeEnvSetupError(reply.message))
+                    return
                 if reply.status == pb.LeaseReplyStatus.INFEASIBLE:
                     self._fail_queue(TaskUnschedulableError(f"task cannot be scheduled: {reply.message}"))
                     return

@@ -110,11 +110,11 @@ class CoreWorkerService(pb.CoreWorkerBase):
         finally:
             reader.cancel()
 
-    async def create_actor(self, blob: pb.Blob) -> pb.Blob:
+    async def create_actor(self, actor_creation: pb.ActorCreation) -> pb.Blob:
         if self._executor is None:
             raise GRPCError(Status.FAILED_PRECONDITION, "a driver does not host actors")
-        spec = task_spec.ActorCreationSpec.decode(blob.data)
-        outcome = await self._executor.create_actor(spec)
+        spec = task_spec.ActorCreationSpec.decode(actor_creation.spec)
+        outcome = await self._executor.create_actor(spec, tuple(actor_creation.gpu_ids))
         if self._borrows.has_pending():
             await self._borrows.flush_registrations()
         return pb.Blob(data=outcome)

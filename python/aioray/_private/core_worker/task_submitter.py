@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aioray._private.common import serialization, task_spec
-from aioray._private.common.resources import ResourceSet
+from aioray._private.common.lease_shape import LeaseShape
 from aioray._private.core_worker.dependencies import DependencyResolver
 from aioray._private.core_worker.functions import FunctionManager
 from aioray._private.core_worker.generators import GeneratorStreams
@@ -90,7 +90,7 @@ class TaskSubmitter:
         self._note_node = note_node
         self.actors: ActorCalls | None = None  # set by the core worker once its actor client exists
         self.raylets = GrpcRaylets(runtime)
-        self.pools: dict[tuple[ResourceSet, bytes], LeasePool] = {}
+        self.pools: dict[tuple[LeaseShape, bytes], LeasePool] = {}
         self.tasks: dict[bytes, PendingTask] = {}  # every unfinished task this process owns
         self.actor_tasks: set[bytes] = set()  # unfinished actor calls (force-cancel refuses them)
         # Finished tasks whose outputs live in a store, kept to re-run them if a node loses them.

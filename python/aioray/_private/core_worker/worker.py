@@ -26,7 +26,7 @@ from grpclib.client import Channel
 from aioray._private.common import rpc, task_spec
 from aioray._private.common.config import INLINE_LIMIT
 from aioray._private.common.ids import IdGenerator, object_id
-from aioray._private.common.resources import ResourceSet
+from aioray._private.common.lease_shape import ACTOR_CALL_SHAPE, Placement
 from aioray._private.core_worker import object_ref as object_ref_mod
 from aioray._private.core_worker.actor_submitter import ActorClient, death_error
 from aioray._private.core_worker.borrowing import BorrowProtocol
@@ -222,14 +222,14 @@ class CoreWorker:
         kwargs: dict[str, Any],
         *,
         num_returns: int,
-        resources: ResourceSet,
+        placement: Placement,
         max_retries: int,
         retry_exceptions: bool | tuple[type[BaseException], ...],
     ) -> list[ObjectRef]:
         fid, pickled = self.functions.function_id(fn)
         spec, deps, kept, refs = self._new_call(name, args, kwargs, num_returns, fid)
-        spec.num_cpus = resources.get("CPU")
-        pending = PendingTask(spec, resources, max_retries, retry_exceptions, kept, deps)
+        spec.num_cpus, spec.placement_group = placement.num_cpus, placement.placement_group
+        pending = PendingTask(spec, placement.shape, max_retries, retry_exceptions, kept, deps)
         self.runtime.call_soon(self.submitter.submit_new, pending, fid, pickled)
         return refs
 
@@ -240,7 +240,7 @@ class CoreWorker:
         args: Sequence[Any],
         kwargs: dict[str, Any],
         *,
-        resources: ResourceSet,
+        placement: Placement,
         max_retries: int,
         retry_exceptions: bool | tuple[type[BaseException], ...],
         backpressure: int = 0,
@@ -253,9 +253,9 @@ class CoreWorker:
         fid, pickled = self.functions.function_id(fn)
         spec, deps, kept, (end,) = self._new_call(name, args, kwargs, 1, fid)
         spec.streaming = True
-        spec.num_cpus = resources.get("CPU")
+        spec.num_cpus, spec.placement_group = placement.num_cpus, placement.placement_group
         spec.backpressure = backpressure
-        pending = PendingTask(spec, resources, max_retries, retry_exceptions, kept, deps)
+        pending = PendingTask(spec, placement.shape, max_retries, retry_exceptions, kept, deps)
         self.runtime.call_soon(self._open_stream, pending, backpressure, fid, pickled, dynamic)
         return ObjectRefGenerator(spec.task_id, self), end
 
@@ -307,7 +307,7 @@ class CoreWorker:
         spec, deps, kept, refs = self._new_call(name, args, kwargs, num_returns, b"", actor_id, method)
         spec.concurrency_group = concurrency_group
         self.submitter.actor_tasks.add(spec.task_id)
-        return PendingTask(spec, ResourceSet(), max_task_retries, False, kept, deps), refs
+        return PendingTask(spec, ACTOR_CALL_SHAPE, max_task_retries, False, kept, deps), refs
 
     def submit_actor_generator_task(
         self,
@@ -342,13 +342,14 @@ class CoreWorker:
         wait: bool,
         concurrency_groups: dict[str, int] | None = None,
         method_groups: dict[str, str] | None = None,
+        placement_group: tuple[bytes, int, bool] | None = None,
     ) -> tuple[bytes, ObjectRef | None, concurrent.futures.Future[pb.ActorInfo]]:
         """Registers an actor with the GCS; returns its id, its lifetime ref and the GCS's answer."""
         fid, pickled = self.functions.function_id(cls)
         packed = self.dependencies.pack(f"{cls.__name__}.__init__", args, kwargs)
         spec = task_spec.ActorCreationSpec(
             request.actor_id, fid, cls.__name__, packed.args, tuple(kwargs), max_concurrency, is_async,
-            self.address, self.job_id, concurrency_groups or {}, method_groups or {},
+            self.address, self.job_id, concurrency_groups or {}, method_groups or {}, placement_group,
         )  # fmt: skip
         request.owner_address = self.address
         request.job_id = self.job_id
@@ -431,6 +432,13 @@ class CoreWorker:
         if not self.reader.set_result(oid, value, inner):
             # Nobody wants it any more: free it at once.
             self.borrows.released([(oid, self.address, value, True, False)])
+
+    def current_placement_group(self) -> tuple[bytes, int, bool] | None:
+        """(group id, bundle index, capture) of the running task or actor; None in a driver."""
+        return None if self.executor is None else self.executor.current_placement_group()
+
+    def current_gpu_ids(self) -> tuple[int, ...]:
+        return () if self.executor is None else self.executor.current_gpu_ids()
 
     def _set_blocked(self, blocked: bool) -> bool:
         """Lends (or takes back) the running task's CPU while it blocks; True if it applied."""

@@ -192,6 +192,8 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
             # For the memory monitor, which kills workers it may restart first (as Ray does).
             retriable=actor.request.max_restarts == -1
             or actor.info.num_restarts < actor.request.max_restarts,
+            strategy=actor.request.strategy,
+            runtime_env=actor.request.runtime_env,
         )
         address = nodes[0].address
         for _ in range(8):
@@ -212,7 +214,8 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
         self._save(actor)  # a restarted GCS gives this lease back if the constructor did not finish
         worker = self.channels.stub(reply.worker_address, pb.CoreWorkerStub)
         try:
-            result = await worker.create_actor(pb.Blob(data=actor.request.spec), timeout=CREATE_TIMEOUT_S)
+            creation = pb.ActorCreation(spec=actor.request.spec, gpu_ids=reply.gpu_ids)
+            result = await worker.create_actor(creation, timeout=CREATE_TIMEOUT_S)
         except Exception:
             # The worker died while constructing: the death report decides about a restart.
             return

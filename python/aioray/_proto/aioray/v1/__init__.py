@@ -25,6 +25,20 @@ if TYPE_CHECKING:
     from grpclib.metadata import Deadline
 
 
+class LabelConstraintOp(betterproto.Enum):
+    IN = 0
+    NOT_IN = 1
+    EXISTS = 2
+    DOES_NOT_EXIST = 3
+
+
+class SchedulingStrategyKind(betterproto.Enum):
+    DEFAULT = 0
+    SPREAD = 1
+    NODE_AFFINITY = 2
+    NODE_LABEL = 3
+
+
 class GetObjectReplyStatus(betterproto.Enum):
     READY = 0
     TIMEOUT = 1
@@ -39,11 +53,26 @@ class ActorInfoState(betterproto.Enum):
     DEAD = 3
 
 
+class PlacementGroupInfoStrategy(betterproto.Enum):
+    PACK = 0
+    SPREAD = 1
+    STRICT_PACK = 2
+    STRICT_SPREAD = 3
+
+
+class PlacementGroupInfoState(betterproto.Enum):
+    PENDING = 0
+    CREATED = 1
+    REMOVED = 2
+    RESCHEDULING = 3
+
+
 class LeaseReplyStatus(betterproto.Enum):
     GRANTED = 0
     SPILLBACK = 1
     INFEASIBLE = 2
     REJECTED = 3
+    RUNTIME_ENV_FAILED = 4
 
 
 class WorkerFailureCauseKind(betterproto.Enum):
@@ -104,6 +133,61 @@ class NodeInfo(betterproto.Message):
     spilled_bytes: int = betterproto.uint64_field(15)
     restored_bytes: int = betterproto.uint64_field(16)
     spilled_total: int = betterproto.uint64_field(17)
+    labels: Dict[str, str] = betterproto.map_field(
+        18, betterproto.TYPE_STRING, betterproto.TYPE_STRING
+    )
+
+
+@dataclass(eq=False, repr=False)
+class LabelConstraint(betterproto.Message):
+    """
+    One condition on a node label (Ray's label_selector and NodeLabelSchedulingStrategy).
+    """
+
+    key: str = betterproto.string_field(1)
+    op: "LabelConstraintOp" = betterproto.enum_field(2)
+    values: List[str] = betterproto.string_field(3)
+
+
+@dataclass(eq=False, repr=False)
+class SchedulingStrategy(betterproto.Message):
+    """
+    Where a task or actor may run (Ray's scheduling strategies). A placement group's bundle is
+     expressed in the resource shape instead (its bundle resources), as Ray does.
+    """
+
+    kind: "SchedulingStrategyKind" = betterproto.enum_field(1)
+    node_id: bytes = betterproto.bytes_field(2)
+    soft: bool = betterproto.bool_field(3)
+    hard: List["LabelConstraint"] = betterproto.message_field(4)
+    soft_labels: List["LabelConstraint"] = betterproto.message_field(5)
+    spill_on_unavailable: bool = betterproto.bool_field(6)
+    """
+    NODE_AFFINITY soft: fall back to another node also when the chosen one is only busy.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class RuntimeEnvInfo(betterproto.Message):
+    """
+    A task's or actor's runtime environment, resolved by its driver (packages uploaded through the
+     GCS, URIs in place of local paths). Workers are pooled per `hash`.
+    """
+
+    hash: str = betterproto.string_field(1)
+    serialized: str = betterproto.string_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class Bundle(betterproto.Message):
+    """
+    One bundle of a placement group, and the node it was placed on (once it was).
+    """
+
+    placement_group_id: bytes = betterproto.bytes_field(1)
+    bundle_index: int = betterproto.int32_field(2)
+    resources: "ResourceMap" = betterproto.message_field(3)
+    node_id: bytes = betterproto.bytes_field(4)
 
 
 @dataclass(eq=False, repr=False)
@@ -145,6 +229,12 @@ class CancelRequest(betterproto.Message):
     task_id: bytes = betterproto.bytes_field(1)
     force: bool = betterproto.bool_field(2)
     recursive: bool = betterproto.bool_field(3)
+
+
+@dataclass(eq=False, repr=False)
+class ActorCreation(betterproto.Message):
+    spec: bytes = betterproto.bytes_field(1)
+    gpu_ids: List[int] = betterproto.int32_field(2)
 
 
 @dataclass(eq=False, repr=False)
@@ -282,6 +372,8 @@ class CreateActorRequest(betterproto.Message):
     job_id: bytes = betterproto.bytes_field(9)
     resources: "ResourceMap" = betterproto.message_field(10)
     max_restarts: int = betterproto.int32_field(11)
+    strategy: "SchedulingStrategy" = betterproto.message_field(12)
+    runtime_env: "RuntimeEnvInfo" = betterproto.message_field(13)
 
 
 @dataclass(eq=False, repr=False)
@@ -352,6 +444,66 @@ class WorkerDeath(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class CreatePlacementGroupRequest(betterproto.Message):
+    placement_group_id: bytes = betterproto.bytes_field(1)
+    name: str = betterproto.string_field(2)
+    namespace: str = betterproto.string_field(3)
+    strategy: "PlacementGroupInfoStrategy" = betterproto.enum_field(4)
+    bundles: List["ResourceMap"] = betterproto.message_field(5)
+    detached: bool = betterproto.bool_field(6)
+    job_id: bytes = betterproto.bytes_field(7)
+    creator_address: str = betterproto.string_field(8)
+    bundle_label_selector: List["LabelSelector"] = betterproto.message_field(9)
+    """
+    Bundles may only go to nodes whose labels match (Ray's bundle_label_selector), per bundle.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class LabelSelector(betterproto.Message):
+    constraints: List["LabelConstraint"] = betterproto.message_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class PlacementGroupInfo(betterproto.Message):
+    placement_group_id: bytes = betterproto.bytes_field(1)
+    name: str = betterproto.string_field(2)
+    namespace: str = betterproto.string_field(3)
+    strategy: "PlacementGroupInfoStrategy" = betterproto.enum_field(4)
+    state: "PlacementGroupInfoState" = betterproto.enum_field(5)
+    bundles: List["Bundle"] = betterproto.message_field(6)
+    detached: bool = betterproto.bool_field(7)
+    job_id: bytes = betterproto.bytes_field(8)
+    creator_address: str = betterproto.string_field(9)
+    create_time: float = betterproto.double_field(10)
+    message: str = betterproto.string_field(11)
+    bundle_label_selector: List["LabelSelector"] = betterproto.message_field(12)
+
+
+@dataclass(eq=False, repr=False)
+class PlacementGroupId(betterproto.Message):
+    placement_group_id: bytes = betterproto.bytes_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class GetPlacementGroupRequest(betterproto.Message):
+    placement_group_id: bytes = betterproto.bytes_field(1)
+    name: str = betterproto.string_field(2)
+    namespace: str = betterproto.string_field(3)
+
+
+@dataclass(eq=False, repr=False)
+class WaitPlacementGroupRequest(betterproto.Message):
+    placement_group_id: bytes = betterproto.bytes_field(1)
+    timeout_s: float = betterproto.double_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class PlacementGroupList(betterproto.Message):
+    groups: List["PlacementGroupInfo"] = betterproto.message_field(1)
+
+
+@dataclass(eq=False, repr=False)
 class LeaseRequest(betterproto.Message):
     resources: "ResourceMap" = betterproto.message_field(1)
     owner_address: str = betterproto.string_field(2)
@@ -366,6 +518,13 @@ class LeaseRequest(betterproto.Message):
     The work has retries left: the memory monitor kills retriable work before the rest.
     """
 
+    strategy: "SchedulingStrategy" = betterproto.message_field(6)
+    runtime_env: "RuntimeEnvInfo" = betterproto.message_field(7)
+    preferred_nodes: List[bytes] = betterproto.bytes_field(8)
+    """
+    Prefer these nodes (where most of the task's large arguments are), when they can run it.
+    """
+
 
 @dataclass(eq=False, repr=False)
 class LeaseReply(betterproto.Message):
@@ -376,6 +535,18 @@ class LeaseReply(betterproto.Message):
     node_id: bytes = betterproto.bytes_field(5)
     retry_address: str = betterproto.string_field(6)
     message: str = betterproto.string_field(7)
+    gpu_ids: List[int] = betterproto.int32_field(8)
+
+
+@dataclass(eq=False, repr=False)
+class BundleRequest(betterproto.Message):
+    bundles: List["Bundle"] = betterproto.message_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class BundleReply(betterproto.Message):
+    success: bool = betterproto.bool_field(1)
+    message: str = betterproto.string_field(2)
 
 
 @dataclass(eq=False, repr=False)
@@ -541,7 +712,7 @@ class CoreWorkerStub(betterproto.ServiceStub):
 
     async def create_actor(
         self,
-        blob: "Blob",
+        actor_creation: "ActorCreation",
         *,
         timeout: Optional[float] = None,
         deadline: Optional["Deadline"] = None,
@@ -549,7 +720,7 @@ class CoreWorkerStub(betterproto.ServiceStub):
     ) -> "Blob":
         return await self._unary_unary(
             "/aioray.v1.CoreWorker/CreateActor",
-            blob,
+            actor_creation,
             Blob,
             timeout=timeout,
             deadline=deadline,
@@ -962,6 +1133,93 @@ class EventGcsServiceStub(betterproto.ServiceStub):
         )
 
 
+class PlacementGroupGcsServiceStub(betterproto.ServiceStub):
+    async def create_placement_group(
+        self,
+        create_placement_group_request: "CreatePlacementGroupRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "PlacementGroupInfo":
+        return await self._unary_unary(
+            "/aioray.v1.PlacementGroupGcsService/CreatePlacementGroup",
+            create_placement_group_request,
+            PlacementGroupInfo,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def remove_placement_group(
+        self,
+        placement_group_id: "PlacementGroupId",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Empty":
+        return await self._unary_unary(
+            "/aioray.v1.PlacementGroupGcsService/RemovePlacementGroup",
+            placement_group_id,
+            Empty,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_placement_group(
+        self,
+        get_placement_group_request: "GetPlacementGroupRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "PlacementGroupInfo":
+        return await self._unary_unary(
+            "/aioray.v1.PlacementGroupGcsService/GetPlacementGroup",
+            get_placement_group_request,
+            PlacementGroupInfo,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def wait_placement_group_ready(
+        self,
+        wait_placement_group_request: "WaitPlacementGroupRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "PlacementGroupInfo":
+        return await self._unary_unary(
+            "/aioray.v1.PlacementGroupGcsService/WaitPlacementGroupReady",
+            wait_placement_group_request,
+            PlacementGroupInfo,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_placement_groups(
+        self,
+        empty: "Empty",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "PlacementGroupList":
+        return await self._unary_unary(
+            "/aioray.v1.PlacementGroupGcsService/ListPlacementGroups",
+            empty,
+            PlacementGroupList,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+
 class PubSubGcsServiceStub(betterproto.ServiceStub):
     async def publish(
         self,
@@ -1119,6 +1377,74 @@ class NodeManagerStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def prepare_bundle_resources(
+        self,
+        bundle_request: "BundleRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "BundleReply":
+        return await self._unary_unary(
+            "/aioray.v1.NodeManager/PrepareBundleResources",
+            bundle_request,
+            BundleReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def commit_bundle_resources(
+        self,
+        bundle_request: "BundleRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "BundleReply":
+        return await self._unary_unary(
+            "/aioray.v1.NodeManager/CommitBundleResources",
+            bundle_request,
+            BundleReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def cancel_resource_reserve(
+        self,
+        bundle_request: "BundleRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Empty":
+        return await self._unary_unary(
+            "/aioray.v1.NodeManager/CancelResourceReserve",
+            bundle_request,
+            Empty,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_bundles(
+        self,
+        empty: "Empty",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "BundleRequest":
+        return await self._unary_unary(
+            "/aioray.v1.NodeManager/GetBundles",
+            empty,
+            BundleRequest,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class ObjectManagerStub(betterproto.ServiceStub):
     async def free_objects(
@@ -1244,7 +1570,7 @@ class CoreWorkerBase(ServiceBase):
     async def exit(self, empty: "Empty") -> "Empty":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def create_actor(self, blob: "Blob") -> "Blob":
+    async def create_actor(self, actor_creation: "ActorCreation") -> "Blob":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def cancel_task(self, cancel_request: "CancelRequest") -> "Empty":
@@ -1286,7 +1612,7 @@ class CoreWorkerBase(ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_create_actor(
-        self, stream: "grpclib.server.Stream[Blob, Blob]"
+        self, stream: "grpclib.server.Stream[ActorCreation, Blob]"
     ) -> None:
         request = await stream.recv_message()
         response = await self.create_actor(request)
@@ -1342,7 +1668,7 @@ class CoreWorkerBase(ServiceBase):
             "/aioray.v1.CoreWorker/CreateActor": grpclib.const.Handler(
                 self.__rpc_create_actor,
                 grpclib.const.Cardinality.UNARY_UNARY,
-                Blob,
+                ActorCreation,
                 Blob,
             ),
             "/aioray.v1.CoreWorker/CancelTask": grpclib.const.Handler(
@@ -1747,6 +2073,104 @@ class EventGcsServiceBase(ServiceBase):
         }
 
 
+class PlacementGroupGcsServiceBase(ServiceBase):
+
+    async def create_placement_group(
+        self, create_placement_group_request: "CreatePlacementGroupRequest"
+    ) -> "PlacementGroupInfo":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def remove_placement_group(
+        self, placement_group_id: "PlacementGroupId"
+    ) -> "Empty":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_placement_group(
+        self, get_placement_group_request: "GetPlacementGroupRequest"
+    ) -> "PlacementGroupInfo":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def wait_placement_group_ready(
+        self, wait_placement_group_request: "WaitPlacementGroupRequest"
+    ) -> "PlacementGroupInfo":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_placement_groups(self, empty: "Empty") -> "PlacementGroupList":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def __rpc_create_placement_group(
+        self,
+        stream: "grpclib.server.Stream[CreatePlacementGroupRequest, PlacementGroupInfo]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.create_placement_group(request)
+        await stream.send_message(response)
+
+    async def __rpc_remove_placement_group(
+        self, stream: "grpclib.server.Stream[PlacementGroupId, Empty]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.remove_placement_group(request)
+        await stream.send_message(response)
+
+    async def __rpc_get_placement_group(
+        self,
+        stream: "grpclib.server.Stream[GetPlacementGroupRequest, PlacementGroupInfo]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.get_placement_group(request)
+        await stream.send_message(response)
+
+    async def __rpc_wait_placement_group_ready(
+        self,
+        stream: "grpclib.server.Stream[WaitPlacementGroupRequest, PlacementGroupInfo]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.wait_placement_group_ready(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_placement_groups(
+        self, stream: "grpclib.server.Stream[Empty, PlacementGroupList]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.list_placement_groups(request)
+        await stream.send_message(response)
+
+    def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
+        return {
+            "/aioray.v1.PlacementGroupGcsService/CreatePlacementGroup": grpclib.const.Handler(
+                self.__rpc_create_placement_group,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                CreatePlacementGroupRequest,
+                PlacementGroupInfo,
+            ),
+            "/aioray.v1.PlacementGroupGcsService/RemovePlacementGroup": grpclib.const.Handler(
+                self.__rpc_remove_placement_group,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                PlacementGroupId,
+                Empty,
+            ),
+            "/aioray.v1.PlacementGroupGcsService/GetPlacementGroup": grpclib.const.Handler(
+                self.__rpc_get_placement_group,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                GetPlacementGroupRequest,
+                PlacementGroupInfo,
+            ),
+            "/aioray.v1.PlacementGroupGcsService/WaitPlacementGroupReady": grpclib.const.Handler(
+                self.__rpc_wait_placement_group_ready,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                WaitPlacementGroupRequest,
+                PlacementGroupInfo,
+            ),
+            "/aioray.v1.PlacementGroupGcsService/ListPlacementGroups": grpclib.const.Handler(
+                self.__rpc_list_placement_groups,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                Empty,
+                PlacementGroupList,
+            ),
+        }
+
+
 class PubSubGcsServiceBase(ServiceBase):
 
     async def publish(self, pub_message: "PubMessage") -> "Empty":
@@ -1821,6 +2245,22 @@ class NodeManagerBase(ServiceBase):
     async def shutdown(self, empty: "Empty") -> "Empty":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def prepare_bundle_resources(
+        self, bundle_request: "BundleRequest"
+    ) -> "BundleReply":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def commit_bundle_resources(
+        self, bundle_request: "BundleRequest"
+    ) -> "BundleReply":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def cancel_resource_reserve(self, bundle_request: "BundleRequest") -> "Empty":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_bundles(self, empty: "Empty") -> "BundleRequest":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_request_worker_lease(
         self, stream: "grpclib.server.Stream[LeaseRequest, LeaseReply]"
     ) -> None:
@@ -1872,6 +2312,34 @@ class NodeManagerBase(ServiceBase):
         response = await self.shutdown(request)
         await stream.send_message(response)
 
+    async def __rpc_prepare_bundle_resources(
+        self, stream: "grpclib.server.Stream[BundleRequest, BundleReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.prepare_bundle_resources(request)
+        await stream.send_message(response)
+
+    async def __rpc_commit_bundle_resources(
+        self, stream: "grpclib.server.Stream[BundleRequest, BundleReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.commit_bundle_resources(request)
+        await stream.send_message(response)
+
+    async def __rpc_cancel_resource_reserve(
+        self, stream: "grpclib.server.Stream[BundleRequest, Empty]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.cancel_resource_reserve(request)
+        await stream.send_message(response)
+
+    async def __rpc_get_bundles(
+        self, stream: "grpclib.server.Stream[Empty, BundleRequest]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.get_bundles(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/aioray.v1.NodeManager/RequestWorkerLease": grpclib.const.Handler(
@@ -1915,6 +2383,30 @@ class NodeManagerBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 Empty,
                 Empty,
+            ),
+            "/aioray.v1.NodeManager/PrepareBundleResources": grpclib.const.Handler(
+                self.__rpc_prepare_bundle_resources,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                BundleRequest,
+                BundleReply,
+            ),
+            "/aioray.v1.NodeManager/CommitBundleResources": grpclib.const.Handler(
+                self.__rpc_commit_bundle_resources,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                BundleRequest,
+                BundleReply,
+            ),
+            "/aioray.v1.NodeManager/CancelResourceReserve": grpclib.const.Handler(
+                self.__rpc_cancel_resource_reserve,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                BundleRequest,
+                Empty,
+            ),
+            "/aioray.v1.NodeManager/GetBundles": grpclib.const.Handler(
+                self.__rpc_get_bundles,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                Empty,
+                BundleRequest,
             ),
         }
 
