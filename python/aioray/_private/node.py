@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aioray._private.common import process, rpc, segments
+from aioray._private.common.node_resources import node_resources, parse_labels
 from aioray._private.common.process import Child
 
 START_TIMEOUT_S = 60.0
@@ -29,19 +30,6 @@ def default_object_store_memory() -> int:
         st = os.statvfs("/dev/shm")
         size = min(size, int(st.f_bavail * st.f_frsize * 0.9))
     return size
-
-
-def node_resources(
-    num_cpus: float | None, num_gpus: float | None, resources: dict[str, float] | None
-) -> dict[str, float]:
-    amounts = dict(resources or {})
-    for reserved in ("CPU", "GPU"):
-        if reserved in amounts:
-            raise ValueError(f"use num_{reserved.lower()}s=..., not resources={{'{reserved}': ...}}")
-    amounts["CPU"] = float(os.cpu_count() or 1) if num_cpus is None else float(num_cpus)
-    if num_gpus:
-        amounts["GPU"] = float(num_gpus)
-    return amounts
 
 
 def session_dir() -> str:
@@ -128,6 +116,8 @@ def start_node(
     num_gpus: float | None = None,
     resources: dict[str, float] | None = None,
     object_store_memory: int | None = None,
+    memory: float | None = None,
+    labels: str | dict[str, str] | None = None,
     token: str | None = None,
     lifeline: bool = True,
     detach: bool = False,
@@ -144,10 +134,11 @@ def start_node(
     Segments and spill folders that raylets killed earlier left behind are reclaimed first.
     """
     token = token if token is not None else secrets.token_hex(16)
-    amounts = node_resources(num_cpus, num_gpus, resources)
     store_memory = object_store_memory or default_object_store_memory()
     if store_memory < 1 << 20:
         raise ValueError(f"object_store_memory={store_memory} is too small: give the store at least 1 MiB")
+    amounts = node_resources(num_cpus, num_gpus, resources, memory, store_memory)
+    node_labels = parse_labels(labels)
     logs = log_dir or session_dir()
     segments.reclaim_orphans(segments.session_tag(), spill_dirs=[logs])
     env = dict(os.environ)
@@ -192,6 +183,8 @@ def start_node(
             json.dumps(amounts),
             "--object-store-memory",
             str(store_memory),
+            "--labels",
+            json.dumps(node_labels),
         ]
         argv += ["--spill-dir", logs]
         if head:

@@ -1,9 +1,9 @@
-"""The raylet's scheduling policy: feasibility, spillback and dispatch, on hand-made cluster views."""
+"""The raylet's queue: dispatch and re-planning, on hand-made cluster views."""
 
 from __future__ import annotations
 
 from aioray._private.common.resources import ResourceSet
-from aioray._private.raylet.scheduling import feasible_somewhere, plan_dispatch, replan, spillback_target
+from aioray._private.raylet.scheduling import plan_dispatch, replan
 from aioray._proto.aioray import v1 as pb
 
 LOCAL = b"local"
@@ -23,76 +23,6 @@ def node(
 
 def cpus(n: float) -> ResourceSet:
     return ResourceSet({"CPU": n})
-
-
-# -- feasible_somewhere ------------------------------------------------------------------------
-
-
-def test_feasible_when_it_fits_locally_in_total() -> None:
-    assert feasible_somewhere(cpus(2), cpus(4), [], LOCAL)
-
-
-def test_feasible_when_only_another_live_node_has_it() -> None:
-    view = [node(b"a", {"CPU": 1}), node(b"b", {"CPU": 2, "GPU": 1})]
-    assert feasible_somewhere(ResourceSet({"GPU": 1}), cpus(4), view, LOCAL)
-
-
-def test_a_dead_node_does_not_make_it_feasible() -> None:
-    view = [node(b"a", {"CPU": 8, "GPU": 1}, alive=False)]
-    assert not feasible_somewhere(ResourceSet({"GPU": 1}), cpus(4), view, LOCAL)
-
-
-def test_infeasible_when_no_node_has_it() -> None:
-    view = [node(b"a", {"CPU": 4}), node(LOCAL, {"CPU": 16})]
-    # The local node's own view entry is not consulted: its local total is what counts.
-    assert not feasible_somewhere(cpus(8), cpus(4), view, LOCAL)
-
-
-# -- spillback_target --------------------------------------------------------------------------
-
-
-def test_full_here_spills_to_the_first_other_node_with_it_free() -> None:
-    view = [
-        node(LOCAL, {"CPU": 4}),
-        node(b"busy", {"CPU": 4}, {"CPU": 0}),
-        node(b"dead", {"CPU": 4}, alive=False),
-        node(b"free1", {"CPU": 4}, {"CPU": 2}),
-        node(b"free2", {"CPU": 4}),
-    ]
-    assert spillback_target(cpus(1), cpus(0), cpus(4), view, LOCAL, no_spillback=False) == "free1:1"
-
-
-def test_full_here_with_no_node_free_stays_here() -> None:
-    view = [node(b"busy", {"CPU": 4}, {"CPU": 0})]
-    assert spillback_target(cpus(1), cpus(0), cpus(4), view, LOCAL, no_spillback=False) is None
-
-
-def test_no_spillback_keeps_it_here_when_it_fits_in_total() -> None:
-    view = [node(b"free", {"CPU": 4})]
-    assert spillback_target(cpus(1), cpus(0), cpus(4), view, LOCAL, no_spillback=True) is None
-
-
-def test_never_fits_here_goes_to_a_node_that_fits_in_total_preferring_free_now() -> None:
-    shape = ResourceSet({"GPU": 1})
-    view = [
-        node(b"small", {"CPU": 4}),
-        node(b"gpu-busy", {"GPU": 1}, {"GPU": 0}),
-        node(b"gpu-free", {"GPU": 2}, {"GPU": 1}),
-    ]
-    # Even a request spilled here already must move on: this node can never run it.
-    for no_spillback in (False, True):
-        assert spillback_target(shape, cpus(4), cpus(4), view, LOCAL, no_spillback) == "gpu-free:1"
-
-
-def test_never_fits_here_and_every_able_node_busy_picks_the_first_able_one() -> None:
-    shape = ResourceSet({"GPU": 1})
-    view = [node(b"gpu-a", {"GPU": 1}, {"GPU": 0}), node(b"gpu-b", {"GPU": 1}, {"GPU": 0})]
-    assert spillback_target(shape, cpus(4), cpus(4), view, LOCAL, no_spillback=True) == "gpu-a:1"
-
-
-def test_fits_here_now_is_not_spilled() -> None:
-    view = [node(b"free", {"CPU": 64})]
-    assert spillback_target(cpus(1), cpus(2), cpus(4), view, LOCAL, no_spillback=False) is None
 
 
 # -- plan_dispatch -----------------------------------------------------------------------------
@@ -172,3 +102,9 @@ def test_replan_leaves_requests_that_may_not_move_but_they_keep_their_place_in_t
     # Request 0 fits here and stays; 1 may not move yet (it was just spilled here); 2 may.
     moves = replan([cpus(1), cpus(1), cpus(1)], cpus(1), view, LOCAL, movable=[True, False, True])
     assert {i: n.node_id for i, n in moves.items()} == {2: b"other"}
+
+
+def test_replan_moves_a_request_only_to_the_nodes_its_strategy_allows() -> None:
+    view = [node(b"a", {"CPU": 4}), node(b"b", {"CPU": 4})]
+    moves = replan([cpus(1), cpus(1)], cpus(0), view, LOCAL, allowed=[frozenset({b"b"}), frozenset()])
+    assert {i: n.node_id for i, n in moves.items()} == {0: b"b"}

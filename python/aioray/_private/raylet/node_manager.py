@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from aioray._private.common import proto_enums, rpc
 from aioray._private.common.ids import random_id
 from aioray._private.common.resources import ResourceSet
-from aioray._private.raylet import scheduling
+from aioray._private.raylet import policy, scheduling
+from aioray._private.raylet.accelerators import GpuAllocator, gpus_in
 from aioray._private.raylet.cluster_view import ClusterView
 from aioray._private.raylet.memory_monitor import Candidate
 from aioray._private.raylet.worker_pool import WorkerPool, WorkerProc
@@ -47,6 +48,7 @@ class Lease:
     blocked: bool = False
     retriable: bool = False  # the owner's work has retries left (the memory monitor kills it first)
     granted_at: float = field(default_factory=time.monotonic)
+    gpu_ids: tuple[int, ...] = ()
 
 
 @dataclass(eq=False)
@@ -55,6 +57,7 @@ class LeaseWaiter:
     resources: ResourceSet
     future: asyncio.Future[pb.LeaseReply]
     queued_at: float = field(default_factory=lambda: asyncio.get_running_loop().time())
+    allowed: frozenset[bytes] | None = None  # the nodes a re-plan may move it to (None: any)
 
 
 class NodeManager(pb.NodeManagerBase):
@@ -68,8 +71,13 @@ class NodeManager(pb.NodeManagerBase):
         resources_changed: Callable[[], None],
         gcs_address: str,
         on_shutdown: Callable[[], None],
+        gpu_ids: list[int] | None = None,
+        labels: dict[str, str] | None = None,
     ) -> None:
         self.node_id = node_id
+        self.labels = labels or {}
+        self.gpus = GpuAllocator(gpu_ids or [])
+        self.spread = policy.SpreadCursor()
         self.total = total
         self.available = total
         self.view = view
@@ -90,21 +98,21 @@ class NodeManager(pb.NodeManagerBase):
         if self.stopping:
             return pb.LeaseReply(status=proto_enums.LEASE_REJECTED, message="the raylet is shutting down")
         shape = ResourceSet(lease_request.resources.amounts)
-        if not scheduling.feasible_somewhere(shape, self.total, self.view.nodes, self.node_id):
+        decision = self._decide(shape, lease_request)
+        if decision.action == policy.INFEASIBLE:
             # The view may predate a node that just joined: look again before saying no.
             await self.view.refresh_now()
-        if not scheduling.feasible_somewhere(shape, self.total, self.view.nodes, self.node_id):
+            decision = self._decide(shape, lease_request)
+        if decision.action == policy.INFEASIBLE:
             return pb.LeaseReply(
                 status=proto_enums.LEASE_INFEASIBLE,
-                message=f"no node of the cluster has {shape.to_dict()} (this node has {self.total.to_dict()})",
+                message=f"{decision.message} (this node has {self.total.to_dict()})",
             )
-        target = scheduling.spillback_target(
-            shape, self.available, self.total, self.view.nodes, self.node_id, lease_request.no_spillback
-        )
-        if target is not None:
-            self._debit(target, shape)
-            return pb.LeaseReply(status=proto_enums.LEASE_SPILLBACK, retry_address=target)
+        if decision.action == policy.SPILL:
+            self._debit(decision.address, shape)
+            return pb.LeaseReply(status=proto_enums.LEASE_SPILLBACK, retry_address=decision.address)
         waiter = LeaseWaiter(lease_request, shape, asyncio.get_running_loop().create_future())
+        waiter.allowed = policy.allowed_nodes(lease_request.strategy, self._nodes())
         self.waiting.append(waiter)
         self.dispatch()
         try:
@@ -119,6 +127,13 @@ class NodeManager(pb.NodeManagerBase):
                     self._return(lease, failed=False)
             raise
 
+    def _nodes(self) -> list[policy.Node]:
+        here = policy.Node(self.node_id, "", self.total, self.available, self.labels, local=True)
+        return policy.nodes_of(self.view.nodes, here)
+
+    def _decide(self, shape: ResourceSet, request: pb.LeaseRequest) -> policy.Decision:
+        return policy.decide(shape, request.strategy, self._nodes(), request.no_spillback, self.spread)
+
     def dispatch(self) -> None:
         """Grants queued requests that fit, to idle workers; starts workers for the rest that fit."""
         if self.stopping:
@@ -127,6 +142,10 @@ class NodeManager(pb.NodeManagerBase):
         plan = scheduling.plan_dispatch([w.resources for w in queued], self.available, len(self.pool.idle))
         for i in plan.grant:
             waiter = queued[i]
+            gpu_ids = self.gpus.take(gpus_in(waiter.resources))
+            if gpu_ids is None:  # the GPUs add up but no device has room (fractions): wait
+                plan.waiting.append(i)
+                continue
             worker = self.pool.take_idle()
             lease = Lease(
                 random_id(16),
@@ -134,6 +153,7 @@ class NodeManager(pb.NodeManagerBase):
                 waiter.resources,
                 waiter.request.owner_address,
                 retriable=waiter.request.retriable,
+                gpu_ids=gpu_ids,
             )
             worker.lease_id = lease.lease_id
             self.leases[lease.lease_id] = lease
@@ -145,9 +165,10 @@ class NodeManager(pb.NodeManagerBase):
                     worker_id=worker.worker_id,
                     worker_address=worker.address,
                     node_id=self.node_id,
+                    gpu_ids=list(gpu_ids),
                 )
             )
-        self.waiting = [queued[i] for i in plan.waiting]
+        self.waiting = [queued[i] for i in sorted(plan.waiting)]
         self.pool.start(max(0, plan.workers_needed - self.pool.starting))
         self._resources_changed()
 
@@ -165,6 +186,7 @@ class NodeManager(pb.NodeManagerBase):
             self.view.nodes,
             self.node_id,
             [not w.request.no_spillback or w.queued_at <= settled for w in queued],
+            [w.allowed for w in queued],
         )
         for i, target in moves.items():
             self._debit(target.address, queued[i].resources)
@@ -185,6 +207,8 @@ class NodeManager(pb.NodeManagerBase):
     def _release(self, lease: Lease) -> None:
         if not lease.blocked:
             self.available = self.available + lease.resources
+        self.gpus.give_back(lease.gpu_ids, gpus_in(lease.resources))
+        lease.gpu_ids = ()
         lease.worker.lease_id = None
 
     def _return(self, lease: Lease, failed: bool) -> None:

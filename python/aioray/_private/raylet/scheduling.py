@@ -1,11 +1,7 @@
-"""The raylet's scheduling policy (seed 000, protocols b and c), free of I/O so it can be tested alone.
+"""The raylet's queue (seed 000, protocols b and c), free of I/O so it can be tested alone.
 
-A lease request for a resource shape is
-- INFEASIBLE when no live node of the cluster has the shape in total;
-- spilled back to another node when this node cannot fit it right now and
-  another node has it free (unless the request was spilled here already), or
-  when this node can never fit it (nodes with the shape free first);
-- otherwise queued here, and granted in arrival order as resources free up.
+Where a new lease request goes (here, another node, or nowhere) is `policy`'s decision; a
+request queued here is granted in arrival order as resources free up.
 
 Queued requests are re-planned whenever the cluster view changes (a node
 joins or reports free resources): a request the local budget cannot cover
@@ -32,51 +28,21 @@ def _others(view: Iterable[pb.NodeInfo], local_node_id: bytes) -> list[pb.NodeIn
     return [n for n in view if n.alive and n.node_id != local_node_id]
 
 
-def feasible_somewhere(
-    shape: ResourceSet, local_total: ResourceSet, view: Iterable[pb.NodeInfo], local_node_id: bytes
-) -> bool:
-    if shape.fits_in(local_total):
-        return True
-    return any(shape.fits_in(ResourceSet.from_wire(n.total.amounts)) for n in _others(view, local_node_id))
-
-
-def spillback_target(
-    shape: ResourceSet,
-    local_available: ResourceSet,
-    local_total: ResourceSet,
-    view: Iterable[pb.NodeInfo],
-    local_node_id: bytes,
-    no_spillback: bool,
-) -> str | None:
-    """The raylet address to send a feasible request on to, or None to queue it here."""
-    others = _others(view, local_node_id)
-    if not no_spillback and not shape.fits_in(local_available):
-        # Full here: spill back to a node with the shape free right now, if there is one.
-        for n in others:
-            if shape.fits_in(ResourceSet.from_wire(n.available.amounts)):
-                return n.address
-    if not shape.fits_in(local_total):
-        able = [n for n in others if shape.fits_in(ResourceSet.from_wire(n.total.amounts))]
-        # Nodes with the shape free right now first (a stable sort keeps the view's order otherwise).
-        able.sort(key=lambda n: not shape.fits_in(ResourceSet.from_wire(n.available.amounts)))
-        if able:
-            return able[0].address
-    return None
-
-
 def replan(
     queued: Sequence[ResourceSet],
     local_available: ResourceSet,
     view: Iterable[pb.NodeInfo],
     local_node_id: bytes,
     movable: Sequence[bool] | None = None,
+    allowed: Sequence[frozenset[bytes] | None] | None = None,
 ) -> dict[int, pb.NodeInfo]:
     """Which queued requests (by index) to send on to which node, now.
 
     The queue is walked in order with the local free resources as a budget, as dispatch walks it:
     a request the budget covers stays (it is granted as soon as a worker is ready). One it does not
-    cover goes, if it is `movable` (all are by default), to the first other live node whose free
-    resources, less what this round already sends there, fit it; with no such node it stays here.
+    cover goes, if it is `movable` (all are by default), to the first other live node it is
+    `allowed` on (its strategy's nodes; all by default) whose free resources, less what this round
+    already sends there, fit it; with no such node it stays here.
     """
     others = _others(view, local_node_id)
     budgets = {n.node_id: ResourceSet.from_wire(n.available.amounts) for n in others}
@@ -90,6 +56,9 @@ def replan(
         if movable is not None and not movable[i]:
             continue
         for node_id, free in budgets.items():
+            only = allowed[i] if allowed is not None else None
+            if only is not None and node_id not in only:
+                continue
             if shape.fits_in(free):
                 budgets[node_id] = free - shape
                 moves[i] = nodes[node_id]

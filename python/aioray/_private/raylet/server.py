@@ -22,6 +22,7 @@ from typing import Any
 from aioray._private.common import process, rpc, segments
 from aioray._private.common.config import GCS_RECONNECT_TIMEOUT_S
 from aioray._private.common.ids import random_id
+from aioray._private.common.node_resources import NODE_ID_LABEL, gpu_ids_for
 from aioray._private.common.resources import ResourceSet
 from aioray._private.raylet.cluster_view import ClusterView
 from aioray._private.raylet.memory_monitor import MemoryMonitor, MonitorConfig
@@ -54,15 +55,19 @@ class Raylet:
         self.channels = rpc.ChannelPool(token)
         self.view = ClusterView(self.channels, self.gcs_address)
         self.pool = WorkerPool(self._worker_env, self._spawn, self._on_worker_exit)
+        total = ResourceSet(json.loads(args.resources))
+        self.labels = {**json.loads(args.labels), NODE_ID_LABEL: self.node_id.hex()}
         self.nodes = NodeManager(
             self.node_id,
-            ResourceSet(json.loads(args.resources)),
+            total,
             self.view,
             self.pool,
             self.node_info,
             self.schedule_report,
             self.gcs_address,
             lambda: self.stopped.set(),
+            gpu_ids=gpu_ids_for(total.get("GPU")),
+            labels=self.labels,
         )
         # Kills leased workers while the node's memory is above the threshold (memory_monitor).
         self.memory = MemoryMonitor(
@@ -145,6 +150,7 @@ class Raylet:
             spilled_bytes=self.spill.spilled_bytes,
             restored_bytes=self.spill.restored_bytes,
             spilled_total=self.spill.spilled_total,
+            labels=self.labels,
         )
 
     def schedule_report(self) -> None:
@@ -221,6 +227,7 @@ def main() -> None:
     parser.add_argument("--gcs-address", required=True)
     parser.add_argument("--resources", default="{}", help="JSON map, CPU and GPU included")
     parser.add_argument("--object-store-memory", type=int, required=True)
+    parser.add_argument("--labels", default="{}", help="JSON map of the node's labels")
     parser.add_argument("--head", action="store_true")
     parser.add_argument(
         "--spill-dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "aioray-session")
