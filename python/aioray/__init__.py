@@ -28,7 +28,7 @@ from aioray._private.cluster import Cluster, connect
 from aioray._private.core_worker.generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from aioray._private.core_worker.object_ref import ObjectRef, shield
 from aioray._private.remote_function import RemoteFunction
-from aioray._private.runtime_context import get_runtime_context
+from aioray._private.runtime_context import get_gpu_ids, get_runtime_context
 from aioray.exceptions import (
     ActorDiedError,
     GetTimeoutError,
@@ -77,6 +77,7 @@ __all__ = [
     "exceptions",
     "get",
     "get_actor",
+    "get_gpu_ids",
     "get_runtime_context",
     "init",
     "is_initialized",

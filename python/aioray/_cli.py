@@ -17,6 +17,7 @@ from typing import Any
 from aioray._private import node as node_mod
 from aioray._private import worker_api
 from aioray._private.common import process, rpc, segments
+from aioray._private.common.node_resources import parse_labels
 from aioray._proto.aioray import v1 as pb
 
 SUPERVISOR_START_TIMEOUT_S = 2 * node_mod.START_TIMEOUT_S + 10
@@ -34,6 +35,11 @@ def cmd_start(args: argparse.Namespace) -> int:
         print("aioray start: --storage is for a head node (it configures the GCS)", file=sys.stderr)
         return 2
     resources = json.loads(args.resources) if args.resources else None
+    try:
+        labels = parse_labels(args.labels)
+    except ValueError as e:
+        print(f"aioray start: --labels: {e}", file=sys.stderr)
+        return 2
     token = os.environ.get(process.TOKEN_ENV)
     if args.address and token is None:
         info = worker_api.read_cluster_file(args.address)
@@ -57,6 +63,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         "num_gpus": args.num_gpus,
         "resources": resources,
         "object_store_memory": args.object_store_memory,
+        "memory": args.memory,
+        "labels": labels,
         "prestart_workers": args.prestart_workers,
         "storage": storage,
         "discard_storage_on_stop": args.head and args.storage is None,
@@ -280,6 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--num-gpus", type=float, default=None)
     start.add_argument("--resources", default=None, help="JSON, e.g. '{\"accel\": 2}'")
     start.add_argument("--object-store-memory", type=int, default=None)
+    start.add_argument(
+        "--memory",
+        type=int,
+        default=None,
+        help="bytes tasks may reserve with memory= (default: free memory less the store)",
+    )
+    start.add_argument(
+        "--labels", default=None, help="node labels for label scheduling: 'key1=value1,key2=value2' or JSON"
+    )
     start.add_argument(
         "--prestart-workers",
         action="store_true",

@@ -50,7 +50,7 @@ MiB = 1 << 20
 DEFAULT_NODE_ARGS: dict[str, Any] = {"num_cpus": 1, "object_store_memory": 150 * MiB}
 NODE_START_TIMEOUT_S = 130.0  # a supervisor may take two node start-ups (the CLI's own limit)
 GRACEFUL_STOP_TIMEOUT_S = 40.0  # the CLI gives its supervisor 30 s to stop the daemons
-_NODE_ARGS = {"num_cpus", "num_gpus", "resources", "object_store_memory", "prestart_workers", "env"}
+_NODE_ARGS = {"num_cpus", "num_gpus", "resources", "object_store_memory", "prestart_workers", "env", "labels"}
 
 
 class ClusterNode:
@@ -210,7 +210,7 @@ class Cluster:
         """Starts a node and returns it once it serves (the head first: the first node added).
 
         `node_args`: ``num_cpus`` (default 1), ``num_gpus``, ``resources`` (a dict of custom ones),
-        ``object_store_memory`` (default 150 MiB), ``prestart_workers``, ``env`` (extra environment
+        ``object_store_memory`` (default 150 MiB), ``prestart_workers``, ``labels`` (a dict), ``env`` (extra environment
         variables for the node's processes). Ray's other arguments are accepted with a warning and
         have no effect. With ``wait=False`` it returns once the process started; `wait_for_nodes`
         then waits for the node to join.
@@ -240,6 +240,8 @@ class Cluster:
             argv += ["--object-store-memory", str(int(args["object_store_memory"]))]
         if args.get("prestart_workers"):
             argv.append("--prestart-workers")
+        if args.get("labels"):
+            argv += ["--labels", json.dumps(args["labels"])]
         env = {**os.environ, **(args.get("env") or {})}
         env["TMPDIR"] = folder  # the node's session folder: <folder>/aioray-session
         env[process.TOKEN_ENV] = self.token

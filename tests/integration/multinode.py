@@ -57,11 +57,12 @@ class Nodes:
         num_cpus: int = 1,
         store: int = 300 * MiB,
         env: dict[str, str] | None = None,
+        extra: tuple[str, ...] = (),
     ) -> None:
         self._start(
             name,
             ["--address", self.address, "--num-cpus", str(num_cpus), "--resources", json.dumps(resources),
-             "--object-store-memory", str(store)],
+             "--object-store-memory", str(store), *extra],
             env,
         )  # fmt: skip
 
@@ -141,7 +142,7 @@ def node_ids_by_resource() -> dict[str, str]:
     for n in aioray.nodes():
         if n["Alive"]:
             for key in n["Resources"]:
-                if key not in ("CPU", "GPU"):
+                if key not in ("CPU", "GPU", "memory"):
                     out[key] = n["NodeID"]
     return out
 

@@ -77,6 +77,7 @@ def init(
     object_store_memory: int | None = None,
     namespace: str | None = None,
     ignore_reinit_error: bool = False,
+    labels: dict[str, str] | None = None,
     **_ignored: Any,
 ) -> InitContext:
     """Starts an embedded local cluster (no `address`) or connects to one ("HOST:PORT" or "auto").
@@ -98,6 +99,7 @@ def init(
         object_store_memory=object_store_memory,
         namespace=namespace,
         ignore_reinit_error=ignore_reinit_error,
+        labels=labels,
     )
     return InitContext(conn)
 
@@ -224,6 +226,7 @@ def nodes() -> list[dict[str, Any]]:
                 "ObjectStoreSocketName": n.store_name,
                 "ObjectManagerPort": int(object_port) if object_port.isdigit() else 0,  # 0: gRPC only
                 "IsHead": n.is_head,
+                "Labels": dict(n.labels),
             }
         )
     return out

@@ -27,8 +27,10 @@ class Cluster:
         resources: dict[str, float] | None = None,
         object_store_memory: int | None = None,
         namespace: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> None:
         self._kwargs = {
+            "labels": labels,
             "num_cpus": num_cpus,
             "num_gpus": num_gpus,
             "resources": resources,

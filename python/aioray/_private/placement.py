@@ -159,6 +159,9 @@ def placement_of(
     """The placement of a task or actor with `options`. `inherited` is the placement group of the
     calling task when that one captures its children: they run in it unless they chose a strategy."""
     resources = task_resources(options.get("num_cpus"), options.get("num_gpus"), options.get("resources"), 0)
+    gpus = resources.get("GPU")
+    if gpus > 1 and gpus != int(gpus):
+        raise ValueError(f"num_gpus above 1 must be a whole number (GPUs are shared only below 1), got {gpus}")
     num_cpus = options.get("num_cpus")
     amounts = resources.to_dict()
     amounts["CPU"] = default_cpus if num_cpus is None else num_cpus

@@ -46,6 +46,15 @@ class RuntimeContext:
             )
         return executor.context.task_id in executor.cancelled
 
+    def get_accelerator_ids(self) -> dict[str, list[str]]:
+        """The accelerators assigned to the running task or actor, by resource: ``{"GPU": ["0"]}``."""
+        return {"GPU": [str(i) for i in object_ref.global_worker().current_gpu_ids()]}
+
+    def get_placement_group_id(self) -> str | None:
+        """The hex id of the placement group the running task or actor is in, if any."""
+        group = object_ref.global_worker().current_placement_group()
+        return None if group is None else group[0].hex()
+
     @property
     def namespace(self) -> str:
         return object_ref.global_worker().namespace
@@ -61,3 +70,8 @@ class RuntimeContext:
 
 def get_runtime_context() -> RuntimeContext:
     return RuntimeContext()
+
+
+def get_gpu_ids() -> list[int]:
+    """The GPU ids assigned to the running task or actor (its CUDA_VISIBLE_DEVICES); [] elsewhere."""
+    return list(object_ref.global_worker().current_gpu_ids())

@@ -141,6 +141,8 @@ class Supervisor:
             num_gpus=cfg.get("num_gpus"),
             resources=cfg.get("resources"),
             object_store_memory=cfg.get("object_store_memory"),
+            memory=cfg.get("memory"),
+            labels=cfg.get("labels"),
             token=self.token,
             lifeline=True,
             detach=True,  # out of the terminal's process group: Ctrl-C reaches the supervisor only

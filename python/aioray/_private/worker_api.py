@@ -87,6 +87,7 @@ def init(
     object_store_memory: int | None = None,
     namespace: str | None = None,
     ignore_reinit_error: bool = False,
+    labels: dict[str, str] | None = None,
     _token: str | None = None,
 ) -> Connection:
     global _connection
@@ -105,12 +106,13 @@ def init(
                 num_gpus=num_gpus,
                 resources=resources,
                 object_store_memory=object_store_memory,
+                labels=labels,
             )
             gcs_address, token = node.gcs_address, node.token
         else:
-            if any(v is not None for v in (num_cpus, num_gpus, resources, object_store_memory)):
+            if any(v is not None for v in (num_cpus, num_gpus, resources, object_store_memory, labels)):
                 raise ValueError(
-                    "num_cpus, num_gpus, resources and object_store_memory only apply to a new cluster"
+                    "num_cpus, num_gpus, resources, object_store_memory and labels only apply to a new cluster"
                 )
             info = read_cluster_file(address)
             if address == "auto":

@@ -240,13 +240,14 @@ class LeasePool:
         task.add_done_callback(self.requests.discard)
 
     async def _lease(self) -> None:
-        """Leases a worker: from the local raylet, following spillback; a raylet that is gone or
-        shutting down sends us back to the local raylet to try again, for up to LEASE_RETRY_S."""
+        """Leases a worker: from the local raylet (or the one holding the next task's arguments),
+        following spillback; a raylet that is gone or shutting down sends us back to the local
+        raylet to try again, for up to LEASE_RETRY_S."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LEASE_RETRY_S
         last_error = ""
+        address = self._preferred_raylet()
         while loop.time() < deadline:
-            address = self.local_raylet
             request = self.shape.lease_request(
                 self.own_address,
                 self.job_id,
@@ -285,10 +286,24 @@ class LeasePool:
                     return
                 last_error = f"raylet {address}: {reply.message or 'too many spillback hops'}"
                 break
+            address = self.local_raylet
             await asyncio.sleep(0.2)
         self._fail_queue(
             WorkerCrashedError(f"could not lease a worker within {LEASE_RETRY_S:.0f}s: {last_error}")
         )
+
+    def _preferred_raylet(self) -> str:
+        """Where to ask for a lease: the raylet of the node holding most bytes of the next task's
+        store arguments (Ray's locality-aware leasing, for the DEFAULT strategy), else ours."""
+        if not self.queue or self.shape.strategy:
+            return self.local_raylet
+        sizes: dict[str, int] = {}
+        for arg in self.queue[0].spec.args:
+            if arg[0] == task_spec.ARG_STORE and arg[4]:
+                sizes[arg[4]] = sizes.get(arg[4], 0) + arg[3]
+        if not sizes:
+            return self.local_raylet
+        return max(sizes, key=sizes.__getitem__)
 
     def _fail_queue(self, err: BaseException) -> None:
         while self.queue:

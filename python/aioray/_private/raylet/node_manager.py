@@ -128,7 +128,13 @@ class NodeManager(pb.NodeManagerBase):
             raise
 
     def _nodes(self) -> list[policy.Node]:
-        here = policy.Node(self.node_id, "", self.total, self.available, self.labels, local=True)
+        # Requests queued here count as used: a burst must not all pick this node before its
+        # workers start and the first grants show in `available`.
+        free = self.available
+        for w in self.waiting:
+            if not w.future.done():
+                free = free - w.resources
+        here = policy.Node(self.node_id, "", self.total, free, self.labels, local=True)
         return policy.nodes_of(self.view.nodes, here)
 
     def _decide(self, shape: ResourceSet, request: pb.LeaseRequest) -> policy.Decision:
