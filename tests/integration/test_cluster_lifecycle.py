@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -97,10 +98,18 @@ def test_the_first_call_without_init_starts_a_local_cluster() -> None:
         aioray.shutdown()
 
 
-def test_ray_init_arguments_without_effect_here_are_named_in_a_warning() -> None:
-    with pytest.warns(UserWarning, match=r"ignores log_to_driver, logging_level: not supported by aioray"):
-        aioray.init(num_cpus=1, object_store_memory=64 << 20, log_to_driver=False, logging_level="INFO")
-    aioray.shutdown()
+def test_ray_init_arguments_are_honoured_or_refused_by_name() -> None:
+    with pytest.raises(ValueError, match=r"log_to_driver=False\) is not supported"):
+        aioray.init(num_cpus=1, log_to_driver=False)
+    with pytest.raises(ValueError, match=r"unknown argument\(s\): no_such_argument"):
+        aioray.init(num_cpus=1, no_such_argument=1)
+    assert not aioray.is_initialized()
+    aioray.init(num_cpus=1, object_store_memory=64 << 20, include_dashboard=False, logging_level="WARNING")
+    try:
+        assert logging.getLogger("aioray").level == logging.WARNING
+    finally:
+        aioray.shutdown()
+        logging.getLogger("aioray").setLevel(logging.NOTSET)
 
 
 def test_store_too_small_is_a_clear_error() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import warnings
+import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
@@ -68,6 +68,38 @@ class InitContext:
         shutdown()
 
 
+# Ray's other init() arguments, with the values aioray honours as they are (it has no dashboard
+# yet, and worker output reaches a driver only from its own machine): any other value, and any
+# argument Ray does not have, is refused by name rather than ignored.
+_INIT_DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
+    "local_mode": (False,),
+    "include_dashboard": (None, False),
+    "dashboard_host": (None, "127.0.0.1", "localhost"),
+    "dashboard_port": (None,),
+    "job_config": (None,),
+    "configure_logging": (True, False),
+    "logging_format": (None,),
+    "logging_config": (None,),
+    "log_to_driver": (None, True),
+    "enable_resource_isolation": (False,),
+    "cgroup_path": (None,),
+    "system_reserved_cpu": (None,),
+    "system_reserved_memory": (None,),
+    "_system_config": (None, {}),
+}
+
+
+def _check_init_arguments(others: dict[str, Any]) -> None:
+    unknown = sorted(set(others) - set(_INIT_DEFAULT_ONLY) - {"logging_level"})
+    if unknown:
+        raise ValueError(f"aioray.init() got unknown argument(s): {', '.join(unknown)}")
+    for key, value in others.items():
+        if key in _INIT_DEFAULT_ONLY and not any(value == d for d in _INIT_DEFAULT_ONLY[key]):
+            raise ValueError(
+                f"aioray.init({key}={value!r}) is not supported by aioray (see docs/ray-compatibility.md)"
+            )
+
+
 def init(
     address: str | None = None,
     *,
@@ -78,19 +110,18 @@ def init(
     namespace: str | None = None,
     ignore_reinit_error: bool = False,
     labels: dict[str, str] | None = None,
-    **_ignored: Any,
+    **others: Any,
 ) -> InitContext:
     """Starts an embedded local cluster (no `address`) or connects to one ("HOST:PORT" or "auto").
 
-    Ray's other arguments are accepted so that Ray scripts run, with a warning naming them: they
-    have no effect here (docs/ray-compatibility.md says which exist and why).
+    Ray's other arguments are accepted where aioray does what they ask (``logging_level`` sets the
+    level of aioray's loggers in this process; ``include_dashboard=False``, ``log_to_driver=True``
+    and the other defaults describe aioray as it is); other values raise ValueError naming them
+    (docs/ray-compatibility.md).
     """
-    if _ignored:
-        warnings.warn(
-            f"aioray.init() ignores {', '.join(sorted(_ignored))}: not supported by aioray "
-            "(see docs/ray-compatibility.md)",
-            stacklevel=2,
-        )
+    _check_init_arguments(others)
+    if "logging_level" in others:
+        logging.getLogger("aioray").setLevel(others["logging_level"])
     conn = worker_api.init(
         address,
         num_cpus=num_cpus,

@@ -88,8 +88,12 @@ def _placement_group_of(options: Mapping[str, Any]) -> tuple[Any, int, bool] | N
         )
     group = options.get("placement_group", "default")
     if group in ("default", None):
-        for key in ("placement_group_bundle_index", "placement_group_capture_child_tasks"):
-            if options.get(key) not in (None, -1, False):
+        for key, default in (
+            ("placement_group_bundle_index", -1),
+            ("placement_group_capture_child_tasks", False),
+        ):
+            value = options.get(key)
+            if value is not None and (value != default or type(value) is not type(default)):
                 raise ValueError(f"{key} needs placement_group= (or a PlacementGroupSchedulingStrategy)")
         return None
     if strategy not in (None, "DEFAULT"):
@@ -161,7 +165,9 @@ def placement_of(
     resources = task_resources(options.get("num_cpus"), options.get("num_gpus"), options.get("resources"), 0)
     gpus = resources.get("GPU")
     if gpus > 1 and gpus != int(gpus):
-        raise ValueError(f"num_gpus above 1 must be a whole number (GPUs are shared only below 1), got {gpus}")
+        raise ValueError(
+            f"num_gpus above 1 must be a whole number (GPUs are shared only below 1), got {gpus}"
+        )
     num_cpus = options.get("num_cpus")
     amounts = resources.to_dict()
     amounts["CPU"] = default_cpus if num_cpus is None else num_cpus

@@ -23,6 +23,13 @@ class RuntimeContext:
             return None
         return core.executor.context.task_id.hex()
 
+    def get_task_name(self) -> str | None:
+        """The name of the running task (its ``name=`` option, else the function's name)."""
+        core = object_ref.global_worker()
+        if core.executor is None or core.executor.context.task_id is None:
+            return None
+        return core.executor.context.task_name
+
     def get_actor_id(self) -> str | None:
         """The id of the actor the caller runs in, or None outside actors."""
         core = object_ref.global_worker()
