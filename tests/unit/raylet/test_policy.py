@@ -182,12 +182,14 @@ def test_labels_keep_to_matching_nodes() -> None:
 
 def test_label_operators() -> None:
     labels = {"zone": "a", "gpu": "h100"}
-    assert policy.matches(labels, [label("zone", E.LABEL_NOT_IN, "b")])
-    assert not policy.matches(labels, [label("zone", E.LABEL_NOT_IN, "a")])
-    assert policy.matches(labels, [label("spot", E.LABEL_NOT_IN, "yes")])  # missing counts as not in
-    assert policy.matches(labels, [label("gpu", E.LABEL_EXISTS)])
-    assert policy.matches(labels, [label("spot", E.LABEL_DOES_NOT_EXIST)])
-    assert not policy.matches(labels, [label("gpu", E.LABEL_DOES_NOT_EXIST)])
+    assert policy.matches(labels, policy.constraints_of([label("zone", E.LABEL_NOT_IN, "b")]))
+    assert not policy.matches(labels, policy.constraints_of([label("zone", E.LABEL_NOT_IN, "a")]))
+    assert policy.matches(
+        labels, policy.constraints_of([label("spot", E.LABEL_NOT_IN, "yes")])
+    )  # missing counts as not in
+    assert policy.matches(labels, policy.constraints_of([label("gpu", E.LABEL_EXISTS)]))
+    assert policy.matches(labels, policy.constraints_of([label("spot", E.LABEL_DOES_NOT_EXIST)]))
+    assert not policy.matches(labels, policy.constraints_of([label("gpu", E.LABEL_DOES_NOT_EXIST)]))
 
 
 def test_soft_labels_are_preferred_while_a_matching_node_is_free() -> None:

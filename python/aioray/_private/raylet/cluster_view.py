@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 from aioray._private.common import rpc
 from aioray._private.common.pubsub import NODE_CHANNEL, RESOURCE_CHANNEL, VIEW_CHANNEL
+from aioray._private.common.resources import ResourceSet
+from aioray._private.raylet import policy
 from aioray._proto.aioray import v1 as pb
 
 log = logging.getLogger("aioray.raylet")
@@ -30,6 +32,8 @@ class ClusterView:
         self._channels = channels
         self._gcs_address = gcs_address
         self.nodes: list[pb.NodeInfo] = []
+        # The live nodes as the scheduling policy reads them, kept in step with `nodes`.
+        self.live: dict[bytes, policy.Node] = {}
         self.stopping = False
         # Called when a node joins, leaves or frees resources: queued leases may fit elsewhere now.
         self.on_change: Callable[[], None] = lambda: None
@@ -49,7 +53,7 @@ class ClusterView:
     async def refresh_now(self) -> None:
         with contextlib.suppress(Exception):
             stub = self._channels.stub(self._gcs_address, pb.NodeInfoGcsServiceStub)
-            self.nodes = list((await stub.get_cluster_view(pb.Empty(), timeout=5)).nodes)
+            self._set_nodes(list((await stub.get_cluster_view(pb.Empty(), timeout=5)).nodes))
 
     async def follow(self, node_info: Callable[[], pb.NodeInfo]) -> None:
         """Keeps the view current from the GCS's node and resource channels until stopped.
@@ -75,16 +79,36 @@ class ClusterView:
     async def _register_once(self, node_info: Callable[[], pb.NodeInfo]) -> None:
         stub = self._channels.stub(self._gcs_address, pb.NodeInfoGcsServiceStub)
         reply = await stub.register_node(node_info(), timeout=5)
-        self.nodes = list(reply.view.nodes)
+        self._set_nodes(list(reply.view.nodes))
         self.on_change()
+
+    def _set_nodes(self, nodes: list[pb.NodeInfo]) -> None:
+        self.nodes = nodes
+        self.live = {n.node_id: policy.Node.of(n) for n in nodes if n.alive}
+
+    def _index(self, node: pb.NodeInfo) -> None:
+        if node.alive:
+            self.live[node.node_id] = policy.Node.of(node)
+        else:
+            self.live.pop(node.node_id, None)
+
+    def debit(self, address: str, shape: ResourceSet) -> None:
+        """Counts a request sent on to `address` against its free resources until it reports again,
+        so one round of spillbacks does not send it more than it has free."""
+        for node in self.nodes:
+            if node.address == address:
+                free = ResourceSet.from_wire(node.available.amounts) - shape
+                node.available = pb.ResourceMap(amounts=free.to_dict())
+                self._index(node)
 
     def apply(self, msg: pb.PubMessage) -> None:
         if msg.channel == VIEW_CHANNEL:
-            self.nodes = list(pb.ClusterView().parse(msg.data).nodes)
+            self._set_nodes(list(pb.ClusterView().parse(msg.data).nodes))
         elif msg.channel == NODE_CHANNEL:
             node = pb.NodeInfo().parse(msg.data)
             others = [n for n in self.nodes if n.node_id != node.node_id]
             self.nodes = [*others, node]
+            self._index(node)
         elif msg.channel == RESOURCE_CHANNEL:
             report = pb.ResourceReport().parse(msg.data)
             freed = False
@@ -96,6 +120,7 @@ class ClusterView:
                     n.store_used = report.store_used
                     n.store_objects = report.store_objects
                     n.num_workers = report.num_workers
+                    self._index(n)
             if not freed:  # only resources freeing up can make queued work fit somewhere
                 return
         self.on_change()

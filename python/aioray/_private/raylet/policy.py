@@ -46,47 +46,59 @@ class Decision:
 
 @dataclass(slots=True)
 class Node:
+    """A node as the policy sees it: plain Python values (a protocol message's fields cost
+    microseconds each to read, and a decision reads every node's)."""
+
     node_id: bytes
     address: str
     total: ResourceSet
     available: ResourceSet
     labels: Mapping[str, str]
     local: bool = False
+    _utilization: float = -1.0
+
+    @classmethod
+    def of(cls, info: pb.NodeInfo) -> Node:
+        return cls(
+            info.node_id,
+            info.address,
+            ResourceSet.from_wire(info.total.amounts),
+            ResourceSet.from_wire(info.available.amounts),
+            dict(info.labels),
+        )
 
     def utilization(self) -> float:
         """The share of its most used resource in use (placement-group bundles excluded)."""
-        worst = 0.0
-        free = self.available
-        for name, total in self.total.to_dict().items():
-            if total > 0 and "_group_" not in name:
-                worst = max(worst, (total - free.get(name)) / total)
-        return worst
+        if self._utilization < 0:
+            worst = 0.0
+            free = self.available
+            for name, total in self.total.to_dict().items():
+                if total > 0 and "_group_" not in name:
+                    worst = max(worst, (total - free.get(name)) / total)
+            self._utilization = worst
+        return self._utilization
 
 
-def nodes_of(view: Iterable[pb.NodeInfo], local: Node) -> list[Node]:
-    """The live nodes of the view as `Node`s, this node first (with its own, current, figures)."""
-    others = [
-        Node(
-            n.node_id,
-            n.address,
-            ResourceSet.from_wire(n.total.amounts),
-            ResourceSet.from_wire(n.available.amounts),
-            n.labels,
-        )
-        for n in view
-        if n.alive and n.node_id != local.node_id
-    ]
-    return [local, *others]
+def nodes_of(others: Iterable[Node], local: Node) -> list[Node]:
+    """The live nodes, this node first (with its own, current, figures)."""
+    return [local, *(n for n in others if n.node_id != local.node_id)]
 
 
-def matches(labels: Mapping[str, str], constraints: Sequence[pb.LabelConstraint]) -> bool:
-    for c in constraints:
-        value = labels.get(c.key)
-        if c.op == Op.IN:
-            ok = value is not None and value in c.values
-        elif c.op == Op.NOT_IN:
-            ok = value is None or value not in c.values
-        elif c.op == Op.EXISTS:
+Constraint = tuple[str, int, frozenset[str]]  # (key, op, values): read once from the message
+
+
+def constraints_of(constraints: Sequence[pb.LabelConstraint]) -> list[Constraint]:
+    return [(c.key, int(c.op), frozenset(c.values)) for c in constraints]
+
+
+def matches(labels: Mapping[str, str], constraints: Sequence[Constraint]) -> bool:
+    for key, op, values in constraints:
+        value = labels.get(key)
+        if op == Op.IN:
+            ok = value is not None and value in values
+        elif op == Op.NOT_IN:
+            ok = value is None or value not in values
+        elif op == Op.EXISTS:
             ok = value is not None
         else:
             ok = value is None
@@ -161,8 +173,9 @@ def decide(
         else:
             return _go(target)
     elif kind == Kind.NODE_LABEL:
-        candidates = [n for n in nodes if matches(n.labels, strategy.hard)]
-        preferred = [n for n in candidates if matches(n.labels, strategy.soft_labels)]
+        hard, soft = constraints_of(strategy.hard), constraints_of(strategy.soft_labels)
+        candidates = [n for n in nodes if matches(n.labels, hard)]
+        preferred = [n for n in candidates if matches(n.labels, soft)] if soft else []
     feasible = [n for n in candidates if shape.fits_in(n.total)]
     if not feasible:
         if _names_a_group(shape) and kind != Kind.NODE_LABEL:
@@ -188,7 +201,8 @@ def allowed_nodes(strategy: pb.SchedulingStrategy, nodes: Iterable[Node]) -> fro
     if strategy.kind == Kind.NODE_AFFINITY and not strategy.soft:
         return frozenset((strategy.node_id,))
     if strategy.kind == Kind.NODE_LABEL:
-        return frozenset(n.node_id for n in nodes if matches(n.labels, strategy.hard))
+        hard = constraints_of(strategy.hard)
+        return frozenset(n.node_id for n in nodes if matches(n.labels, hard))
     return None
 
 
