@@ -1,5 +1,6 @@
-"""Decisions per second of the raylet's scheduling policy (`raylet/policy.py`), which is pure code:
-one `decide` call per lease request, on clusters of 1 to 1,000 nodes, for each strategy.
+"""Decisions per second of the scheduling policies, which are pure code: the raylet's
+(`raylet/policy.py`, one `decide` call per lease request) on clusters of 1 to 1,000 nodes for each
+strategy, and the GCS's placement of a placement group's bundles (`gcs/placement_policy.py`).
 
 Run from the repository root: python benches/scheduling_policy.py [--seconds 1] [--runs 3]
 Each line gives the median of `--runs` timed runs and the cost of one decision in microseconds.
@@ -19,6 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 from aioray._private.common import proto_enums as E
 from aioray._private.common.resources import ResourceSet
+from aioray._private.gcs.placement_policy import Candidate, place
 from aioray._private.raylet.policy import Node, SpreadCursor, decide, nodes_of
 from aioray._proto.aioray import v1 as pb
 
@@ -88,6 +90,31 @@ def main() -> None:
             rates = [rate(one, args.seconds) for _ in range(args.runs)]
             median = statistics.median(rates)
             print(f"{count:>6} {name:<18} {median:>12,.0f} {1e6 / median:>12.1f}")
+    placement_groups(args)
+
+
+def placement_groups(args: argparse.Namespace) -> None:
+    print(f"\n{'nodes':>6} {'group':<26} {'placements/s':>12} {'us/placement':>12}")
+    for count in (10, 100, 1000):
+        nodes = [
+            Candidate(i.to_bytes(16, "big"), ResourceSet({"CPU": 8}), ResourceSet({"CPU": 8}), {})
+            for i in range(count)
+        ]
+        for name, strategy, bundles in (
+            ("PACK 4 x 1 CPU", E.PG_PACK, 4),
+            ("SPREAD 4 x 1 CPU", E.PG_SPREAD, 4),
+            ("STRICT_SPREAD 8 x 1 CPU", E.PG_STRICT_SPREAD, 8),
+            ("STRICT_PACK 8 x 1 CPU", E.PG_STRICT_PACK, 8),
+        ):
+            shapes = [ResourceSet({"CPU": 1})] * bundles
+
+            def one(
+                shapes: list[ResourceSet] = shapes, strategy: int = strategy, nodes: list[Candidate] = nodes
+            ) -> object:
+                return place(shapes, strategy, nodes)
+
+            median = statistics.median(rate(one, args.seconds) for _ in range(args.runs))
+            print(f"{count:>6} {name:<26} {median:>12,.0f} {1e6 / median:>12.1f}")
 
 
 if __name__ == "__main__":

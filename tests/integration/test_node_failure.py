@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import aioray
+from aioray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .conftest import eventually
 from .multinode import MiB, connected, node_ids_by_resource
@@ -61,9 +62,9 @@ def test_node_death_retries_restarts_and_reconstructs(cluster) -> None:
     victim_id = aioray.get(where, timeout=60)  # the array itself stays on that node only
     victim = by_id[victim_id]
     survivor_id = ids["c" if victim == "b" else "b"]
-    # An actor on the victim node (placement is free among the "w" nodes: try until one lands there).
-    keepers = [Keeper.remote() for _ in range(6)]
-    keeper = next(k for k in keepers if aioray.get(k.node.remote(), timeout=60) == victim_id)
+    # An actor on the victim node; soft affinity, so that its restart may go elsewhere.
+    keeper = Keeper.options(scheduling_strategy=NodeAffinitySchedulingStrategy(victim_id, soft=True)).remote()
+    assert aioray.get(keeper.node.remote(), timeout=60) == victim_id
     # A task running on the victim when it dies (one "slot" per node: one runs on each).
     running = [slow.remote(3) for _ in range(2)]
     borrower = Borrower.remote([made])

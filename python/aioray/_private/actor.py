@@ -16,6 +16,7 @@ from aioray._private.core_worker import object_ref
 from aioray._private.core_worker.object_ref import ObjectRef
 from aioray._private.placement import PLACEMENT_OPTIONS, placement_of
 from aioray._private.remote_function import check_backpressure, check_num_returns, validate_options
+from aioray._private.runtime_env import parse_runtime_env, wire_for
 from aioray._proto.aioray import v1 as pb
 
 _ACTOR_OPTIONS = {
@@ -229,9 +230,16 @@ class ActorClass(Generic[_T, _P]):
         _method_groups(cls, _check_groups(options.get("concurrency_groups")))  # refuse bad groups early
         self._cls = cls
         self._options = options
+        self._runtime_env = parse_runtime_env(options.get("runtime_env"))
+        self._env_cache: tuple[Any, bytes] | None = None  # (core worker, its runtime env for this class)
         self.__name__ = cls.__name__
         self.__qualname__ = cls.__qualname__
         self.__doc__ = cls.__doc__
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_env_cache"] = None  # belongs to this process's core worker
+        return state
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -274,7 +282,12 @@ class ActorClass(Generic[_T, _P]):
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
         # As in Ray, an actor needs no CPU to live unless it asks for one.
         inherited = core.current_placement_group()
-        placement = placement_of(opts, 0, inherited if inherited is not None and inherited[2] else None)
+        cache = self._env_cache
+        if cache is None or cache[0] is not core:
+            cache = self._env_cache = (core, wire_for(core, self._runtime_env))
+        placement = placement_of(
+            opts, 0, inherited if inherited is not None and inherited[2] else None, runtime_env=cache[1]
+        )
         name = opts.get("name") or ""
         namespace = opts.get("namespace") or core.namespace or DEFAULT_NAMESPACE
         request = pb.CreateActorRequest(

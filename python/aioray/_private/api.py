@@ -110,9 +110,13 @@ def init(
     namespace: str | None = None,
     ignore_reinit_error: bool = False,
     labels: dict[str, str] | None = None,
+    runtime_env: dict[str, Any] | None = None,
     **others: Any,
 ) -> InitContext:
     """Starts an embedded local cluster (no `address`) or connects to one ("HOST:PORT" or "auto").
+
+    ``runtime_env`` is the job's runtime environment: its packages are uploaded now, and every task
+    and actor of the job runs in it (merged with its own ``runtime_env``, as in Ray).
 
     Ray's other arguments are accepted where aioray does what they ask (``logging_level`` sets the
     level of aioray's loggers in this process; ``include_dashboard=False``, ``log_to_driver=True``
@@ -131,6 +135,7 @@ def init(
         namespace=namespace,
         ignore_reinit_error=ignore_reinit_error,
         labels=labels,
+        runtime_env=runtime_env,
     )
     return InitContext(conn)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from aioray._private.arity import CallShape
 from aioray._private.common.lease_shape import Placement
 from aioray._private.core_worker import object_ref
 from aioray._private.placement import PLACEMENT_OPTIONS, placement_of
+from aioray._private.runtime_env import parse_runtime_env, wire_for
 
 _FUNCTION_OPTIONS = {
     "num_cpus",
@@ -54,9 +56,13 @@ def check_backpressure(value: Any) -> int:
 
 # Ray options aioray accepts only at their default value for now: anything else would be silently
 # ignored, so it is refused (see docs/ray-compatibility.md).
-_DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
-    "runtime_env": (None, {}),
-}
+_DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {}
+
+
+def with_runtime_env(placement: Placement, runtime_env: bytes) -> Placement:
+    if placement.shape.runtime_env == runtime_env:
+        return placement
+    return dataclasses.replace(placement, shape=dataclasses.replace(placement.shape, runtime_env=runtime_env))
 
 
 def validate_options(options: dict[str, Any], allowed: set[str], what: str) -> None:
@@ -127,8 +133,17 @@ class RemoteFunction(Generic[_P, _Ret_co]):
         self._max_retries = 10**9 if max_retries == -1 else max_retries
         self._retry_exceptions = retry
         self._placement = placement_of(options, 1)
+        self._runtime_env = parse_runtime_env(options.get("runtime_env"))
+        # (core worker, its runtime env for this function, the placement with it): resolved at the
+        # first call from a process, so later calls pay nothing for it.
+        self._env_cache: tuple[Any, bytes, Placement] | None = None
         self._call_shape = CallShape.of(fn)
         functools.update_wrapper(self, fn)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_env_cache"] = None  # belongs to this process's core worker
+        return state
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -147,11 +162,15 @@ class RemoteFunction(Generic[_P, _Ret_co]):
         return RemoteFunction(self._function, {**self._options, **options})
 
     def _placement_for_call(self, core: Any) -> Placement:
+        cache = self._env_cache
+        if cache is None or cache[0] is not core:
+            env = wire_for(core, self._runtime_env)
+            cache = self._env_cache = (core, env, with_runtime_env(self._placement, env))
         # Inside a placement group that captures child tasks, a task with no strategy runs in it.
         inherited = core.current_placement_group()
         if inherited is None or not inherited[2]:
-            return self._placement
-        return placement_of(self._options, 1, inherited)
+            return cache[2]
+        return placement_of(self._options, 1, inherited, runtime_env=cache[1])
 
     # The returns below are `Ret` by construction (see the class docstring), which mypy cannot see.
     def remote(self, *args: _P.args, **kwargs: _P.kwargs) -> _Ret_co:

@@ -8,10 +8,12 @@ import contextlib
 import json
 import os
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from aioray._private import node as node_mod
+from aioray._private import runtime_env as runtime_env_mod
 from aioray._private.common import process, rpc, versions
 from aioray._private.common.ids import random_id
 from aioray._private.core_worker import object_ref
@@ -88,6 +90,7 @@ def init(
     namespace: str | None = None,
     ignore_reinit_error: bool = False,
     labels: dict[str, str] | None = None,
+    runtime_env: Mapping[str, Any] | None = None,
     _token: str | None = None,
 ) -> Connection:
     global _connection
@@ -98,6 +101,7 @@ def init(
             raise RuntimeError(
                 "aioray.init() was called twice: call aioray.shutdown() first, or pass ignore_reinit_error=True"
             )
+        job_env = runtime_env_mod.parse_runtime_env(runtime_env)  # refused before anything starts
         node = None
         if address is None or address == "local":
             node = node_mod.start_node(
@@ -128,6 +132,12 @@ def init(
         except BaseException:
             if node is not None:
                 node.stop()
+            raise
+        try:
+            # The job's packages are uploaded now, as in Ray: a working_dir too large fails init().
+            runtime_env_mod.set_job_env(_connection.core, job_env)
+        except BaseException:
+            shutdown()
             raise
         return _connection
 

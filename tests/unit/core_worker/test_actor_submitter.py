@@ -63,6 +63,7 @@ class FakeRuntime:
     """Runs the queue's coroutines; a worker stream is not run (the test breaks it by hand)."""
 
     channels = None
+    task_channels = None
 
     def __init__(self) -> None:
         self.tasks: list[asyncio.Task[Any]] = []

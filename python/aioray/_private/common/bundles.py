@@ -10,7 +10,7 @@ Scheduling then needs nothing else: spillback, queueing and feasibility work on 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from aioray._private.common.resources import ResourceSet
 
@@ -46,10 +46,20 @@ def is_group_resource(name: str, pg_id: bytes) -> bool:
     return name.endswith("_" + pg_id.hex()) and "_group_" in name
 
 
+def group_of(names: Iterable[str]) -> bytes | None:
+    """The placement group whose bundle a shape asks for (from its bundle marker), if any."""
+    prefix = BUNDLE_MARKER + "_group_"
+    for name in names:
+        if name.startswith(prefix):
+            return bytes.fromhex(name.rpartition("_")[2])
+    return None
+
+
 __all__ = [
     "BUNDLE_MARKER",
     "committed_resources",
     "group_name",
+    "group_of",
     "is_group_resource",
     "shape_in_bundle",
 ]

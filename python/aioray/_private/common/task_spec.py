@@ -1,9 +1,8 @@
-"""The PushTasks frames: task specs and results as they travel between an owner and a worker.
+"""Task frames: task specs and results as they travel between an owner and a worker.
 
-`CoreWorker.PushTasks` (proto/aioray/v1/core_worker.proto) is a bidirectional
-stream of `Blob` messages. betterproto's per-field cost is far above one
-pickle of plain tuples, so the blobs carry aioray's own compact encoding,
-defined only here:
+They travel over task channels (`core_worker.task_channel`, plain TCP with length-prefixed
+frames). betterproto's per-field cost is far above one pickle of plain tuples, so the frames
+carry aioray's own compact encoding, defined only here:
 
 - owner -> worker, one blob per batch: ``pickle((lease_id, [spec...]))`` where a
   spec is `TaskSpec.to_wire()`, a tuple ``(task_id, function_id, name, args,
@@ -29,8 +28,6 @@ from dataclasses import astuple, dataclass, field
 from typing import Any
 
 from aioray._private.common import serialization
-
-PUSH_TASKS_PATH = "/aioray.v1.CoreWorker/PushTasks"
 
 # Argument kinds in a spec.
 ARG_INLINE = 0  # (ARG_INLINE, frame bytes)

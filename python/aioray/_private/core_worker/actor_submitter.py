@@ -182,7 +182,7 @@ class ActorQueue:
         self.node_id = info.node_id
         self.restarts_seen = info.num_restarts
         lw = LeasedWorker(self, b"", info.address, "")
-        lw.task = self.client.runtime.spawn(lw.run(self.client.runtime.channels))
+        lw.task = self.client.runtime.spawn(lw.run(self.client.runtime.task_channels))
         self.stream = lw
 
     def _settle_lost(self) -> None:

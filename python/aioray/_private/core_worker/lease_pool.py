@@ -18,10 +18,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from grpclib.const import Cardinality
-
 from aioray._private.common import rpc, task_spec
 from aioray._private.common.lease_shape import LeaseShape
+from aioray._private.core_worker import task_channel
 from aioray._proto.aioray import v1 as pb
 from aioray.exceptions import (
     OutOfMemoryError,
@@ -102,8 +101,46 @@ def oom_message(cause: pb.WorkerFailureCause | None) -> str | None:
     return None
 
 
+class Outbox:
+    """Batches for a worker: written to its task channel at once while it is open, kept until then
+    (None ends the channel)."""
+
+    def __init__(self, lw: LeasedWorker) -> None:
+        self._lw = lw
+        self._pending: collections.deque[list[PendingTask] | None] = collections.deque()
+        self._end: task_channel.OwnerEnd | None = None
+
+    def put_nowait(self, batch: list[PendingTask] | None) -> None:
+        if self._end is None:
+            self._pending.append(batch)
+        else:
+            self._write(batch)
+
+    def attach(self, end: task_channel.OwnerEnd) -> None:
+        self._end = end
+        while self._pending:
+            self._write(self._pending.popleft())
+
+    def _write(self, batch: list[PendingTask] | None) -> None:
+        assert self._end is not None
+        if batch is None:
+            self._end.end()
+            return
+        lw = self._lw
+        for p in batch:
+            p.spec.gpu_ids = lw.gpu_ids
+        self._end.send(task_spec.encode_batch(lw.lease_id, [p.spec for p in batch]))
+
+    def get_nowait(self) -> list[PendingTask] | None:
+        """The oldest batch not written yet (for tests that run without a worker)."""
+        return self._pending.popleft()
+
+    def empty(self) -> bool:
+        return not self._pending
+
+
 class LeasedWorker:
-    """One open PushTasks stream to a worker: a leased one, or an actor's."""
+    """One open task channel to a worker: a leased one, or an actor's."""
 
     def __init__(
         self,
@@ -119,51 +156,49 @@ class LeasedWorker:
         self.address = address
         self.raylet_address = raylet_address
         self.in_flight: dict[bytes, PendingTask] = {}
-        self.outbox: asyncio.Queue[list[PendingTask] | None] = asyncio.Queue()
+        self.outbox = Outbox(self)
         self.idle_timer: asyncio.TimerHandle | None = None
         self.dead = False
         self.task: asyncio.Task[None] | None = None
         self.failure: pb.WorkerFailureCause | None = None  # why it died, if its raylet said
+        self._closed: asyncio.Future[None] | None = None
 
-    async def run(self, channels: rpc.ChannelPool) -> None:
-        """Streams batches to the worker and results back until closed or broken."""
-        channel = channels.channel(self.address)
+    async def run(self, channels: task_channel.TaskChannels) -> None:
+        """Sends batches to the worker and takes results back until closed or broken."""
+        self._closed = asyncio.get_running_loop().create_future()
+        end: task_channel.OwnerEnd | None = None
         try:
-            async with channel.request(
-                task_spec.PUSH_TASKS_PATH, Cardinality.STREAM_STREAM, pb.Blob, pb.Blob
-            ) as stream:
-                await stream.send_request()
-                sender = asyncio.get_running_loop().create_task(self._send(stream))
-                try:
-                    # Returns when the worker ends the stream (after we ended ours); raises
-                    # when the connection breaks, e.g. because the worker died.
-                    await self._read(stream)
-                finally:
-                    sender.cancel()
+            end = await channels.open(self.address, self)
+            self.outbox.attach(end)
+            # Returns when the worker closes the channel after we ended ours; raises when the
+            # connection breaks, e.g. because the worker died.
+            await self._closed
         except asyncio.CancelledError:
             raise
         except Exception as e:  # the worker died or the connection broke
             log.debug("lease %s broke: %r", self.lease_id.hex()[:8], e)
-            channels.drop(self.address)
+            channels.forget(self.address)
             self.dead = True  # no more tasks for it while we ask its raylet why it died
             if self.raylet_address and self.in_flight:
-                self.failure = await failure_cause(channels, self.raylet_address, self.lease_id, self.address)
+                self.failure = await failure_cause(
+                    channels.channels, self.raylet_address, self.lease_id, self.address
+                )
         finally:
             self.dead = True
+            if end is not None and end.transport is not None:
+                end.transport.close()
             self.sink.on_worker_gone(self)
 
-    async def _send(self, stream: Any) -> None:
-        with contextlib.suppress(*rpc.CONNECTION_ERRORS):  # the reader sees the same break
-            while (batch := await self.outbox.get()) is not None:
-                for p in batch:
-                    p.spec.gpu_ids = self.gpu_ids
-                frame = task_spec.encode_batch(self.lease_id, [p.spec for p in batch])
-                await stream.send_message(pb.Blob(data=frame))
-            await stream.end()
+    # -- task_channel.ResultSink ---------------------------------------------------------------
+    def on_frame(self, results: list[task_spec.Result]) -> None:
+        self.sink.on_results(self, results)
 
-    async def _read(self, stream: Any) -> None:
-        while (msg := await stream.recv_message()) is not None:
-            self.sink.on_results(self, task_spec.decode_results(msg.data))
+    def on_closed(self, error: BaseException | None) -> None:
+        if self._closed is not None and not self._closed.done():
+            if error is None:
+                self._closed.set_result(None)
+            else:
+                self._closed.set_exception(error)
 
 
 class RayletClient(Protocol):

@@ -20,6 +20,7 @@ from grpclib.client import Channel
 
 from aioray._private.common import rpc
 from aioray._private.common.config import GCS_RECONNECT_TIMEOUT_S
+from aioray._private.core_worker import task_channel
 from aioray.exceptions import GetTimeoutError
 
 log = logging.getLogger("aioray.core_worker")
@@ -37,6 +38,7 @@ class Runtime:
         self.raylet_address = raylet_address
         self.address = ""  # this process's own server, once it is up
         self.channels = rpc.ChannelPool(token)
+        self.task_channels = task_channel.TaskChannels(self.channels, token)
         self.loop_thread_id: int | None = None
         self.closed = False
         self._tasks: set[asyncio.Task[Any]] = set()

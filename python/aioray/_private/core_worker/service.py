@@ -1,6 +1,7 @@
 """The CoreWorker gRPC service (seed 000, protocol a): what other processes ask of a worker or driver.
 
-- Owners push tasks to a leased worker (`PushTasks`, frames in `common.task_spec`).
+- Owners push tasks to a leased worker over its task channels (`core_worker.task_channel`, whose
+  port `GetTaskPort` tells).
 - Borrowers ask the owner for an object's value (`GetObject`) and register
   their borrows (`UpdateBorrowers`); a borrower that could not read a copy
   asks with ``lost=True`` and the owner rebuilds it from lineage if its node died.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
@@ -39,7 +40,9 @@ class CoreWorkerService(pb.CoreWorkerBase):
         executor: Executor | None,
         node_is_gone: Callable[[bytes], Awaitable[bool]],
         own_address: Callable[[], str],
+        task_port: Callable[[], int] = lambda: 0,
     ) -> None:
+        self._task_port = task_port
         self._refs = refs
         self._reader = reader
         self._borrows = borrows
@@ -80,35 +83,10 @@ class CoreWorkerService(pb.CoreWorkerBase):
         self._borrows.on_update(borrower_update)
         return pb.Empty()
 
-    async def push_tasks(self, blob_iterator: AsyncIterator[pb.Blob]) -> AsyncIterator[pb.Blob]:
-        executor = self._executor
-        if executor is None:
+    async def get_task_port(self, empty: pb.Empty) -> pb.TaskPort:
+        if self._executor is None or not self._task_port():
             raise GRPCError(Status.FAILED_PRECONDITION, "a driver does not execute tasks")
-        outbox: asyncio.Queue[task_spec.Result | None] = asyncio.Queue()
-
-        async def read() -> None:
-            try:
-                async for blob in blob_iterator:
-                    lease_id, specs = task_spec.decode_batch(blob.data)
-                    executor.submit(specs, lease_id, outbox.put_nowait)
-            finally:
-                outbox.put_nowait(None)
-
-        # The owner ends its side only once every result arrived (it returns the lease
-        # when nothing is in flight), so the end of its stream is the end of ours.
-        reader = asyncio.get_running_loop().create_task(read())
-        try:
-            while (item := await outbox.get()) is not None:
-                batch = [item]
-                while not outbox.empty():
-                    nxt = outbox.get_nowait()
-                    if nxt is None:
-                        yield pb.Blob(data=task_spec.encode_results(batch))
-                        return
-                    batch.append(nxt)
-                yield pb.Blob(data=task_spec.encode_results(batch))
-        finally:
-            reader.cancel()
+        return pb.TaskPort(port=self._task_port())
 
     async def create_actor(self, actor_creation: pb.ActorCreation) -> pb.Blob:
         if self._executor is None:

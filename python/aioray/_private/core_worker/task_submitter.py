@@ -64,7 +64,7 @@ class GrpcRaylets:
         self._runtime.channels.drop(address)
 
     def start_stream(self, lw: LeasedWorker) -> asyncio.Task[None]:
-        return self._runtime.loop.create_task(lw.run(self._runtime.channels))
+        return self._runtime.loop.create_task(lw.run(self._runtime.task_channels))
 
 
 class TaskSubmitter:

@@ -28,6 +28,7 @@ from aioray._private.common.config import INLINE_LIMIT
 from aioray._private.common.ids import IdGenerator, object_id
 from aioray._private.common.lease_shape import ACTOR_CALL_SHAPE, Placement
 from aioray._private.core_worker import object_ref as object_ref_mod
+from aioray._private.core_worker import task_channel
 from aioray._private.core_worker.actor_submitter import ActorClient, death_error
 from aioray._private.core_worker.borrowing import BorrowProtocol
 from aioray._private.core_worker.dependencies import Dependency, DependencyResolver
@@ -127,6 +128,8 @@ class CoreWorker:
                 INLINE_LIMIT,
             )
         self._server: Any = None
+        self._task_server: asyncio.Server | None = None
+        self._task_port = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property
@@ -159,7 +162,10 @@ class CoreWorker:
             self.executor,
             self.nodes.is_gone,
             lambda: self.runtime.address,
+            lambda: self._task_port,
         )
+        if self.executor is not None:
+            self._task_server, self._task_port = await task_channel.serve(self.executor, self.token, host)
         self._server, port = await rpc.start_server([service], host, 0, self.token)
         self.runtime.address = f"{host}:{port}"
         self.refs.address = self.borrows.address = self.runtime.address
@@ -171,6 +177,8 @@ class CoreWorker:
         self.actors.close()
         if self._server is not None:
             self._server.close()
+        if self._task_server is not None:
+            self._task_server.close()
         self.runtime.close()
         # The lease pools' requests and streams were cancelled too: let them unwind with the rest.
         pool_tasks = [

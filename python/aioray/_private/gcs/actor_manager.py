@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import betterproto
@@ -29,11 +29,13 @@ from aioray._private.common.config import ACTOR_GRACEFUL_SHUTDOWN_TIMEOUT_S
 from aioray._private.common.resources import ResourceSet
 from aioray._private.gcs.storage import Tables
 from aioray._proto.aioray import v1 as pb
-from aioray.exceptions import ActorDiedError, RayActorError
+from aioray.exceptions import ActorDiedError, RayActorError, RuntimeEnvSetupError
 
 log = logging.getLogger("aioray.gcs")
 State = pb.ActorInfoState
 CREATE_TIMEOUT_S = 300.0
+LEASE_RETRY_S = 30.0
+LEASE_RETRY_PAUSE_S = 0.2
 TABLE = "actors"
 
 
@@ -82,6 +84,9 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
         # passed on at once): they wait here for the registration.
         self._registered: dict[bytes, asyncio.Event] = {}
         self._killed_early: dict[bytes, str] = {}  # actor id -> reason, for kills that beat the creation
+        # Set by the GCS: waits while the placement group an actor's resources name is not placed;
+        # None once it is, else why the actor can never be scheduled.
+        self.wait_for_placement: Callable[[ResourceSet], Awaitable[str | None]] | None = None
 
     # -- the ActorInfoGcsService ---------------------------------------------------------------
     async def create_actor(self, create_actor_request: pb.CreateActorRequest) -> pb.ActorInfo:
@@ -178,13 +183,11 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
             self._mark_dead(actor, RayActorError(f"the actor could not be scheduled: {e}"))
 
     async def _try_schedule(self, actor: Actor) -> None:
-        nodes = self._candidates(actor)
-        if not nodes:
-            self._mark_dead(
-                actor,
-                RayActorError(f"the actor cannot be scheduled: no node has {actor.resources.to_dict()}"),
-            )
-            return
+        if self.wait_for_placement is not None:
+            problem = await self.wait_for_placement(actor.resources)
+            if problem is not None:
+                self._mark_dead(actor, RayActorError(f"the actor cannot be scheduled: {problem}"))
+                return
         request = pb.LeaseRequest(
             resources=pb.ResourceMap(amounts=actor.resources.to_dict()),
             owner_address="gcs",
@@ -195,13 +198,14 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
             strategy=actor.request.strategy,
             runtime_env=actor.request.runtime_env,
         )
-        address = nodes[0].address
-        for _ in range(8):
-            reply = await self.channels.stub(address, pb.NodeManagerStub).request_worker_lease(request)
-            if reply.status == pb.LeaseReplyStatus.SPILLBACK:
-                address = reply.retry_address
-                continue
-            break
+        leased = await self._lease_worker(actor, request)
+        if leased is None:
+            return
+        address, reply = leased
+        if reply.status == pb.LeaseReplyStatus.RUNTIME_ENV_FAILED:
+            # As in Ray: the actor is dead, and its calls raise the set-up error.
+            self._mark_dead(actor, RuntimeEnvSetupError(reply.message))
+            return
         if reply.status != pb.LeaseReplyStatus.GRANTED:
             self._mark_dead(actor, RayActorError(f"the actor could not get a worker: {reply.message}"))
             return
@@ -230,6 +234,41 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
         self._save(actor)
         if actor.killed:
             await self._return_lease(address, reply.lease_id, failed=True)
+
+    async def _lease_worker(self, actor: Actor, request: pb.LeaseRequest) -> tuple[str, pb.LeaseReply] | None:
+        """Asks a raylet for the actor's worker, following spillback. A raylet that cannot be
+        reached (its node just died, and the view that sent us there did not know yet) means
+        trying again from the live nodes, for up to LEASE_RETRY_S; None if the actor is dead."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LEASE_RETRY_S
+        while True:
+            nodes = self._candidates(actor)
+            if not nodes:
+                problem = f"no node has {actor.resources.to_dict()}"
+                self._mark_dead(actor, RayActorError(f"the actor cannot be scheduled: {problem}"))
+                return None
+            address = nodes[0].address
+            request.no_spillback = False
+            try:
+                for _ in range(8):
+                    stub = self.channels.stub(address, pb.NodeManagerStub)
+                    reply = await stub.request_worker_lease(request)
+                    if reply.status != pb.LeaseReplyStatus.SPILLBACK:
+                        return address, reply
+                    address = reply.retry_address
+                    request.no_spillback = True  # the node it was sent to decides no further
+                return address, reply
+            except rpc.CONNECTION_ERRORS as e:
+                if loop.time() > deadline:
+                    raise
+                log.info(
+                    "raylet %s unreachable while leasing for actor %s: %r",
+                    address,
+                    actor.info.actor_id.hex(),
+                    e,
+                )
+                self.channels.drop(address)
+                await asyncio.sleep(LEASE_RETRY_PAUSE_S)
 
     async def _return_lease(self, raylet: str, lease_id: bytes, failed: bool) -> None:
         with contextlib.suppress(Exception):

@@ -18,8 +18,14 @@ COUNTER_KEY = b"job_counter"
 
 
 class JobTable(pb.JobInfoGcsServiceBase):
-    def __init__(self, on_job_finished: Callable[[str], None], tables: Tables | None = None) -> None:
+    def __init__(
+        self,
+        on_job_finished: Callable[[str], None],
+        tables: Tables | None = None,
+        on_job_id_finished: Callable[[bytes], None] | None = None,
+    ) -> None:
         self._on_job_finished = on_job_finished
+        self._on_job_id_finished = on_job_id_finished  # for what a job owns by id (placement groups)
         self._tables = tables if tables is not None else Tables()
         self.jobs: dict[bytes, pb.RegisterJobRequest] = {}
         self._counter = 0
@@ -54,5 +60,7 @@ class JobTable(pb.JobInfoGcsServiceBase):
             self._tables.delete(TABLE, job_id.job_id)
             if job.driver_address:
                 self._on_job_finished(job.driver_address)
+            if self._on_job_id_finished is not None:
+                self._on_job_id_finished(job_id.job_id)
             await self._tables.flush()
         return pb.Empty()

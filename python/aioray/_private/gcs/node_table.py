@@ -51,6 +51,8 @@ class NodeTable(pb.NodeInfoGcsServiceBase):
         self._record_event = record_event
         self._on_node_death = on_node_death
         self._health_task: asyncio.Task[None] | None = None
+        # Called when a node joins or reports: pending placement groups may fit now.
+        self.on_resources: Callable[[], None] = lambda: None
 
     def view(self) -> pb.ClusterView:
         return pb.ClusterView(nodes=list(self.nodes.values()))
@@ -84,6 +86,7 @@ class NodeTable(pb.NodeInfoGcsServiceBase):
         )
         self._publish(NODE_CHANNEL, bytes(node_info))
         self._start_health_checks()
+        self.on_resources()
         await self._tables.flush()
         return pb.RegisterNodeReply(view=self.view())
 
@@ -103,7 +106,19 @@ class NodeTable(pb.NodeInfoGcsServiceBase):
             node.spilled_total = resource_report.spilled_total
             if self._has_subscribers(RESOURCE_CHANNEL):
                 self._publish(RESOURCE_CHANNEL, bytes(resource_report))
+            self.on_resources()
         return pb.Empty()
+
+    def update_resources(self, fresh: pb.NodeInfo) -> None:
+        """A live node's totals changed (placement-group bundles committed or cancelled there):
+        stored and published whole, so that every raylet's view can schedule onto them."""
+        node = self.nodes.get(fresh.node_id)
+        if node is None or not node.alive:
+            return
+        node.total = fresh.total
+        node.available = fresh.available
+        self._tables.put(TABLE, node.node_id, bytes(node))
+        self._publish(NODE_CHANNEL, bytes(node))
 
     async def get_cluster_view(self, empty: pb.Empty) -> pb.ClusterView:
         return self.view()

@@ -9,7 +9,8 @@ through the few callables wired here. Run as ``python -m aioray._private.gcs
 With a durable ``--storage`` (see `storage`), the tables are stored as they
 change and a GCS restarted on the same port reloads them before it serves:
 raylets re-register, and actors, jobs, names and functions are all still there.
-The event log and pub/sub subscriptions are not kept.
+The event log and pub/sub subscriptions are not kept. Placement groups are kept too, and the
+raylets' bundles are reconciled with them (see `placement_groups`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from aioray._private.gcs.jobs import JobTable
 from aioray._private.gcs.kv import InternalKv
 from aioray._private.gcs.node_table import NodeTable
 from aioray._private.gcs.object_directory import ObjectDirectory
+from aioray._private.gcs.placement_groups import PlacementGroupManager
 from aioray._private.gcs.pubsub import Publisher
 from aioray._private.gcs.storage import StorageError, Tables, open_storage
 
@@ -43,33 +45,48 @@ class Gcs:
         self.events = EventLog()
         self.pubsub = Publisher(lambda: self.nodes.view())
         self.actors = ActorManager(self.channels, lambda: self.nodes.nodes.values(), self.tables)
+        self.placement_groups = PlacementGroupManager(
+            self.channels,
+            lambda: self.nodes.nodes.values(),
+            lambda info: self.nodes.update_resources(info),
+            self.tables,
+        )
+        # Actors in a placement group wait for it to be placed before they lease a worker.
+        self.actors.wait_for_placement = self.placement_groups.wait_for_shape
         self.nodes = NodeTable(
             self.channels,
             self.pubsub.publish_local,
             self.pubsub.has_subscribers,
             self.events.record,
-            self.actors.on_node_death,
+            self._on_node_death,
             self.tables,
         )
-        self.jobs = JobTable(self.actors.on_job_finished, self.tables)
+        self.nodes.on_resources = self.placement_groups.kick
+        self.jobs = JobTable(self.actors.on_job_finished, self.tables, self.placement_groups.on_job_finished)
         self.workers = WorkerTable(self.actors.on_worker_death, self.tables)
         self.kv = InternalKv(self.tables)
         self.objects = ObjectDirectory(self.tables)
         self.stopped = asyncio.Event()
 
+    def _on_node_death(self, node_id: bytes) -> None:
+        self.placement_groups.on_node_death(node_id)  # first: restarted actors wait for their bundles
+        self.actors.on_node_death(node_id)
+
     async def recover(self) -> None:
-        """Loads every stored table (nodes first: rescheduled actors need them)."""
+        """Loads every stored table (nodes first: rescheduled actors and placement groups need them)."""
         nodes = await self.nodes.recover()
+        groups = await self.placement_groups.recover()
         actors = await self.actors.recover()
         jobs = await self.jobs.recover()
         keys = await self.kv.recover()
         objects = await self.objects.recover()
-        if nodes or actors or jobs or keys or objects:
+        if nodes or actors or jobs or keys or objects or groups:
             self.events.record(
                 "gcs",
                 "INFO",
                 f"the GCS recovered from {self.tables.storage.description}: {nodes} live node(s), "
-                f"{actors} live actor(s), {jobs} job(s), {keys} KV key(s), {objects} object location(s)",
+                f"{actors} live actor(s), {jobs} job(s), {keys} KV key(s), {objects} object location(s), "
+                f"{groups} placement group(s)",
             )
 
     def services(self) -> list[object]:
@@ -77,6 +94,7 @@ class Gcs:
             self.nodes,
             self.jobs,
             self.actors,
+            self.placement_groups,
             self.workers,
             self.kv,
             self.objects,
@@ -87,6 +105,7 @@ class Gcs:
     def close(self) -> None:
         self.pubsub.close()
         self.nodes.close()
+        self.placement_groups.close()
         for actor in self.actors.actors.values():
             if actor.task is not None:
                 actor.task.cancel()

@@ -26,8 +26,10 @@ from aioray._private.common.ids import random_id
 from aioray._private.common.resources import ResourceSet
 from aioray._private.raylet import policy, scheduling
 from aioray._private.raylet.accelerators import GpuAllocator, gpus_in
+from aioray._private.raylet.bundles import BundleTable
 from aioray._private.raylet.cluster_view import ClusterView
 from aioray._private.raylet.memory_monitor import Candidate
+from aioray._private.raylet.runtime_env_agent import RuntimeEnvAgent, RuntimeEnvSetupFailed, WorkerEnv
 from aioray._private.raylet.worker_pool import WorkerPool, WorkerProc
 from aioray._proto.aioray import v1 as pb
 
@@ -86,6 +88,8 @@ class NodeManager(pb.NodeManagerBase):
         self._resources_changed = resources_changed
         self._gcs_address = gcs_address
         self._on_shutdown = on_shutdown
+        self.bundles = BundleTable(self)  # placement-group bundles held on this node
+        self.runtime_envs: RuntimeEnvAgent | None = None  # set by the raylet
         self.leases: dict[bytes, Lease] = {}
         self.waiting: list[LeaseWaiter] = []
         self.stopping = False
@@ -98,6 +102,11 @@ class NodeManager(pb.NodeManagerBase):
         if self.stopping:
             return pb.LeaseReply(status=proto_enums.LEASE_REJECTED, message="the raylet is shutting down")
         shape = ResourceSet(lease_request.resources.amounts)
+        # Work for a placement group that is not placed yet waits for it (as in Ray); for one that
+        # was removed, it can never run.
+        gone = await self.bundles.wait_for_group(shape)
+        if gone is not None:
+            return pb.LeaseReply(status=proto_enums.LEASE_INFEASIBLE, message=gone)
         decision = self._decide(shape, lease_request)
         if decision.action == policy.INFEASIBLE:
             # The view may predate a node that just joined: look again before saying no.
@@ -109,8 +118,13 @@ class NodeManager(pb.NodeManagerBase):
                 message=f"{decision.message} (this node has {self.total.to_dict()})",
             )
         if decision.action == policy.SPILL:
-            self._debit(decision.address, shape)
+            self.view.debit(decision.address, shape)
             return pb.LeaseReply(status=proto_enums.LEASE_SPILLBACK, retry_address=decision.address)
+        if lease_request.runtime_env.hash:
+            # Set up here, once per node, before it queues: its workers start in it.
+            failed = await self._ensure_runtime_env(lease_request.runtime_env)
+            if failed is not None:
+                return failed
         waiter = LeaseWaiter(lease_request, shape, asyncio.get_running_loop().create_future())
         waiter.allowed = policy.allowed_nodes(lease_request.strategy, self._nodes())
         self.waiting.append(waiter)
@@ -135,7 +149,7 @@ class NodeManager(pb.NodeManagerBase):
             if not w.future.done():
                 free = free - w.resources
         here = policy.Node(self.node_id, "", self.total, free, self.labels, local=True)
-        return policy.nodes_of(self.view.nodes, here)
+        return policy.nodes_of(self.view.live.values(), here)
 
     def _decide(self, shape: ResourceSet, request: pb.LeaseRequest) -> policy.Decision:
         return policy.decide(shape, request.strategy, self._nodes(), request.no_spillback, self.spread)
@@ -145,14 +159,23 @@ class NodeManager(pb.NodeManagerBase):
         if self.stopping:
             return
         queued = [w for w in self.waiting if not w.future.done()]
-        plan = scheduling.plan_dispatch([w.resources for w in queued], self.available, len(self.pool.idle))
+        # Planned as if each request that fits had an idle worker: it needs one of its own runtime
+        # environment, which is taken if idle and otherwise started (below).
+        plan = scheduling.plan_dispatch([w.resources for w in queued], self.available, len(queued))
+        needed: collections.Counter[str] = collections.Counter()
         for i in plan.grant:
             waiter = queued[i]
+            env_hash = waiter.request.runtime_env.hash
+            if not self.pool.has_idle(env_hash):
+                needed[env_hash] += 1
+                plan.waiting.append(i)
+                continue
             gpu_ids = self.gpus.take(gpus_in(waiter.resources))
             if gpu_ids is None:  # the GPUs add up but no device has room (fractions): wait
                 plan.waiting.append(i)
                 continue
-            worker = self.pool.take_idle()
+            worker = self.pool.take_idle(env_hash)
+            assert worker is not None
             lease = Lease(
                 random_id(16),
                 worker,
@@ -175,8 +198,44 @@ class NodeManager(pb.NodeManagerBase):
                 )
             )
         self.waiting = [queued[i] for i in sorted(plan.waiting)]
-        self.pool.start(max(0, plan.workers_needed - self.pool.starting))
+        for env_hash, count in needed.items():
+            runtime_env = self._worker_env_of(env_hash)
+            if env_hash and runtime_env is None:
+                continue  # its set-up failed meanwhile: fail_runtime_env answered its requests
+            self.pool.start(max(0, count - self.pool.starting_for(env_hash)), runtime_env)
         self._resources_changed()
+
+    # -- runtime environments --------------------------------------------------------------------
+    async def _ensure_runtime_env(self, info: pb.RuntimeEnvInfo) -> pb.LeaseReply | None:
+        """Sets the environment up on this node; the reply to send instead of queueing if it fails."""
+        if self.runtime_envs is None:
+            return pb.LeaseReply(
+                status=proto_enums.LEASE_RUNTIME_ENV_FAILED, message="this node has no runtime env agent"
+            )
+        try:
+            await self.runtime_envs.ensure(info)
+        except RuntimeEnvSetupFailed as e:
+            return pb.LeaseReply(status=proto_enums.LEASE_RUNTIME_ENV_FAILED, message=str(e))
+        if self.stopping:
+            return pb.LeaseReply(status=proto_enums.LEASE_REJECTED, message="the raylet is shutting down")
+        return None
+
+    def _worker_env_of(self, env_hash: str) -> WorkerEnv | None:
+        if not env_hash or self.runtime_envs is None:
+            return None
+        return self.runtime_envs.get(env_hash)
+
+    def fail_runtime_env(self, env_hash: str, message: str) -> None:
+        """Workers of this environment cannot start: its queued requests fail (they would wait for
+        ever), and the next request sets it up again."""
+        if self.runtime_envs is not None:
+            self.runtime_envs.forget(env_hash)
+        for waiter in self.waiting:
+            if waiter.request.runtime_env.hash == env_hash and not waiter.future.done():
+                waiter.future.set_result(
+                    pb.LeaseReply(status=proto_enums.LEASE_RUNTIME_ENV_FAILED, message=message)
+                )
+        self.waiting = [w for w in self.waiting if not w.future.done()]
 
     def replan(self) -> None:
         """The cluster view changed: queued requests that another node can run now go there."""
@@ -195,20 +254,12 @@ class NodeManager(pb.NodeManagerBase):
             [w.allowed for w in queued],
         )
         for i, target in moves.items():
-            self._debit(target.address, queued[i].resources)
+            self.view.debit(target.address, queued[i].resources)
             queued[i].future.set_result(
                 pb.LeaseReply(status=proto_enums.LEASE_SPILLBACK, retry_address=target.address)
             )
         if moves:
             self.waiting = [w for w in self.waiting if not w.future.done()]
-
-    def _debit(self, address: str, shape: ResourceSet) -> None:
-        """Counts a request sent on to `address` against its free resources in our view until it
-        reports again, so one round of spillbacks does not send it more than it has free."""
-        for node in self.view.nodes:
-            if node.address == address:
-                free = ResourceSet.from_wire(node.available.amounts) - shape
-                node.available = pb.ResourceMap(amounts=free.to_dict())
 
     def _release(self, lease: Lease) -> None:
         if not lease.blocked:
@@ -344,6 +395,20 @@ class NodeManager(pb.NodeManagerBase):
         )
         self.pool.kill(worker)
         return worker.proc.wait()
+
+    # -- placement group bundles -----------------------------------------------------------------
+    async def prepare_bundle_resources(self, bundle_request: pb.BundleRequest) -> pb.BundleReply:
+        return self.bundles.prepare(bundle_request.bundles)
+
+    async def commit_bundle_resources(self, bundle_request: pb.BundleRequest) -> pb.BundleReply:
+        return self.bundles.commit(bundle_request.bundles)
+
+    async def cancel_resource_reserve(self, bundle_request: pb.BundleRequest) -> pb.Empty:
+        self.bundles.cancel(bundle_request.bundles)
+        return pb.Empty()
+
+    async def get_bundles(self, empty: pb.Empty) -> pb.BundleRequest:
+        return self.bundles.bundles()
 
     # -- node ------------------------------------------------------------------------------------
     async def get_node_info(self, empty: pb.Empty) -> pb.NodeInfo:

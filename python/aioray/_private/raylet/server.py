@@ -28,6 +28,7 @@ from aioray._private.raylet.cluster_view import ClusterView
 from aioray._private.raylet.memory_monitor import MemoryMonitor, MonitorConfig
 from aioray._private.raylet.node_manager import NodeManager
 from aioray._private.raylet.object_manager import ObjectManager
+from aioray._private.raylet.runtime_env_agent import RuntimeEnvAgent
 from aioray._private.raylet.spill import SpillManager
 from aioray._private.raylet.worker_pool import WorkerPool, WorkerProc
 from aioray._proto.aioray import v1 as pb
@@ -77,6 +78,13 @@ class Raylet:
             MonitorConfig.from_env(os.environ),
         )
         self.view.on_change = self.nodes.replan
+        # Runtime environments are cached in the spill folder: removed with it when the raylet stops,
+        # and reclaimed with it by the next node start if the raylet was killed.
+        self.runtime_envs = RuntimeEnvAgent(os.path.join(self.spill.dir, "runtime_env"), self._kv_get)
+        self.nodes.runtime_envs = self.runtime_envs
+        self.pool.on_env_failed = self.nodes.fail_runtime_env
+        self.pool.on_start_failed = self.nodes.dispatch
+        self.pool.soft_limit = max(1, int(self.nodes.total.get("CPU")))
         self.objects = ObjectManager(
             self.node_id,
             self.store,
@@ -112,6 +120,12 @@ class Raylet:
             "AIORAY_NODE_ID": self.node_id.hex(),
             "AIORAY_STORE_NAME": self.store_name,
         }
+
+    async def _kv_get(self, key: str) -> bytes | None:
+        """A value of the GCS key-value store (runtime env packages), None if it has none."""
+        stub = self.channels.gcs_stub(self.gcs_address, pb.InternalKvGcsServiceStub, GCS_RECONNECT_TIMEOUT_S)
+        reply = await stub.kv_get(pb.KvKey(key=key), timeout=60)
+        return reply.value if reply.found else None
 
     def _on_worker_exit(self, worker: WorkerProc, code: int | None) -> None:
         # Views of store objects it still held would keep them from being freed or evicted.
@@ -181,6 +195,7 @@ class Raylet:
         await self.memory.stop()
         self.nodes.stop()
         await self.pool.stop()
+        await self.runtime_envs.stop()
         self.objects.close()
         self.channels.close()
         self.store.destroy()

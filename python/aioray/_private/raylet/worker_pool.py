@@ -6,6 +6,14 @@ dispatcher does not start more for the same demand. Registered workers wait
 in the idle queue for a lease. Each worker holds the read end of a lifeline
 pipe: when the raylet dies, however it dies, its workers see the pipe close
 and exit. When a worker exits, `on_exit` tells the node manager.
+
+Workers are pooled per runtime environment: a worker started for an environment
+(`WorkerEnv`: its interpreter, working directory, variables) only ever runs
+leases of that environment (`take_idle(env_hash)`). Past `soft_limit` workers,
+starting one for an environment kills idle workers of other environments, so
+idle workers of environments no longer used do not pile up. Workers of an
+environment that keep exiting before they register are reported through
+`on_env_failed`, so that their leases fail instead of waiting for ever.
 """
 
 from __future__ import annotations
@@ -22,11 +30,13 @@ from typing import Any
 
 from aioray._private.common import process
 from aioray._private.common.ids import random_id
+from aioray._private.raylet.runtime_env_agent import WorkerEnv
 
 log = logging.getLogger("aioray.raylet")
 
 WORKER_START_TIMEOUT_S = 60.0
 WORKER_MODULE = "aioray._private.core_worker"
+ENV_START_FAILURES = 3  # workers of one environment that exit before registering, in a row, before it fails
 
 
 @dataclass(eq=False)
@@ -40,6 +50,7 @@ class WorkerProc:
     lease_id: bytes | None = None
     lifeline: int = -1  # write end of the worker's lifeline pipe
     killed: bool = False  # we killed it on purpose: its exit is no news
+    env_hash: str = ""  # its runtime environment ("": the node's own)
 
 
 class WorkerPool:
@@ -56,50 +67,108 @@ class WorkerPool:
         self.workers: dict[bytes, WorkerProc] = {}
         self.idle: collections.deque[WorkerProc] = collections.deque()
         self.starting = 0
+        self.starting_by_env: collections.Counter[str] = collections.Counter()
+        self.start_failures: collections.Counter[str] = collections.Counter()
+        self.soft_limit: int | None = None  # workers beyond which idle ones of other environments go
+        self.on_env_failed: Callable[[str, str], None] | None = None
+        self.on_start_failed: Callable[[], None] | None = None  # a worker of an environment failed to start
         self.stopping = False
 
-    def start(self, count: int) -> None:
-        """Starts `count` workers in the background; counted as starting at once, so that the
-        dispatches that run before they register do not start more for the same demand."""
+    def start(self, count: int, runtime_env: WorkerEnv | None = None) -> None:
+        """Starts `count` workers (of `runtime_env`, if given) in the background; counted as starting
+        at once, so that the dispatches that run before they register do not start more for the
+        same demand."""
+        if count <= 0:
+            return
+        env_hash = runtime_env.hash if runtime_env is not None else ""
+        self._trim_idle(count, env_hash)
         self.starting += count
+        self.starting_by_env[env_hash] += count
         for _ in range(count):
-            self._spawn(self._start_one())
+            self._spawn(self._start_one(runtime_env))
 
-    async def _start_one(self) -> None:
+    def starting_for(self, env_hash: str) -> int:
+        return self.starting_by_env[env_hash]
+
+    def _trim_idle(self, count: int, env_hash: str) -> None:
+        if self.soft_limit is None:
+            return
+        registered = sum(1 for w in self.workers.values() if w.registered.done())
+        excess = registered + self.starting + count - self.soft_limit
+        for worker in [w for w in self.idle if w.env_hash != env_hash][: max(0, excess)]:
+            self.idle.remove(worker)
+            self.kill(worker)
+
+    async def _start_one(self, runtime_env: WorkerEnv | None = None) -> None:
         worker_id = random_id(16)
+        env_hash = runtime_env.hash if runtime_env is not None else ""
         env = dict(os.environ)
+        if runtime_env is not None:
+            env = runtime_env.environ(env)
         env.update(self._worker_env())
         env["AIORAY_WORKER_ID"] = worker_id.hex()
         life_r, life_w = os.pipe()
         env[process.LIFELINE_FD_ENV] = str(life_r)
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable,
+                runtime_env.python if runtime_env is not None else sys.executable,
                 "-m",
                 WORKER_MODULE,
                 env=env,
                 pass_fds=[life_r],
                 stdin=asyncio.subprocess.DEVNULL,
+                cwd=runtime_env.cwd if runtime_env is not None else None,
             )
-        except BaseException:
-            self.starting -= 1
+        except BaseException as e:
+            self._done_starting(env_hash)
             os.close(life_w)
+            if env_hash and isinstance(e, OSError) and self.on_env_failed is not None:
+                # The interpreter itself cannot be run: trying again would not help.
+                self.on_env_failed(env_hash, f"workers for this runtime environment cannot start: {e}")
+                return
             raise
         finally:
             os.close(life_r)
-        worker = WorkerProc(worker_id, proc, lifeline=life_w)
+        worker = WorkerProc(worker_id, proc, lifeline=life_w, env_hash=env_hash)
         self.workers[worker_id] = worker
         self._spawn(self._watch(worker))
+        failure = None
         try:
             await asyncio.wait_for(asyncio.shield(worker.registered), WORKER_START_TIMEOUT_S)
-        except (TimeoutError, asyncio.CancelledError):
+            self.start_failures.pop(env_hash, None)
+        except (TimeoutError, asyncio.CancelledError) as e:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
+            if isinstance(e, TimeoutError):
+                failure = f"a worker did not register within {WORKER_START_TIMEOUT_S:.0f} s"
         except RuntimeError as e:  # it died before registering; _watch cleaned up
             if not self.stopping:
                 log.warning("%s", e)
+                failure = str(e)
         finally:
-            self.starting -= 1
+            self._done_starting(env_hash)
+        if failure is not None and env_hash and not self.stopping:
+            self._start_failed(env_hash, failure)
+
+    def _done_starting(self, env_hash: str) -> None:
+        self.starting -= 1
+        self.starting_by_env[env_hash] -= 1
+        if self.starting_by_env[env_hash] <= 0:
+            del self.starting_by_env[env_hash]
+
+    def _start_failed(self, env_hash: str, reason: str) -> None:
+        """Counted once the start is over, so that the retry below starts a worker again."""
+        self.start_failures[env_hash] += 1
+        if self.start_failures[env_hash] < ENV_START_FAILURES:
+            if self.on_start_failed is not None:
+                self.on_start_failed()
+        elif self.on_env_failed is not None:
+            del self.start_failures[env_hash]
+            self.on_env_failed(
+                env_hash,
+                f"{ENV_START_FAILURES} workers for this runtime environment exited before they could "
+                f"register (the last: {reason}); the raylet's log has their output",
+            )
 
     async def _watch(self, worker: WorkerProc) -> None:
         code = await worker.proc.wait()
@@ -125,8 +194,16 @@ class WorkerPool:
         self.idle.append(worker)
         return worker
 
-    def take_idle(self) -> WorkerProc:
-        return self.idle.popleft()
+    def has_idle(self, env_hash: str = "") -> bool:
+        return any(w.env_hash == env_hash for w in self.idle)
+
+    def take_idle(self, env_hash: str = "") -> WorkerProc | None:
+        """The longest idle worker of the runtime environment `env_hash`, if one is idle."""
+        for worker in self.idle:
+            if worker.env_hash == env_hash:
+                self.idle.remove(worker)
+                return worker
+        return None
 
     def give_back(self, worker: WorkerProc, failed: bool) -> None:
         """A lease ended: the worker is idle again, or killed if it failed or exited."""

@@ -6,13 +6,10 @@
 from dataclasses import dataclass
 from typing import (
     TYPE_CHECKING,
-    AsyncIterable,
     AsyncIterator,
     Dict,
-    Iterable,
     List,
     Optional,
-    Union,
 )
 
 import betterproto
@@ -235,6 +232,11 @@ class CancelRequest(betterproto.Message):
 class ActorCreation(betterproto.Message):
     spec: bytes = betterproto.bytes_field(1)
     gpu_ids: List[int] = betterproto.int32_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class TaskPort(betterproto.Message):
+    port: int = betterproto.int32_field(1)
 
 
 @dataclass(eq=False, repr=False)
@@ -478,6 +480,20 @@ class PlacementGroupInfo(betterproto.Message):
     create_time: float = betterproto.double_field(10)
     message: str = betterproto.string_field(11)
     bundle_label_selector: List["LabelSelector"] = betterproto.message_field(12)
+    stats: "PlacementGroupStats" = betterproto.message_field(13)
+
+
+@dataclass(eq=False, repr=False)
+class PlacementGroupStats(betterproto.Message):
+    """
+    How the GCS got on placing a group (Ray's placement_group_table()["stats"]).
+    """
+
+    creation_latency_s: float = betterproto.double_field(1)
+    scheduling_latency_s: float = betterproto.double_field(2)
+    scheduling_attempts: int = betterproto.int32_field(3)
+    highest_retry_delay_s: float = betterproto.double_field(4)
+    scheduling_state: str = betterproto.string_field(5)
 
 
 @dataclass(eq=False, repr=False)
@@ -640,24 +656,22 @@ class ReadRequest(betterproto.Message):
 
 
 class CoreWorkerStub(betterproto.ServiceStub):
-    async def push_tasks(
+    async def get_task_port(
         self,
-        blob_iterator: Union[AsyncIterable[Blob], Iterable[Blob]],
+        empty: "Empty",
         *,
         timeout: Optional[float] = None,
         deadline: Optional["Deadline"] = None,
         metadata: Optional["MetadataLike"] = None
-    ) -> AsyncIterator[Blob]:
-        async for response in self._stream_stream(
-            "/aioray.v1.CoreWorker/PushTasks",
-            blob_iterator,
-            Blob,
-            Blob,
+    ) -> "TaskPort":
+        return await self._unary_unary(
+            "/aioray.v1.CoreWorker/GetTaskPort",
+            empty,
+            TaskPort,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
-        ):
-            yield response
+        )
 
     async def get_object(
         self,
@@ -1553,11 +1567,8 @@ class ObjectManagerStub(betterproto.ServiceStub):
 
 class CoreWorkerBase(ServiceBase):
 
-    async def push_tasks(
-        self, blob_iterator: AsyncIterator[Blob]
-    ) -> AsyncIterator[Blob]:
+    async def get_task_port(self, empty: "Empty") -> "TaskPort":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
-        yield Blob()
 
     async def get_object(
         self, get_object_request: "GetObjectRequest"
@@ -1582,15 +1593,12 @@ class CoreWorkerBase(ServiceBase):
     async def report_generator_item(self, blob: "Blob") -> "Empty":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def __rpc_push_tasks(
-        self, stream: "grpclib.server.Stream[Blob, Blob]"
+    async def __rpc_get_task_port(
+        self, stream: "grpclib.server.Stream[Empty, TaskPort]"
     ) -> None:
-        request = stream.__aiter__()
-        await self._call_rpc_handler_server_stream(
-            self.push_tasks,
-            stream,
-            request,
-        )
+        request = await stream.recv_message()
+        response = await self.get_task_port(request)
+        await stream.send_message(response)
 
     async def __rpc_get_object(
         self, stream: "grpclib.server.Stream[GetObjectRequest, GetObjectReply]"
@@ -1641,11 +1649,11 @@ class CoreWorkerBase(ServiceBase):
 
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
-            "/aioray.v1.CoreWorker/PushTasks": grpclib.const.Handler(
-                self.__rpc_push_tasks,
-                grpclib.const.Cardinality.STREAM_STREAM,
-                Blob,
-                Blob,
+            "/aioray.v1.CoreWorker/GetTaskPort": grpclib.const.Handler(
+                self.__rpc_get_task_port,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                Empty,
+                TaskPort,
             ),
             "/aioray.v1.CoreWorker/GetObject": grpclib.const.Handler(
                 self.__rpc_get_object,

@@ -1,0 +1,464 @@
+"""The GCS placement group manager: the group table, named groups, and placing bundles on nodes.
+
+A group is PENDING from its creation until every bundle is reserved, then CREATED. Bundles are
+reserved in two phases (seed 002): the policy (`placement_policy`) picks a node per bundle from
+the live nodes' free resources; every chosen raylet prepares its bundles (sets their resources
+aside), and only if all of them succeeded are they committed (the group's resources appear on
+those nodes). If any prepare or commit fails, every raylet of the round cancels, and the group is
+tried again later (backing off). A group that does not fit stays PENDING with a message saying
+why, and is tried again whenever a node joins or reports resources freed.
+
+When a node dies, the bundles it held go back to unplaced and their group is RESCHEDULING (the
+others stay where they are) until they are placed again. Removing a group (REMOVED) cancels its
+bundles on their raylets, which kill the work leased under them; a group that is not detached is
+removed when its job finishes.
+
+Each group is stored at every change (a GCS-internal copy of its info). A restarted GCS reloads
+them and, before placing anything, asks every live raylet which bundles it holds: those its table
+does not record on that node (a round that the restart interrupted, a removal half done) are
+cancelled; the rest stay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from aioray._private.common import bundles, proto_enums, rpc
+from aioray._private.common.resources import ResourceSet
+from aioray._private.gcs import placement_policy as policy
+from aioray._private.gcs.storage import Tables
+from aioray._proto.aioray import v1 as pb
+
+log = logging.getLogger("aioray.gcs")
+State = pb.PlacementGroupInfoState
+TABLE = "placement_groups"
+BUNDLE_RPC_TIMEOUT_S = 10.0
+RECONCILE_TIMEOUT_S = 5.0
+RETRY_MIN_S = 0.1
+RETRY_MAX_S = 2.0
+IDLE_ROUND_S = 1.0  # a pending group is looked at again at least this often
+MAX_REMOVED_KEPT = 1000  # removed groups stay listed (as in Ray), the oldest forgotten first
+WAITING = (State.PENDING, State.RESCHEDULING)
+
+
+@dataclass(eq=False)
+class Group:
+    info: pb.PlacementGroupInfo
+    shapes: list[ResourceSet]
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one round or removal at a time
+    retry_delay: float = 0.0
+    next_try: float = 0.0  # monotonic time before which no round starts (backoff)
+
+    @property
+    def pg_id(self) -> bytes:
+        return self.info.placement_group_id
+
+    def placed(self) -> dict[int, bytes]:
+        return {b.bundle_index: b.node_id for b in self.info.bundles if b.node_id}
+
+    def announce(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
+    def __init__(
+        self,
+        channels: rpc.ChannelPool,
+        nodes: Callable[[], Iterable[pb.NodeInfo]],
+        update_node: Callable[[pb.NodeInfo], None],
+        tables: Tables | None = None,
+    ) -> None:
+        self.channels = channels
+        self._nodes = nodes
+        self._update_node = update_node  # a raylet's fresh totals (with its bundles) into the node table
+        self._tables = tables if tables is not None else Tables()
+        self.groups: dict[bytes, Group] = {}
+        self.named: dict[tuple[str, str], bytes] = {}
+        self._node_locks: dict[bytes, asyncio.Lock] = {}
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._reconciled: asyncio.Event | None = None
+        self._removals: set[asyncio.Task[None]] = set()
+
+    # -- the PlacementGroupGcsService --------------------------------------------------------------
+    async def create_placement_group(
+        self, create_placement_group_request: pb.CreatePlacementGroupRequest
+    ) -> pb.PlacementGroupInfo:
+        req = create_placement_group_request
+        known = self.groups.get(req.placement_group_id)
+        if known is not None:
+            return known.info  # the creator retried: the same group
+        if not req.bundles or any(not ResourceSet(b.amounts).to_dict() for b in req.bundles):
+            raise rpc.GRPCError(rpc.Status.INVALID_ARGUMENT, "a placement group needs non-empty bundles")
+        if req.name:
+            existing = self.named.get((req.namespace, req.name))
+            if existing is not None:
+                raise rpc.GRPCError(
+                    rpc.Status.ALREADY_EXISTS,
+                    f"a placement group named {req.name!r} already exists in namespace {req.namespace!r}",
+                )
+        info = pb.PlacementGroupInfo(
+            placement_group_id=req.placement_group_id,
+            name=req.name,
+            namespace=req.namespace,
+            strategy=req.strategy,
+            state=proto_enums.PG_PENDING,
+            bundles=[
+                pb.Bundle(placement_group_id=req.placement_group_id, bundle_index=i, resources=b)
+                for i, b in enumerate(req.bundles)
+            ],
+            detached=req.detached,
+            job_id=req.job_id,
+            creator_address=req.creator_address,
+            create_time=time.time(),
+            bundle_label_selector=req.bundle_label_selector,
+            stats=pb.PlacementGroupStats(scheduling_state="QUEUED"),
+        )
+        group = Group(info, [ResourceSet(b.amounts) for b in req.bundles])
+        self.groups[group.pg_id] = group
+        if req.name:
+            self.named[(req.namespace, req.name)] = group.pg_id
+        self._save(group)
+        await self._tables.flush()  # stored before any raylet hears of it
+        self.kick()
+        return info
+
+    async def remove_placement_group(self, placement_group_id: pb.PlacementGroupId) -> pb.Empty:
+        group = self.groups.get(placement_group_id.placement_group_id)
+        if group is not None:
+            await self.remove(group)
+        return pb.Empty()
+
+    async def get_placement_group(
+        self, get_placement_group_request: pb.GetPlacementGroupRequest
+    ) -> pb.PlacementGroupInfo:
+        req = get_placement_group_request
+        pg_id = req.placement_group_id or self.named.get((req.namespace, req.name), b"")
+        group = self.groups.get(pg_id)
+        if group is None:
+            what = (
+                f"id {pg_id.hex()}"
+                if req.placement_group_id
+                else f"name {req.name!r} in namespace {req.namespace!r}"
+            )
+            raise rpc.GRPCError(rpc.Status.NOT_FOUND, f"no placement group with {what}")
+        return group.info
+
+    async def wait_placement_group_ready(
+        self, wait_placement_group_request: pb.WaitPlacementGroupRequest
+    ) -> pb.PlacementGroupInfo:
+        req = wait_placement_group_request
+        group = self.groups.get(req.placement_group_id)
+        if group is None:
+            raise rpc.GRPCError(
+                rpc.Status.NOT_FOUND, f"no placement group with id {req.placement_group_id.hex()}"
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, req.timeout_s)
+        while group.info.state not in (State.CREATED, State.REMOVED):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(group.changed.wait(), remaining)
+        return group.info
+
+    async def list_placement_groups(self, empty: pb.Empty) -> pb.PlacementGroupList:
+        return pb.PlacementGroupList(groups=[g.info for g in self.groups.values()])
+
+    # -- for the rest of the GCS -----------------------------------------------------------------
+    async def wait_for_shape(self, shape: ResourceSet) -> str | None:
+        """For work asking for `shape`: waits while its group is not placed; None once it is (or
+        for a shape in no group), else why the work can never run."""
+        pg_id = bundles.group_of(shape.to_dict())
+        if pg_id is None:
+            return None
+        group = self.groups.get(pg_id)
+        if group is None:
+            return f"its placement group {pg_id.hex()} does not exist"
+        while group.info.state != State.CREATED:
+            if group.info.state == State.REMOVED:
+                return f"its placement group {pg_id.hex()} was removed"
+            await group.changed.wait()
+        return None
+
+    def on_node_death(self, node_id: bytes) -> None:
+        """The bundles on the dead node go back to unplaced; their groups are rescheduled."""
+        for group in self.groups.values():
+            if group.info.state == State.REMOVED:
+                continue
+            lost = [b for b in group.info.bundles if b.node_id == node_id]
+            if not lost:
+                continue
+            for b in lost:
+                b.node_id = b""
+            if group.info.state == State.CREATED:
+                group.info.state = proto_enums.PG_RESCHEDULING
+            group.info.message = (
+                f"rescheduling {len(lost)} bundle(s) of node {node_id.hex()[:12]}, which died"
+            )
+            group.info.stats.scheduling_state = "QUEUED"
+            group.next_try = 0.0
+            self._save(group)
+            group.announce()
+            log.info("placement group %s: %s", group.pg_id.hex(), group.info.message)
+        self._node_locks.pop(node_id, None)
+        self.kick()
+
+    def on_job_finished(self, job_id: bytes) -> None:
+        """A job's groups that are not detached go with it."""
+        for group in list(self.groups.values()):
+            if group.info.job_id == job_id and not group.info.detached and group.info.state != State.REMOVED:
+                task = asyncio.get_running_loop().create_task(self.remove(group))
+                self._removals.add(task)
+                task.add_done_callback(self._removals.discard)
+
+    def kick(self) -> None:
+        """Something may have made room (a node joined, resources freed): look at pending groups."""
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        self._wake.set()
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    # -- removal ---------------------------------------------------------------------------------
+    async def remove(self, group: Group) -> None:
+        async with group.lock:  # waits out a round in flight, so its bundles are known
+            if group.info.state == State.REMOVED:
+                return
+            # Copies: the group's own bundles lose their node just below.
+            held = [pb.Bundle().parse(bytes(b)) for b in group.info.bundles if b.node_id]
+            group.info.state = proto_enums.PG_REMOVED
+            group.info.message = ""
+            group.info.stats.scheduling_state = "REMOVED"
+            for b in group.info.bundles:
+                b.node_id = b""
+            if self.named.get((group.info.namespace, group.info.name)) == group.pg_id:
+                del self.named[(group.info.namespace, group.info.name)]
+            self._save(group)
+            self._forget_old_removed()
+            await self._tables.flush()
+            group.announce()
+            await asyncio.gather(*(self._bundle_call(n, "cancel", bs) for n, bs in self._by_node(held)))
+        self.kick()  # what it held may let another group fit
+
+    def _forget_old_removed(self) -> None:
+        removed = [g for g in self.groups.values() if g.info.state == State.REMOVED]
+        for g in removed[: max(0, len(removed) - MAX_REMOVED_KEPT)]:
+            del self.groups[g.pg_id]
+            self._tables.delete(TABLE, g.pg_id)
+
+    # -- placing ---------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        if self._reconciled is not None:
+            await self._reconciled.wait()  # never place before stale bundles are cleared
+        loop = asyncio.get_running_loop()
+        assert self._wake is not None
+        while True:
+            waiting = sorted(
+                (g for g in self.groups.values() if g.info.state in WAITING), key=lambda g: g.info.create_time
+            )
+            for group in waiting:
+                try:
+                    await self._round(group)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("placing placement group %s failed", group.pg_id.hex())
+            now = loop.time()
+            sleep = min([max(0.0, g.next_try - now) for g in waiting if g.next_try > now] + [IDLE_ROUND_S])
+            if not waiting:
+                sleep = 3600.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), sleep)
+            self._wake.clear()
+
+    def _candidates(self) -> tuple[list[policy.Candidate], dict[bytes, pb.NodeInfo]]:
+        live = {n.node_id: n for n in self._nodes() if n.alive}
+        candidates = [
+            policy.Candidate(
+                n.node_id,
+                ResourceSet.from_wire(n.available.amounts),
+                ResourceSet.from_wire(n.total.amounts),
+                dict(n.labels),
+            )
+            for n in live.values()
+        ]
+        return candidates, live
+
+    async def _round(self, group: Group) -> None:
+        """Tries once to place the group's unplaced bundles."""
+        async with group.lock:
+            info = group.info
+            if info.state not in WAITING:
+                return
+            candidates, live = self._candidates()
+            selectors = [s.constraints for s in info.bundle_label_selector]
+            outcome = policy.place(group.shapes, info.strategy, candidates, group.placed(), selectors)
+            if outcome.assignment is None:
+                state = "INFEASIBLE" if outcome.infeasible else "NO_RESOURCES"
+                if info.message != outcome.reason or info.stats.scheduling_state != state:
+                    info.message, info.stats.scheduling_state = outcome.reason, state
+                    self._save(group)
+                return
+            loop = asyncio.get_running_loop()
+            if loop.time() < group.next_try:
+                return
+            started = time.time()
+            info.stats.scheduling_attempts += 1
+            placed_now, problem = await self._two_phase(group, outcome.assignment, live)
+            if problem:
+                group.retry_delay = min(RETRY_MAX_S, max(RETRY_MIN_S, group.retry_delay * 2))
+                group.next_try = loop.time() + group.retry_delay
+                info.stats.highest_retry_delay_s = max(info.stats.highest_retry_delay_s, group.retry_delay)
+                info.stats.scheduling_state = "FAILED_TO_COMMIT_RESOURCES"
+                info.message = f"reserving the bundles failed, retrying: {problem}"
+                self._save(group)
+                return
+            for b in info.bundles:
+                if b.bundle_index in placed_now:
+                    b.node_id = placed_now[b.bundle_index]
+            group.retry_delay = 0.0
+            if len(group.placed()) == len(info.bundles):
+                now = time.time()
+                info.state = proto_enums.PG_CREATED
+                info.message = ""
+                info.stats.scheduling_state = "FINISHED"
+                info.stats.creation_latency_s = now - info.create_time
+                info.stats.scheduling_latency_s = now - started
+            self._save(group)
+            await self._tables.flush()  # stored before anyone hears it is placed
+            group.announce()
+
+    async def _two_phase(
+        self, group: Group, assignment: dict[int, bytes], live: dict[bytes, pb.NodeInfo]
+    ) -> tuple[dict[int, bytes], str]:
+        """Prepares, then commits, the assigned bundles; returns (what is placed now, problem)."""
+        by_node: dict[bytes, list[pb.Bundle]] = {}
+        for index, node_id in assignment.items():
+            b = group.info.bundles[index]
+            by_node.setdefault(node_id, []).append(
+                pb.Bundle(
+                    placement_group_id=group.pg_id, bundle_index=index, resources=b.resources, node_id=node_id
+                )
+            )
+        nodes = {node_id: live[node_id] for node_id in by_node}
+        prepared = await asyncio.gather(
+            *(self._bundle_call(nodes[n], "prepare", bs) for n, bs in by_node.items())
+        )
+        problems = [r.message for r in prepared if not r.success]
+        if not problems:
+            committed = await asyncio.gather(
+                *(self._bundle_call(nodes[n], "commit", bs) for n, bs in by_node.items())
+            )
+            problems = [r.message for r in committed if not r.success]
+        if problems:
+            # Everywhere, even where the call failed: it may have arrived, only its answer got lost.
+            await asyncio.gather(*(self._bundle_call(nodes[n], "cancel", bs) for n, bs in by_node.items()))
+            return {}, problems[0]
+        # A node that died during the round took its bundles with it; the rest stand.
+        alive = {n.node_id for n in self._nodes() if n.alive}
+        return {i: n for i, n in assignment.items() if n in alive}, ""
+
+    def _by_node(self, held: list[pb.Bundle]) -> list[tuple[pb.NodeInfo, list[pb.Bundle]]]:
+        nodes = {n.node_id: n for n in self._nodes() if n.alive}
+        out: dict[bytes, list[pb.Bundle]] = {}
+        for b in held:
+            if b.node_id in nodes:
+                out.setdefault(b.node_id, []).append(b)
+        return [(nodes[n], bs) for n, bs in out.items()]
+
+    async def _bundle_call(
+        self, node: pb.NodeInfo, call: str, bundle_list: list[pb.Bundle]
+    ) -> pb.BundleReply:
+        """One bundle RPC to a raylet; after a commit or cancel, the raylet's new totals go into the
+        node table (one call per node at a time, so the last totals stored are the newest)."""
+        request = pb.BundleRequest(bundles=bundle_list)
+        lock = self._node_locks.setdefault(node.node_id, asyncio.Lock())
+        async with lock:
+            stub = self.channels.stub(node.address, pb.NodeManagerStub)
+            try:
+                if call == "prepare":
+                    return await stub.prepare_bundle_resources(request, timeout=BUNDLE_RPC_TIMEOUT_S)
+                if call == "commit":
+                    reply = await stub.commit_bundle_resources(request, timeout=BUNDLE_RPC_TIMEOUT_S)
+                else:
+                    await stub.cancel_resource_reserve(request, timeout=BUNDLE_RPC_TIMEOUT_S)
+                    reply = pb.BundleReply(success=True)
+                self._update_node(await stub.get_node_info(pb.Empty(), timeout=BUNDLE_RPC_TIMEOUT_S))
+                return reply
+            except Exception as e:  # the node is gone or stuck: its health check will tell
+                return pb.BundleReply(
+                    success=False, message=f"the raylet at {node.address} did not answer {call}: {e!r}"
+                )
+
+    # -- storage ---------------------------------------------------------------------------------
+    def _save(self, group: Group) -> None:
+        self._tables.put(TABLE, group.pg_id, bytes(group.info))
+
+    async def recover(self) -> int:
+        """Loads the stored groups; placing waits until the raylets' bundles are reconciled."""
+        for key, value in (await self._tables.load(TABLE)).items():
+            info = pb.PlacementGroupInfo().parse(value)
+            group = Group(info, [ResourceSet(b.resources.amounts) for b in info.bundles])
+            self.groups[key] = group
+            if info.name and info.state != State.REMOVED:
+                self.named[(info.namespace, info.name)] = key
+        if self.groups:
+            self._reconciled = asyncio.Event()
+            task = asyncio.get_running_loop().create_task(self._reconcile(self._reconciled))
+            self._removals.add(task)
+            task.add_done_callback(self._removals.discard)
+            self.kick()
+        return sum(g.info.state != State.REMOVED for g in self.groups.values())
+
+    async def _reconcile(self, done: asyncio.Event) -> None:
+        """Cancels the bundles raylets hold that the table does not place on them."""
+        try:
+            nodes = [n for n in self._nodes() if n.alive]
+            held = await asyncio.gather(
+                *(
+                    self.channels.stub(n.address, pb.NodeManagerStub).get_bundles(
+                        pb.Empty(), timeout=RECONCILE_TIMEOUT_S
+                    )
+                    for n in nodes
+                ),
+                return_exceptions=True,
+            )
+            stale: list[tuple[pb.NodeInfo, list[pb.Bundle]]] = []
+            for node, reply in zip(nodes, held, strict=True):
+                if isinstance(reply, BaseException):
+                    continue  # unreachable: if it is dead, the health check reschedules its bundles
+                extra = [b for b in reply.bundles if not self._records(b, node.node_id)]
+                if extra:
+                    stale.append((node, extra))
+            await asyncio.gather(*(self._bundle_call(n, "cancel", bs) for n, bs in stale))
+            if stale:
+                log.info(
+                    "cancelled %d stale bundle(s) on %d node(s)", sum(len(bs) for _, bs in stale), len(stale)
+                )
+        finally:
+            done.set()
+
+    def _records(self, bundle: pb.Bundle, node_id: bytes) -> bool:
+        group = self.groups.get(bundle.placement_group_id)
+        return (
+            group is not None
+            and group.info.state != State.REMOVED
+            and group.placed().get(bundle.bundle_index) == node_id
+        )
+
+    def close(self) -> None:
+        for task in [self._task, *self._removals]:
+            if task is not None:
+                task.cancel()
+
+
+__all__ = ["PlacementGroupManager"]
