@@ -6,8 +6,10 @@
 On first use it installs Ray (RAY_VERSION) into its own virtual environment (`.bench/ray-<version>`),
 apart from aioray's. Each round starts one child process per system (`--child ray` under Ray's
 interpreter, `--child aioray` under this one), in alternating order, each with an embedded 2-CPU
-cluster; the child runs every case for `--duration` seconds and prints its rates as JSON. The table
-gives each system's median over the rounds and the ratio aioray / Ray (above 1: aioray is faster).
+cluster; the child times `init`, measures the idle cluster's memory (every process under the
+child), then runs every case for `--duration` seconds and prints its figures as JSON. The table
+gives each system's median over the rounds and the ratio (above 1: aioray is better; for the
+time and the footprint that is Ray's figure over aioray's).
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ RAY_VENV = REPO / ".bench" / f"ray-{RAY_VERSION}"
 
 # -- the cases: one code path for both systems (`ray` is `ray` or `aioray`) ----------------------------
 def cases(ray: Any) -> dict[str, Callable[[], int]]:
-    """Each case returns how many operations it did; the child times it."""
+    """Each case returns how many operations it did; the child times it. Ray's `ray microbenchmark`
+    cases (ray/_private/ray_perf.py), with batches cut to fit 2 CPUs and 2 s, plus aioray's own."""
+    import numpy as np
 
     @ray.remote
     def small() -> bytes:
@@ -42,9 +46,12 @@ def cases(ray: Any) -> dict[str, Callable[[], int]]:
         for _ in range(n):
             yield b"ok"
 
-    @ray.remote
+    @ray.remote(num_cpus=0)
     class Actor:
         def small(self) -> bytes:
+            return b"ok"
+
+        def small_arg(self, x: Any) -> bytes:
             return b"ok"
 
     @ray.remote
@@ -52,10 +59,58 @@ def cases(ray: Any) -> dict[str, Callable[[], int]]:
         async def small(self) -> bytes:
             return b"ok"
 
+        async def small_arg(self, x: Any) -> bytes:
+            return b"ok"
+
+    @ray.remote(num_cpus=0)
+    class Client:
+        def __init__(self, servers: list[Any]) -> None:
+            self.servers = servers
+
+        def batch(self, n: int) -> None:
+            ray.get([s.small.remote() for s in self.servers for _ in range(n)])
+
+        def batch_arg(self, n: int) -> None:
+            x = ray.put(0)
+            ray.get([s.small_arg.remote(x) for s in self.servers for _ in range(n)])
+
+    @ray.remote(num_cpus=0)
+    class Submitter:
+        def batch(self, n: int) -> None:
+            ray.get([small.remote() for _ in range(n)])
+
+    @ray.remote
+    def put_small_100() -> None:
+        for _ in range(100):
+            ray.put(0)
+
+    @ray.remote
+    def put_80mb_10() -> None:
+        for _ in range(10):
+            ray.put(np.zeros(10 * 1024 * 1024, dtype=np.int64))
+
+    @ray.remote
+    def ref_holder() -> list[Any]:
+        return [ray.put(1) for _ in range(10000)]
+
+    @ray.remote(num_cpus=0)
+    def call_actors(actors: list[Any], n: int) -> None:
+        ray.get([actors[i % len(actors)].small.remote() for i in range(n)])
+
     actor = Actor.remote()
+    concurrent = Actor.options(max_concurrency=16).remote()
     async_actor = AsyncActor.remote()
-    ray.get([actor.small.remote(), async_actor.small.remote()])
+    servers = [Actor.remote() for _ in range(2)]
+    client = Client.remote(servers)
+    async_servers = [AsyncActor.options(num_cpus=0).remote() for _ in range(2)]
+    async_client = Client.remote(async_servers)
+    arg_clients = [Client.remote([Actor.remote()]) for _ in range(2)]
+    submitters = [Submitter.remote() for _ in range(2)]
+    ray.get([actor.small.remote(), concurrent.small.remote(), async_actor.small.remote()])
     held = ray.put(0)
+    big = np.zeros(100 * 1024 * 1024, dtype=np.int64)  # 800 MB, as Ray's "put gigabytes"
+    containing = ref_holder.remote()
+    ray.get(containing)
     loop = asyncio.new_event_loop()
 
     def wait_1k_one_at_a_time() -> int:
@@ -70,23 +125,82 @@ def cases(ray: Any) -> dict[str, Callable[[], int]]:
         assert len(done) == 1000
         return 1
 
+    async def await_1k() -> int:
+        for r in [small.remote() for _ in range(1000)]:
+            await r
+        return 1
+
     def generator_items() -> int:
         return sum(1 for _ in items.remote(1000))
 
     return {
+        "single client get calls": lambda: (ray.get(held), 1)[1],
+        "single client put calls": lambda: (ray.put(0), 1)[1],
+        "multi client put calls (10 tasks x 100)": lambda: (
+            ray.get([put_small_100.remote() for _ in range(10)]),
+            1000,
+        )[1],
+        "single client put gigabytes (0.8 GB per put)": lambda: (ray.put(big), 1)[1],
+        "multi client put gigabytes (10 tasks x 10 x 80 MB)": lambda: (
+            ray.get([put_80mb_10.remote() for _ in range(10)]),
+            100,
+        )[1],
+        "single client get object containing 10k refs": lambda: (ray.get(containing), 1)[1],
         "tasks sync": lambda: (ray.get(small.remote()), 1)[1],
         "tasks async (1k per batch)": lambda: len(ray.get([small.remote() for _ in range(1000)])),
+        "multi client tasks async (2 x 1k)": lambda: (
+            ray.get([s.batch.remote(1000) for s in submitters]),
+            2000,
+        )[1],
         "1:1 actor calls sync": lambda: (ray.get(actor.small.remote()), 1)[1],
         "1:1 actor calls async (1k per batch)": lambda: len(
             ray.get([actor.small.remote() for _ in range(1000)])
         ),
+        "1:1 actor calls concurrent (1k per batch)": lambda: len(
+            ray.get([concurrent.small.remote() for _ in range(1000)])
+        ),
+        "1:n actor calls async (2 x 1k)": lambda: (ray.get(client.batch.remote(1000)), 2000)[1],
+        "n:n actor calls async (2 tasks x 1k)": lambda: (
+            ray.get([call_actors.remote(servers, 1000) for _ in range(2)]),
+            2000,
+        )[1],
+        "n:n actor calls with arg async (2 x 1k)": lambda: (
+            ray.get([c.batch_arg.remote(1000) for c in arg_clients]),
+            2000,
+        )[1],
         "1:1 async-actor calls sync": lambda: (ray.get(async_actor.small.remote()), 1)[1],
-        "single client get calls": lambda: (ray.get(held), 1)[1],
-        "single client put calls": lambda: (ray.put(0), 1)[1],
+        "1:1 async-actor calls async (1k per batch)": lambda: len(
+            ray.get([async_actor.small.remote() for _ in range(1000)])
+        ),
+        "1:1 async-actor calls with args async (1k)": lambda: len(
+            ray.get([async_actor.small_arg.remote(i) for i in range(1000)])
+        ),
+        "1:n async-actor calls async (2 x 1k)": lambda: (ray.get(async_client.batch.remote(1000)), 2000)[1],
+        "n:n async-actor calls async (2 tasks x 1k)": lambda: (
+            ray.get([call_actors.remote(async_servers, 1000) for _ in range(2)]),
+            2000,
+        )[1],
         "wait 1k refs one at a time (batches)": wait_1k_one_at_a_time,
         "asyncio.wait on 1k task refs (batches)": lambda: loop.run_until_complete(asyncio_wait_1k()),
+        "await 1k task refs one by one (batches)": lambda: loop.run_until_complete(await_1k()),
         "generator items (1k small, one consumer)": generator_items,
     }
+
+
+def footprint_mib() -> float:
+    """Resident memory of this process and every process under it (the cluster it started), MiB."""
+    total = 0
+    pids = [os.getpid()]
+    while pids:
+        pid = pids.pop()
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                pids += [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+    return total / (1 << 20)
 
 
 def child(system: str, wanted: str, duration: float) -> None:
@@ -94,9 +208,12 @@ def child(system: str, wanted: str, duration: float) -> None:
         import ray
     else:
         import aioray as ray  # type: ignore[no-redef]
+    start = time.perf_counter()
     ray.init(num_cpus=2)
+    out: dict[str, float] = {"init (s)": time.perf_counter() - start}
     try:
-        out: dict[str, float] = {}
+        time.sleep(2)  # idle: whatever starts in the background has started
+        out["idle footprint (MiB)"] = footprint_mib()
         for name, fn in cases(ray).items():
             if wanted not in name:
                 continue
@@ -161,7 +278,12 @@ def main() -> None:
             statistics.median(rates["aioray"][name]),
             statistics.median(rates["ray"].get(name, [0.0])),
         )
-        ratio = f"{ours / theirs:.2f}" if theirs else "n/a"
+        # Rates: higher is better. Times and sizes (units in the name): lower is, so their ratio turns.
+        lower_is_better = name.endswith(("(s)", "(MiB)"))
+        if lower_is_better:
+            ratio = f"{theirs / ours:.2f}" if ours else "n/a"
+        else:
+            ratio = f"{ours / theirs:.2f}" if theirs else "n/a"
         print(f"| {name} | {_rate(theirs)} | {_rate(ours)} | {ratio} |")
 
 

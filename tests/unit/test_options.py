@@ -57,6 +57,10 @@ def test_strategy_objects_check_their_arguments() -> None:
         NodeAffinitySchedulingStrategy("xyz", soft=True)
     with pytest.raises(ValueError, match="_spill_on_unavailable cannot be set"):
         NodeAffinitySchedulingStrategy("ab" * 16, soft=False, _spill_on_unavailable=True)
+    with pytest.raises(ValueError, match="_fail_on_unavailable"):
+        aioray.remote(
+            scheduling_strategy=NodeAffinitySchedulingStrategy("ab" * 16, False, _fail_on_unavailable=True)
+        )(f)
     with pytest.raises(ValueError, match="cannot both be empty"):
         NodeLabelSchedulingStrategy({})
     with pytest.raises(ValueError, match="must be In, NotIn, Exists or DoesNotExist"):

@@ -126,6 +126,11 @@ def _strategy(options: Mapping[str, Any]) -> pb.SchedulingStrategy | None:
     elif strategy == "SPREAD":
         message = pb.SchedulingStrategy(kind=E.STRATEGY_SPREAD)
     elif isinstance(strategy, ss.NodeAffinitySchedulingStrategy):
+        if strategy._fail_on_unavailable:
+            raise ValueError(
+                "NodeAffinitySchedulingStrategy(_fail_on_unavailable=True) is not supported by aioray: "
+                "a hard affinity waits for its node's resources"
+            )
         message = pb.SchedulingStrategy(
             kind=E.STRATEGY_NODE_AFFINITY,
             node_id=bytes.fromhex(strategy.node_id),

@@ -90,6 +90,14 @@ class ActorQueue:
         self.runner: asyncio.Task[None] | None = None
 
     def push(self, p: PendingTask) -> None:
+        stream = self.stream
+        if not self.pending and not self.lost and not p.deps and stream is not None and self.dead is None:
+            # Nothing ahead of it and nothing to resolve: straight onto the channel, as the runner
+            # would, without waking it (a task switch per call).
+            p.worker = stream
+            self.in_flight[p.spec.task_id] = p
+            stream.outbox.put_nowait([p])
+            return
         self.pending.append(p)
         self.wake.set()
         if self.runner is None or self.runner.done():

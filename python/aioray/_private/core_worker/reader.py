@@ -377,6 +377,8 @@ class ObjectReader:
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
         """From a non-loop thread: `get_async` run on the loop, unless everything is here already."""
         readable = self._here(refs)
+        if readable is None and len(refs) == 1 and refs[0].owner_address == self._runtime.address:
+            readable = self._get_owned(refs[0], timeout)
         if readable is None:
             # A task waiting for objects still being made lends its CPU to the tasks that make them.
             waits = any(self._refs.value(r.binary()) is None for r in refs)
@@ -387,6 +389,38 @@ class ObjectReader:
                 if blocked:
                     self._blocking(False)
         return [materialize(r.binary(), v, buf) for r, (v, buf) in zip(refs, readable, strict=True)]
+
+    def _get_owned(self, ref: ObjectRef, timeout: float | None) -> list[Readable] | None:
+        """The synchronous round trip's wait (``get(f.remote())``): one object this process owns,
+        waited for on a plain future the loop completes, without a coroutine and a task per get.
+        None when the value is not readable here once it exists: the general path reads it (and
+        raises what it should for a freed or failed object)."""
+        oid = ref.binary()
+        if self._refs.get(oid) is None:
+            return None
+        arrived: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def done(_: object = None) -> None:
+            if not arrived.done():
+                arrived.set_result(None)
+
+        def watch() -> None:  # on the loop
+            entry = self._refs.get(oid)
+            if entry is None or entry.value is not None:
+                done()
+            else:
+                self._value_future(oid).add_done_callback(done)
+
+        blocked = self._blocking(True)
+        try:
+            self._runtime.loop.call_soon_threadsafe(watch)
+            arrived.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise GetTimeoutError(f"get timed out after {timeout}s waiting for 1 object(s)") from None
+        finally:
+            if blocked:
+                self._blocking(False)
+        return self._here([ref])
 
     def get_future(self, ref: ObjectRef) -> concurrent.futures.Future[Any]:
         """From any thread: a concurrent future of the value."""
