@@ -17,8 +17,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import operator
 import os
 import sys
+import threading
+import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from typing import Any
 
@@ -37,6 +40,22 @@ from aioray.exceptions import (
     RayTaskError,
     TaskCancelledError,
 )
+
+_OWNER = operator.attrgetter("_owner")  # read in C: a wait over 1k refs pays no Python per ref
+_ID = operator.attrgetter("_id")
+
+
+def _split(refs: Sequence[ObjectRef], picked: list[int]) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """(the refs at `picked`, every other ref), both in input order, the rest copied by slices."""
+    ready = [refs[i] for i in picked]
+    rest: list[ObjectRef] = []
+    start = 0
+    for i in picked:
+        rest += refs[start:i]
+        start = i + 1
+    rest += refs[start:]
+    return ready, rest
+
 
 IGNORE_UNHANDLED_ERRORS_ENV = "AIORAY_IGNORE_UNHANDLED_ERRORS"
 
@@ -144,6 +163,11 @@ class ObjectReader:
         self._futures: dict[bytes, asyncio.Future[ObjectValue]] = {}  # owned objects someone waits for
         self._fetches: dict[bytes, asyncio.Task[ObjectValue]] = {}  # borrowed objects asked of their owner
         self._awaiters: dict[bytes, int] = {}  # object id -> coroutines awaiting it right now
+        # Threads in a synchronous wait over owned objects sleep here; each arrival of an owned
+        # value wakes them (only while one waits: the loop pays nothing otherwise).
+        self._arrival = threading.Condition()
+        self._arrivals = 0
+        self._sleepers = 0
 
     # -- values: where an object is ------------------------------------------------------------
     def set_result(self, oid: bytes, value: ObjectValue, inner: tuple[tuple[bytes, str], ...]) -> bool:
@@ -153,6 +177,10 @@ class ObjectReader:
         fut = self._futures.pop(oid, None)
         if fut is not None and not fut.done():
             fut.set_result(value)
+        if self._sleepers:
+            with self._arrival:
+                self._arrivals += 1
+                self._arrival.notify_all()
         return True
 
     def forget(self, oids: Iterable[bytes]) -> None:
@@ -476,6 +504,54 @@ class ObjectReader:
             return False
         return not (entry.borrowers or entry.submitted or entry.contained)
 
+    def _ready_prefix(self, refs: Sequence[ObjectRef], num_returns: int) -> list[int] | None:
+        """Indices of the first `num_returns` refs whose value exists, scanning no further than it
+        takes; None if one of them was freed (the general path says so)."""
+        picked: list[int] = []
+        get = self._refs.get
+        for i, ref in enumerate(refs):
+            entry = get(ref._id)
+            if entry is None:
+                return None
+            if entry.value is not None:
+                picked.append(i)
+                if len(picked) == num_returns:
+                    break
+        return picked
+
+    def _wait_owned(
+        self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None
+    ) -> tuple[list[ObjectRef], list[ObjectRef]] | None:
+        """`wait` over objects this process owns, on the calling thread with no loop round trip:
+        scan for ready ones (stopping at the `num_returns`th), sleep until the next owned value
+        arrives, scan again. Refs that finish in order cost a scan of a few entries per call, not
+        the whole list (the "not ready" list is cut out by slices, in C). None: use the loop."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        blocked = False
+        try:
+            while True:
+                with self._arrival:
+                    seen = self._arrivals
+                picked = self._ready_prefix(refs, num_returns)
+                if picked is None:
+                    return None
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if len(picked) >= num_returns or (remaining is not None and remaining <= 0):
+                    return _split(refs, picked)
+                if not blocked:
+                    blocked = self._blocking(True)
+                with self._arrival:
+                    self._sleepers += 1
+                    try:
+                        while self._arrivals == seen and (remaining is None or remaining > 0):
+                            self._arrival.wait(remaining)
+                            remaining = None if deadline is None else deadline - time.monotonic()
+                    finally:
+                        self._sleepers -= 1
+        finally:
+            if blocked:
+                self._blocking(False)
+
     async def wait_async(
         self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None
     ) -> tuple[list[ObjectRef], list[ObjectRef]]:
@@ -520,7 +596,18 @@ class ObjectReader:
     def wait(
         self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None
     ) -> tuple[list[ObjectRef], list[ObjectRef]]:
-        """From a non-loop thread: `wait_async` on the loop, lending the task's CPU meanwhile."""
+        """From a non-loop thread: `wait_async` on the loop, lending the task's CPU meanwhile;
+        over objects this process owns, on the calling thread (`_wait_owned`)."""
+        if set(map(_OWNER, refs)) == {self._runtime.address}:
+            if num_returns < 0 or num_returns > len(refs):
+                raise ValueError(
+                    f"num_returns={num_returns} must be between 0 and the number of refs ({len(refs)})"
+                )
+            if len(set(map(_ID, refs))) != len(refs):
+                raise ValueError("wait() got the same ObjectRef more than once")
+            done = self._wait_owned(refs, num_returns, timeout)
+            if done is not None:
+                return done
         blocked = self._blocking(True)
         try:
             return self._runtime.run_sync(self.wait_async(refs, num_returns, timeout))
