@@ -234,6 +234,9 @@ def ray_python() -> Path:
         print(f"installing Ray {RAY_VERSION} into {RAY_VENV} (first use only)...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(RAY_VENV)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", f"ray=={RAY_VERSION}"], check=True)
+    if subprocess.run([str(python), "-c", "import numpy"], capture_output=True).returncode != 0:
+        # Ray's microbenchmark cases put numpy arrays; Ray itself does not require numpy.
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "numpy"], check=True)
     return python
 
 

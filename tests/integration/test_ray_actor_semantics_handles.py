@@ -415,3 +415,53 @@ def test_any_public_method_name_is_callable_through_the_handle(ray) -> None:
     # Ray's handle keeps its own state under underscore names, so user method names never clash.
     assert ray.get([n.get.remote(), n.kill.remote()], timeout=30) == ["user get", "user kill"]
     assert ray.get(n.actor_id.remote(), timeout=30) == "user actor_id"
+
+
+@aioray.remote(num_cpus=0)
+class Server:
+    def pid(self):
+        import os
+
+        return os.getpid()
+
+
+@aioray.remote(num_cpus=0)
+class HoldsServers:
+    def __init__(self, servers):
+        self.servers = servers if isinstance(servers, list) else [servers]
+
+    def pids(self):
+        return aioray.get([s.pid.remote() for s in self.servers], timeout=30)
+
+    def die(self):
+        import os
+
+        os._exit(1)
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_a_handle_passed_only_to_a_constructor_keeps_its_actor_alive(ray, nested) -> None:
+    # The driver drops its own handle at once: the constructor, which runs later, borrows it.
+    holder = HoldsServers.remote([Server.remote()] if nested else Server.remote())
+    import gc
+
+    gc.collect()
+    assert len(aioray.get(holder.pids.remote(), timeout=60)) == 1
+
+
+def test_the_arguments_of_a_restartable_actor_live_until_it_is_dead(ray) -> None:
+    holder = HoldsServers.options(max_restarts=1).remote([Server.remote()])
+    first = aioray.get(holder.pids.remote(), timeout=60)
+    with pytest.raises(aioray.exceptions.RayActorError):
+        aioray.get(holder.die.remote(), timeout=60)
+    # The restarted constructor gets the same handle, and its actor is still there.
+    for _ in range(100):
+        try:
+            assert aioray.get(holder.pids.remote(), timeout=60) == first
+            break
+        except aioray.exceptions.RayActorError:
+            import time
+
+            time.sleep(0.2)
+    else:
+        raise AssertionError("the actor did not come back")

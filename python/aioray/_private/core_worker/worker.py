@@ -367,17 +367,48 @@ class CoreWorker:
             lifetime = self.put(request.actor_id)
             self.actor_lifetimes[lifetime.binary()] = request.actor_id
 
+        kept = [oid for oid, _ in packed.kept_alive]
+
         async def create() -> pb.ActorInfo:
             self.functions.export(fid, pickled)
             try:
-                return await self.actors.create(request, packed.deps, spec)
-            finally:
-                self.refs.remove_submitted([oid for oid, _ in packed.kept_alive])
+                info = await self.actors.create(request, packed.deps, spec)
+            except BaseException:
+                self.refs.remove_submitted(kept)
+                raise
+            if kept and info.actor_id == request.actor_id:  # (get_if_exists may find another one)
+                self.runtime.spawn(
+                    self._hold_creation_args(request.actor_id, kept, request.max_restarts != 0)
+                )
+            else:
+                self.refs.remove_submitted(kept)
+            return info
 
         fut = self.runtime.submit(create())
         if wait:
             fut.result(60)
         return request.actor_id, lifetime, fut
+
+    async def _hold_creation_args(self, actor_id: bytes, kept: list[bytes], restartable: bool) -> None:
+        """Keeps the refs inside an actor's constructor arguments alive until its constructor ran
+        (the actor borrows what it keeps by then: a handle passed in, say), and for an actor that may
+        restart until it is dead, since each restart runs the constructor again with them (Ray keeps
+        them as long). The GCS answers CreateActor before the constructor runs."""
+        try:
+            restarts = 0
+            while True:
+                try:
+                    info = await self.actors.wait_settled(actor_id, restarts)
+                except Exception:  # the GCS is away for a moment (a restart): ask again
+                    await asyncio.sleep(1.0)
+                    continue
+                if info is None:
+                    continue  # not settled within the GCS's wait: wait again
+                if info.state == pb.ActorInfoState.DEAD or not restartable:
+                    return
+                restarts = info.num_restarts + 1
+        finally:
+            self.refs.remove_submitted(kept)
 
     async def wait_actor_started(self, actor_id: bytes) -> None:
         """On the loop: returns once the actor is alive; raises the error its calls would raise if it died."""
