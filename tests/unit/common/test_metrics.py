@@ -81,7 +81,9 @@ def test_snapshots_travel_and_merge_by_summing() -> None:
     text = metrics.render(metrics.merge([a, b]))
     assert 'aioray_done_total{kind="task"} 7\n' in text
     assert "aioray_running 3\n" in text
-    assert 'aioray_lat_seconds_bucket{le="1"} 2\n' in text and 'aioray_lat_seconds_bucket{le="+Inf"} 3\n' in text
+    assert (
+        'aioray_lat_seconds_bucket{le="1"} 2\n' in text and 'aioray_lat_seconds_bucket{le="+Inf"} 3\n' in text
+    )
     assert "aioray_lat_seconds_count 3\n" in text
     # What outlives a process: its counts, not its levels.
     kept = metrics.render(metrics.merge([metrics.without_gauges(a)]))

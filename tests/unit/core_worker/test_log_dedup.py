@@ -30,7 +30,10 @@ def test_words_with_numbers_do_not_tell_lines_apart() -> None:
 def test_a_line_from_a_second_process_is_held_back_and_counted() -> None:
     clock = Clock()
     dedup = LogDeduplicator(window_s=5, clock=clock)
-    assert printed(dedup.deduplicate(batch(1, "warning: slow", "hello 1"))) == [(1, "warning: slow"), (1, "hello 1")]
+    assert printed(dedup.deduplicate(batch(1, "warning: slow", "hello 1"))) == [
+        (1, "warning: slow"),
+        (1, "hello 1"),
+    ]
     # The same process may repeat itself: printed each time.
     assert printed(dedup.deduplicate(batch(1, "warning: slow"))) == [(1, "warning: slow")]
     # Others are held back, whatever their numbers.

@@ -11,7 +11,11 @@ from aioray._proto.aioray import v1 as pb
 
 def node(n: int, alive: bool = True, head: bool = False, port: int = 9000) -> pb.NodeInfo:
     return pb.NodeInfo(
-        node_id=bytes([n]) * 4, address=f"10.0.0.{n}:700{n}", alive=alive, is_head=head, metrics_export_port=port + n if port else 0
+        node_id=bytes([n]) * 4,
+        address=f"10.0.0.{n}:700{n}",
+        alive=alive,
+        is_head=head,
+        metrics_export_port=port + n if port else 0,
     )
 
 

@@ -53,10 +53,15 @@ async def test_worker_output_is_published_by_writer_in_order(files: tuple[Path, 
     assert sorted(p.name for p in folder.iterdir()) == [err_name, out_name]
     monitor.start()
     try:
-        write(out_fd, "before any task\n:job_id:0a\n:task_name:f\nhello\nworld\n:job_id:0b\n:actor_name:A\nhi")
+        write(
+            out_fd, "before any task\n:job_id:0a\n:task_name:f\nhello\nworld\n:job_id:0b\n:actor_name:A\nhi"
+        )
         write(err_fd, ":job_id:0a\n:task_name:f\noops\n")
         await monitor.flush_logs(pb.Empty())
-        got = [(ch, b.job_id, b.task_name, b.actor_name, b.is_err, list(b.lines)) for ch, b in published.batches()]
+        got = [
+            (ch, b.job_id, b.task_name, b.actor_name, b.is_err, list(b.lines))
+            for ch, b in published.batches()
+        ]
         assert got == [
             (log_channel(""), "", "", "", False, ["before any task"]),
             (log_channel("0a"), "0a", "f", "", False, ["hello", "world"]),
