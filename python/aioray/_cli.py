@@ -305,6 +305,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"    spilled: {n.spilled_bytes / 2**20:.1f} MiB on disk now, {n.spilled_total / 2**20:.1f} MiB "
             f"written in all, {n.restored_bytes / 2**20:.1f} MiB restored"
         )
+        if n.alive and n.metrics_export_port:
+            print(f"    metrics: http://{rpc.split_address(n.address)[0]}:{n.metrics_export_port}/metrics")
     return 0
 
 

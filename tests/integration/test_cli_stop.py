@@ -258,6 +258,8 @@ def test_the_heads_prometheus_targets_follow_the_nodes_and_go_with_the_cluster(c
     node = cli.add_node("--prestart-workers")
     both = sorted(f"127.0.0.1:{info['metrics_export_port']}" for info in (head, node))
     eventually(lambda: targets() == both, 10, "both nodes listed")
+    status = cli.run("status").stdout
+    assert all(f"metrics: http://{target}/metrics" in status for target in both), status
     logs = cli.sessions / "logs"
     folders = {logs / info["node_id"][:16] for info in (head, node)}
 

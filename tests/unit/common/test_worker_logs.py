@@ -20,7 +20,9 @@ def test_markers_go_before_the_first_line_of_each_writer(tmp_path: Path) -> None
         print("from the actor", file=stream)
         current[0] = Whose("0b", "g")
         stream.write("unfinished")
-        stream.flush()
+        stream.flush()  # out as it is: the rest of the line follows it, not markers
+        current[0] = Whose("0c", "h")
+        stream.write(" and finished\n")
     assert path.read_text().splitlines() == [
         ":job_id:0a",
         ":task_name:f",
@@ -30,14 +32,14 @@ def test_markers_go_before_the_first_line_of_each_writer(tmp_path: Path) -> None
         "from the actor",
         ":job_id:0b",
         ":task_name:g",
-        "unfinished",
+        "unfinished and finished",
     ]
     lines = LogReader(str(path)).read()
     assert [(line.whose, line.text) for line in lines] == [
         (Whose("0a", "f"), "one"),
         (Whose("0a", "f"), "two halves"),
         (Whose("0a", "", "Counter"), "from the actor"),
-        (Whose("0b", "g"), "unfinished"),
+        (Whose("0b", "g"), "unfinished and finished"),
     ]
 
 

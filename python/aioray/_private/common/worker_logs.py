@@ -44,14 +44,16 @@ class Whose:
 
 
 class TaggedStream(io.TextIOBase):
-    """A worker's sys.stdout or sys.stderr: writes whole lines to the log file, each time the
-    writer changes preceded by the markers of the new one (`whose()` tells it, per thread)."""
+    """A worker's sys.stdout or sys.stderr: writes to the log file, each time the writer changes
+    preceded by the markers of the new one (`whose()` tells it, per thread). Text goes out at each
+    line's end and at `flush`; a line is never cut by markers, only preceded by them."""
 
     def __init__(self, target: Any, whose: Callable[[], Whose]) -> None:
         self._target = target
         self._whose = whose
         self._last: Whose | None = None
         self._partial = ""
+        self._line_start = True  # the file's last character ends a line
         self._lock = threading.Lock()  # threaded actors print from several threads
 
     def writable(self) -> bool:
@@ -66,33 +68,35 @@ class TaggedStream(io.TextIOBase):
     def write(self, text: str) -> int:
         with self._lock:
             data = self._partial + text
-            lines = data.split("\n")
-            self._partial = lines.pop()
-            if lines:
-                self._emit(lines)
+            cut = data.rfind("\n") + 1
+            self._partial = data[cut:]
+            if cut:
+                self._write_out(data[:cut])
+                self._target.flush()
         return len(text)
 
-    def _emit(self, lines: list[str]) -> None:
-        whose = self._whose()
+    def _write_out(self, data: str) -> None:
         out = []
-        if whose != self._last:
-            last = self._last or Whose()
-            if whose.job_id != last.job_id:
-                out.append(f"{JOB_MARKER}{whose.job_id}\n")
-            if whose.actor_name:
-                out.append(f"{ACTOR_MARKER}{whose.actor_name}\n")
-            else:
-                out.append(f"{TASK_MARKER}{whose.task_name}\n")
-            self._last = whose
-        out.extend(line + "\n" for line in lines)
+        if self._line_start:
+            whose = self._whose()
+            if whose != self._last:
+                last = self._last or Whose()
+                if whose.job_id != last.job_id:
+                    out.append(f"{JOB_MARKER}{whose.job_id}\n")
+                if whose.actor_name:
+                    out.append(f"{ACTOR_MARKER}{whose.actor_name}\n")
+                else:
+                    out.append(f"{TASK_MARKER}{whose.task_name}\n")
+                self._last = whose
+        out.append(data)
         self._target.write("".join(out))
-        self._target.flush()
+        self._line_start = data.endswith("\n")
 
     def flush(self) -> None:
         with self._lock:
             if self._partial:
-                line, self._partial = self._partial, ""
-                self._emit([line])
+                partial, self._partial = self._partial, ""
+                self._write_out(partial)
             self._target.flush()
 
 
