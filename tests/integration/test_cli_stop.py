@@ -269,8 +269,12 @@ def test_the_heads_prometheus_targets_follow_the_nodes_and_go_with_the_cluster(c
         )
 
     eventually(worker_logs, 30, "the workers' log files")
-    # Every process at once, as a power cut: nobody removes the file or the worker log folders...
-    for pid in cli.daemons():
+    # Every process at once, as a power cut: nobody removes the file or the worker log folders
+    # (all are stopped first, so that none sees another die and cleans up)...
+    victims = cli.daemons()
+    for pid in victims:
+        os.kill(pid, signal.SIGSTOP)
+    for pid in victims:
         os.kill(pid, signal.SIGKILL)
     eventually(lambda: cli.daemons() == {}, 15, "the daemons dying")
     assert sd_file.exists()
