@@ -133,7 +133,7 @@ def test_output_of_a_task_on_another_node_reaches_the_driver_with_its_prefix(clu
 def test_another_drivers_output_does_not_reach_this_one(cluster: Nodes) -> None:
     """The test process is a driver too (log_to_driver=False); a second driver that prints nothing
     must not get the first one's lines."""
-    quiet = run_driver(cluster, "aioray.init(address=ADDRESS)\nimport time\naioray.shutdown()\n")
+    quiet = run_driver(cluster, "aioray.init(address=ADDRESS)\naioray.shutdown()\n")
     assert "hello" not in quiet.stdout + quiet.stderr
 
 
@@ -374,3 +374,41 @@ def test_prometheus_scrapes_both_nodes_through_the_service_discovery_file(cluste
         assert len(prometheus.query("aioray_leases_granted_total")) == 2
     finally:
         prometheus.stop()
+
+
+def test_an_embedded_cluster_serves_metrics_on_the_port_it_was_given() -> None:
+    """The async API's local cluster: its node's /metrics on the port asked for, with the tasks run."""
+    port = rpc.free_port()
+    script = f"""
+import asyncio, time, urllib.request
+import aioray
+
+@aioray.remote
+def one():
+    print("not printed here: log_to_driver=False")
+    return 1
+
+async def main():
+    async with aioray.Cluster(num_cpus=1, log_to_driver=False, metrics_export_port={port}) as cluster:
+        assert sum(await asyncio.gather(*[one.remote() for _ in range(5)])) == 5
+        assert aioray.nodes()[0]["MetricsExportPort"] == {port}
+        deadline = time.monotonic() + 60
+        while True:  # the driver and the worker report their counts to the node every second
+            page = await asyncio.to_thread(
+                lambda: urllib.request.urlopen("http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            )
+            wanted = ('aioray_tasks_finished_total{{kind="task"}} 5', 'aioray_tasks_executed_total{{status="ok"}} 5')
+            if all(w in page for w in wanted):
+                break
+            assert time.monotonic() < deadline, page
+            await asyncio.sleep(0.2)
+        print(page)
+
+asyncio.run(main())
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "not printed here" not in proc.stdout + proc.stderr
+    assert "# TYPE aioray_tasks_finished_total counter" in proc.stdout
+    assert 'aioray_tasks_executed_total{status="ok"} 5' in proc.stdout
+    assert re.search(r'^aioray_workers\{state="idle"\} \d+$', proc.stdout, re.M), proc.stdout
