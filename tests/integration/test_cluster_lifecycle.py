@@ -107,7 +107,7 @@ def test_ray_init_arguments_are_honoured_or_refused_by_name() -> None:
         aioray.init(num_cpus=1, _metrics_export_port=-1)
     assert not aioray.is_initialized()
     port = rpc.free_port()
-    aioray.init(
+    context = aioray.init(
         num_cpus=1,
         object_store_memory=64 << 20,
         include_dashboard=False,
@@ -117,7 +117,7 @@ def test_ray_init_arguments_are_honoured_or_refused_by_name() -> None:
     )
     try:
         assert logging.getLogger("aioray").level == logging.WARNING
-        assert aioray.nodes()[0]["MetricsExportPort"] == port
+        assert aioray.nodes()[0]["MetricsExportPort"] == port == context["metrics_export_port"]
     finally:
         aioray.shutdown()
         logging.getLogger("aioray").setLevel(logging.NOTSET)

@@ -56,7 +56,12 @@ class InitContext:
     """What ``init`` returns: the cluster's address, usable as a context manager that shuts down."""
 
     def __init__(self, conn: worker_api.Connection) -> None:
-        self.address_info = {"address": conn.gcs_address, "node_id": conn.core.node_id.hex()}
+        self.address_info = {
+            "address": conn.gcs_address,
+            "gcs_address": conn.gcs_address,
+            "node_id": conn.core.node_id.hex(),
+            "metrics_export_port": conn.core.metrics_export_port,
+        }
 
     def __getitem__(self, key: str) -> Any:
         return self.address_info[key]

@@ -70,6 +70,7 @@ class CoreWorker:
         self.is_driver = is_driver
         self.worker_id = worker_id
         self.node_id = node.node_id
+        self.metrics_export_port = node.metrics_export_port  # its node's /metrics
         self.token = token
         self.job_id = job_id
         self.namespace = namespace
