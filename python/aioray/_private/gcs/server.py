@@ -11,6 +11,10 @@ change and a GCS restarted on the same port reloads them before it serves:
 raylets re-register, and actors, jobs, names and functions are all still there.
 The event log and pub/sub subscriptions are not kept. Placement groups are kept too, and the
 raylets' bundles are reconciled with them (see `placement_groups`).
+
+On the head it also keeps the Prometheus service discovery file of the nodes' ``/metrics``
+endpoints (``--metrics-sd-file``, `service_discovery`), and serves its own metrics to the head's
+raylet (``MetricsSource``).
 """
 
 from __future__ import annotations

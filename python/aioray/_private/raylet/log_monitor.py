@@ -101,16 +101,20 @@ class LogMonitor(pb.LogAgentBase):
         worker's stdout and stderr (the caller closes them once the worker has them)."""
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         fds = []
-        for name in log_file_names(worker_id, 0):
-            path = os.path.join(self.dir, name.replace("-0.", "."))
+        for path in self._unnamed(worker_id):
             fds.append(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
         return fds[0], fds[1]
+
+    def _unnamed(self, worker_id: bytes) -> tuple[str, str]:
+        """A new worker's files before its pid is known."""
+        stem = os.path.join(self.dir, f"worker-{worker_id.hex()}")
+        return f"{stem}.out", f"{stem}.err"
 
     def started(self, worker_id: bytes, pid: int) -> None:
         """The worker runs: its files take its pid into their names and are read from now on."""
         tailed = []
-        for name, is_err in zip(log_file_names(worker_id, pid), (False, True), strict=True):
-            unnamed = os.path.join(self.dir, name.replace(f"-{pid}.", "."))
+        named = log_file_names(worker_id, pid)
+        for unnamed, name, is_err in zip(self._unnamed(worker_id), named, (False, True), strict=True):
             path = os.path.join(self.dir, name)
             try:
                 os.rename(unnamed, path)
@@ -122,9 +126,9 @@ class LogMonitor(pb.LogAgentBase):
 
     def not_started(self, worker_id: bytes) -> None:
         """The worker's process could not be started: its files go."""
-        for name in log_file_names(worker_id, 0):
+        for path in self._unnamed(worker_id):
             with contextlib.suppress(OSError):
-                os.unlink(os.path.join(self.dir, name.replace("-0.", ".")))
+                os.unlink(path)
 
     def exited(self, worker_id: bytes) -> None:
         """The worker is gone: what it wrote last is published, then its files are no longer read

@@ -1,8 +1,10 @@
 """The raylet process: one per node. It owns the node's store segment, its workers and local scheduling.
 
-It serves two gRPC services: the node manager (leases, workers) and the
+It serves four gRPC services: the node manager (leases, workers), the
 object manager (the store as seen from outside, transfers between nodes),
-plus the raw data port. This module wires them together, keeps the GCS
+the metrics agent (its workers' metrics, for the node's ``/metrics`` page)
+and the log agent (its workers' log files), plus the raw data port and the
+``/metrics`` HTTP endpoint. This module wires them together, keeps the GCS
 informed of the node's free resources, and runs the process:
 ``python -m aioray._private.raylet`` (see `aioray._private.node`).
 """
