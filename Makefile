@@ -34,14 +34,19 @@ rust-test:  ## Rust unit and property tests, and the criterion build
 	cargo test
 	cargo bench --no-run
 
-deps:  ## system packages the tests need: redis-server (GCS storage tests), from apt if missing
-	@command -v redis-server >/dev/null || { \
+deps:  ## system packages the tests need, from apt when missing: redis-server (GCS storage), prometheus (metrics)
+	@missing=; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then sudo=; \
 	  elif command -v sudo >/dev/null; then sudo=sudo; \
-	  else echo "redis-server is missing: install the distribution's redis-server package (as root)" >&2; exit 1; fi; \
-	  $$sudo apt-get update && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server; }
+	  else echo "missing:$$missing; install these distribution packages (as root)" >&2; exit 1; fi; \
+	  $$sudo apt-get update && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
+	fi
 
-py-test: deps  ## pytest (unit and integration; needs redis-server: `deps` installs it)
+py-test: deps  ## pytest (unit and integration; needs redis-server and prometheus: `deps` installs them)
 	$(PYTHON) -m pytest
 
 test: deps proto-check lint rust-test py-test  ## everything CI runs (installs `deps` first)

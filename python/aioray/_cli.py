@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import glob
+import itertools
 import json
 import os
 import secrets
@@ -14,8 +15,8 @@ import sys
 import time
 from typing import Any
 
+from aioray._private import log_cli, worker_api
 from aioray._private import node as node_mod
-from aioray._private import worker_api
 from aioray._private.common import process, rpc, segments
 from aioray._private.common.node_resources import parse_labels
 from aioray._proto.aioray import v1 as pb
@@ -69,6 +70,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         "storage": storage,
         "discard_storage_on_stop": args.head and args.storage is None,
         "log_files": not args.block,  # with --block the daemons' output goes to the terminal
+        "metrics_export_port": args.metrics_export_port,
     }
     session_file = worker_api.cluster_file() if args.head else os.path.join(sessions, "node-{node_id}.json")
     env = dict(os.environ)
@@ -95,10 +97,13 @@ def cmd_start(args: argparse.Namespace) -> int:
         supervisor.stop()
         return 1
     print(f"aioray node {node['node_id'][:12]} started; GCS at {node['gcs_address']}")
+    host = args.node_ip_address
+    print(f"  metrics:            http://{host}:{node['metrics_export_port']}/metrics")
     if args.head:
         print(f"  connect a driver:   aioray.init(address='{node['gcs_address']}')   (or address='auto')")
         print(f"  add a node:         aioray start --address={node['gcs_address']}")
         print(f"  auth token (for other machines, set {process.TOKEN_ENV}): {token}")
+        print(f"  Prometheus targets (file_sd_configs): {node['metrics_service_discovery_file']}")
     if not args.block:
         return 0
     sys.stdout.flush()
@@ -175,6 +180,41 @@ def _describe(pids: dict[int, str]) -> str:
     return ", ".join(parts)
 
 
+def _live_gcs_ports() -> set[int]:
+    """The ports the live GCSs of this user on this machine serve on (from their command lines)."""
+    ports = set()
+    for pid, kind in process.find_daemons().items():
+        if kind != "gcs":
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        for flag, value in itertools.pairwise(argv):
+            if flag == b"--port" and value.isdigit():
+                ports.add(int(value))
+    return ports
+
+
+def _remove_stale_service_discovery_files() -> list[str]:
+    """Prometheus service discovery files of heads whose GCS is gone (killed, not stopped), removed."""
+    pattern = os.path.join(node_mod.session_dir(), f"{node_mod.SD_FILE_PREFIX}*.json")
+    paths = sorted(glob.glob(pattern))
+    if not paths:
+        return []
+    live = _live_gcs_ports()
+    removed = []
+    for path in paths:
+        port = os.path.basename(path)[len(node_mod.SD_FILE_PREFIX) : -len(".json")]
+        if port.isdigit() and int(port) in live:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            removed.append(os.path.basename(path))
+    return removed
+
+
 def _remove_stale_session_files() -> list[str]:
     """Session files whose processes are all gone (or that cannot be read), removed; their names."""
     sessions = node_mod.session_dir()
@@ -197,7 +237,7 @@ def _remove_stale_session_files() -> list[str]:
         except FileNotFoundError:
             continue
         removed.append(os.path.basename(path))
-    return removed
+    return removed + _remove_stale_service_discovery_files()
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -265,6 +305,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"    spilled: {n.spilled_bytes / 2**20:.1f} MiB on disk now, {n.spilled_total / 2**20:.1f} MiB "
             f"written in all, {n.restored_bytes / 2**20:.1f} MiB restored"
         )
+        if n.alive and n.metrics_export_port:
+            print(f"    metrics: http://{rpc.split_address(n.address)[0]}:{n.metrics_export_port}/metrics")
     return 0
 
 
@@ -308,6 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the GCS keeps its tables: sqlite:///PATH or redis://HOST:PORT "
         "(default: sqlite in the session folder, one file per GCS port)",
     )
+    start.add_argument(
+        "--metrics-export-port",
+        type=int,
+        default=None,
+        help="port of the node's Prometheus /metrics, on --node-ip-address (default: a free one)",
+    )
     start.add_argument("--block", action="store_true", help="stay in the foreground; Ctrl-C stops the node")
     start.set_defaults(func=cmd_start)
     stop = sub.add_parser(
@@ -336,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="nodes, resources and store usage")
     status.add_argument("--address", default=None)
     status.set_defaults(func=cmd_status)
+    log_cli.add_parser(sub)
     bench = sub.add_parser("microbenchmark", help="the cases of `ray microbenchmark`, on an embedded cluster")
     bench.add_argument("filter", nargs="?", default="", help="run only cases whose name contains this")
     bench.add_argument("--duration", type=float, default=2.0, help="seconds per timed run")

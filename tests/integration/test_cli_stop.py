@@ -236,3 +236,50 @@ def test_block_runs_the_node_until_the_cli_goes(cli: Cli, sig: signal.Signals) -
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_the_heads_prometheus_targets_follow_the_nodes_and_go_with_the_cluster(cli: Cli) -> None:
+    r = cli.run(
+        "start", "--head", "--num-cpus", "1", "--object-store-memory", str(64 * MiB), "--prestart-workers"
+    )
+    assert r.returncode == 0, r.stderr
+    head = cli.cluster()
+    sd_file = Path(head["metrics_service_discovery_file"])
+    assert sd_file.parent == cli.sessions and f"Prometheus targets (file_sd_configs): {sd_file}" in r.stdout
+    assert f"metrics:            http://127.0.0.1:{head['metrics_export_port']}/metrics" in r.stdout
+
+    def targets() -> list[str]:
+        try:
+            return sorted(g["targets"][0] for g in json.loads(sd_file.read_text()))
+        except (OSError, ValueError):
+            return []
+
+    eventually(lambda: targets() == [f"127.0.0.1:{head['metrics_export_port']}"], 10, "the head listed")
+    node = cli.add_node("--prestart-workers")
+    both = sorted(f"127.0.0.1:{info['metrics_export_port']}" for info in (head, node))
+    eventually(lambda: targets() == both, 10, "both nodes listed")
+    status = cli.run("status").stdout
+    assert all(f"metrics: http://{target}/metrics" in status for target in both), status
+    logs = cli.sessions / "logs"
+    folders = {logs / info["node_id"][:16] for info in (head, node)}
+
+    def worker_logs() -> bool:  # each node's prestarted worker has its two files
+        return all(len(list(f.glob("worker-*"))) == 2 for f in folders if f.exists()) and all(
+            f.exists() for f in folders
+        )
+
+    eventually(worker_logs, 30, "the workers' log files")
+    # Every process at once, as a power cut: nobody removes the file or the worker log folders
+    # (all are stopped first, so that none sees another die and cleans up)...
+    victims = cli.daemons()
+    for pid in victims:
+        os.kill(pid, signal.SIGSTOP)
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    eventually(lambda: cli.daemons() == {}, 15, "the daemons dying")
+    assert sd_file.exists()
+    # ...until `aioray stop`.
+    r = cli.run("stop")
+    assert r.returncode == 0, r.stderr
+    assert sd_file.name in r.stdout and not sd_file.exists()
+    assert list(logs.iterdir()) == []

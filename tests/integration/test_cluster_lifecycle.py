@@ -99,14 +99,25 @@ def test_the_first_call_without_init_starts_a_local_cluster() -> None:
 
 
 def test_ray_init_arguments_are_honoured_or_refused_by_name() -> None:
-    with pytest.raises(ValueError, match=r"log_to_driver=False\) is not supported"):
-        aioray.init(num_cpus=1, log_to_driver=False)
+    with pytest.raises(ValueError, match=r"local_mode=True\) is not supported"):
+        aioray.init(num_cpus=1, local_mode=True)
     with pytest.raises(ValueError, match=r"unknown argument\(s\): no_such_argument"):
         aioray.init(num_cpus=1, no_such_argument=1)
+    with pytest.raises(ValueError, match=r"_metrics_export_port must be a port number"):
+        aioray.init(num_cpus=1, _metrics_export_port=-1)
     assert not aioray.is_initialized()
-    aioray.init(num_cpus=1, object_store_memory=64 << 20, include_dashboard=False, logging_level="WARNING")
+    port = rpc.free_port()
+    context = aioray.init(
+        num_cpus=1,
+        object_store_memory=64 << 20,
+        include_dashboard=False,
+        logging_level="WARNING",
+        log_to_driver=False,  # honoured: see test_observability.py for what it does
+        _metrics_export_port=port,
+    )
     try:
         assert logging.getLogger("aioray").level == logging.WARNING
+        assert aioray.nodes()[0]["MetricsExportPort"] == port == context["metrics_export_port"]
     finally:
         aioray.shutdown()
         logging.getLogger("aioray").setLevel(logging.NOTSET)

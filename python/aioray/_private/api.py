@@ -56,7 +56,12 @@ class InitContext:
     """What ``init`` returns: the cluster's address, usable as a context manager that shuts down."""
 
     def __init__(self, conn: worker_api.Connection) -> None:
-        self.address_info = {"address": conn.gcs_address, "node_id": conn.core.node_id.hex()}
+        self.address_info = {
+            "address": conn.gcs_address,
+            "gcs_address": conn.gcs_address,
+            "node_id": conn.core.node_id.hex(),
+            "metrics_export_port": conn.core.metrics_export_port,
+        }
 
     def __getitem__(self, key: str) -> Any:
         return self.address_info[key]
@@ -69,8 +74,7 @@ class InitContext:
 
 
 # Ray's other init() arguments, with the values aioray honours as they are (it has no dashboard
-# yet, and worker output reaches a driver only from its own machine): any other value, and any
-# argument Ray does not have, is refused by name rather than ignored.
+# yet): any other value, and any argument Ray does not have, is refused by name rather than ignored.
 _INIT_DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
     "local_mode": (False,),
     "include_dashboard": (None, False),
@@ -80,7 +84,6 @@ _INIT_DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
     "configure_logging": (True, False),
     "logging_format": (None,),
     "logging_config": (None,),
-    "log_to_driver": (None, True),
     "enable_resource_isolation": (False,),
     "cgroup_path": (None,),
     "system_reserved_cpu": (None,),
@@ -111,6 +114,8 @@ def init(
     ignore_reinit_error: bool = False,
     labels: dict[str, str] | None = None,
     runtime_env: dict[str, Any] | None = None,
+    log_to_driver: bool | None = True,
+    _metrics_export_port: int | None = None,
     **others: Any,
 ) -> InitContext:
     """Starts an embedded local cluster (no `address`) or connects to one ("HOST:PORT" or "auto").
@@ -118,12 +123,21 @@ def init(
     ``runtime_env`` is the job's runtime environment: its packages are uploaded now, and every task
     and actor of the job runs in it (merged with its own ``runtime_env``, as in Ray).
 
+    ``log_to_driver`` (default True) prints what the job's tasks and actors write to stdout and
+    stderr, on every node, here, prefixed ``(name pid=N, ip=HOST)``; False leaves it in the nodes'
+    worker log files (``aioray logs``). ``_metrics_export_port`` is the port of a new cluster's
+    ``/metrics`` endpoint (default: a free one; ``aioray.nodes()`` lists it as ``MetricsExportPort``).
+
     Ray's other arguments are accepted where aioray does what they ask (``logging_level`` sets the
-    level of aioray's loggers in this process; ``include_dashboard=False``, ``log_to_driver=True``
-    and the other defaults describe aioray as it is); other values raise ValueError naming them
+    level of aioray's loggers in this process; ``include_dashboard=False`` and the other defaults
+    describe aioray as it is); other values raise ValueError naming them
     (docs/ray-compatibility.md).
     """
     _check_init_arguments(others)
+    if _metrics_export_port is not None and (
+        not isinstance(_metrics_export_port, int) or not 0 <= _metrics_export_port < 65536
+    ):
+        raise ValueError(f"_metrics_export_port must be a port number, got {_metrics_export_port!r}")
     if "logging_level" in others:
         logging.getLogger("aioray").setLevel(others["logging_level"])
     conn = worker_api.init(
@@ -136,6 +150,8 @@ def init(
         ignore_reinit_error=ignore_reinit_error,
         labels=labels,
         runtime_env=runtime_env,
+        log_to_driver=log_to_driver is None or bool(log_to_driver),
+        metrics_export_port=_metrics_export_port,
     )
     return InitContext(conn)
 
@@ -267,6 +283,7 @@ def nodes() -> list[dict[str, Any]]:
                 "ObjectManagerPort": int(object_port) if object_port.isdigit() else 0,  # 0: gRPC only
                 "IsHead": n.is_head,
                 "Labels": dict(n.labels),
+                "MetricsExportPort": n.metrics_export_port,
             }
         )
     return out

@@ -28,8 +28,14 @@ class Cluster:
         object_store_memory: int | None = None,
         namespace: str | None = None,
         labels: dict[str, str] | None = None,
+        log_to_driver: bool = True,
+        metrics_export_port: int | None = None,
     ) -> None:
+        """`log_to_driver` and `metrics_export_port` as `aioray.init`'s `log_to_driver` and
+        `_metrics_export_port`."""
         self._kwargs = {
+            "log_to_driver": log_to_driver,
+            "metrics_export_port": metrics_export_port,
             "labels": labels,
             "num_cpus": num_cpus,
             "num_gpus": num_gpus,

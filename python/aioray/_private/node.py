@@ -39,6 +39,15 @@ def session_dir() -> str:
     return base
 
 
+SD_FILE_PREFIX = "prom_metrics_service_discovery-"
+
+
+def service_discovery_file(folder: str, gcs_port: int) -> str:
+    """Where the head whose GCS serves on `gcs_port` keeps its Prometheus service discovery file
+    (one per cluster: several clusters may share the machine's session folder)."""
+    return os.path.join(folder, f"{SD_FILE_PREFIX}{gcs_port}.json")
+
+
 @dataclass
 class NodeProcesses:
     """The processes this Python process started for one node: its raylet and, on the head, the GCS."""
@@ -50,6 +59,8 @@ class NodeProcesses:
     store_name: str
     raylet: Child
     gcs: Child | None = None
+    metrics_export_port: int = 0
+    service_discovery_file: str | None = None  # the head's Prometheus targets
     # Starts the GCS again, with the same arguments and port (head only; see `restart_gcs`).
     _spawn_gcs: Callable[[], Child] | None = field(default=None, repr=False)
 
@@ -95,14 +106,18 @@ class NodeProcesses:
             "node_id": self.node_id,
             "store_name": self.store_name,
             "pids": [c.proc.pid for c in self.children],
+            "metrics_export_port": self.metrics_export_port,
+            "metrics_service_discovery_file": self.service_discovery_file,
         }
 
 
-def gcs_argv(host: str, port: int, storage: str | None = None) -> list[str]:
+def gcs_argv(host: str, port: int, storage: str | None = None, sd_file: str | None = None) -> list[str]:
     """The GCS's command line after the interpreter; `storage` None keeps the GCS's own default."""
     argv = ["-m", "aioray._private.gcs", "--host", host, "--port", str(port)]
     if storage is not None:
         argv += ["--storage", storage]
+    if sd_file is not None:
+        argv += ["--metrics-sd-file", sd_file]
     return argv
 
 
@@ -125,12 +140,15 @@ def start_node(
     log_files: bool | None = None,
     prestart_workers: bool = False,
     storage: str | None = None,
+    metrics_export_port: int | None = None,
 ) -> NodeProcesses:
     """Starts a node's processes; on the head also the GCS. Returns once both serve.
 
     `detach` starts them in sessions of their own (a terminal's Ctrl-C does not reach them);
     `log_files` (default: `detach`) sends their output to files in `log_dir` (default: the
     session folder). `storage` is the GCS's ``--storage`` URL (None: the GCS's default).
+    `metrics_export_port` is the port of the node's ``/metrics`` (None or 0: a free one); the head's
+    GCS lists every node's in `service_discovery_file` (in `log_dir`) for Prometheus.
     Segments and spill folders that raylets killed earlier left behind are reclaimed first.
     """
     token = token if token is not None else secrets.token_hex(16)
@@ -150,12 +168,14 @@ def start_node(
         return os.path.join(logs, f"{name}.log") if to_files else None
 
     spawn_gcs: Callable[[], Child] | None = None
+    sd_file = None
     try:
         gcs = None
         if head:
             gcs_port = port or rpc.free_port(host)
             gcs_address = f"{host}:{gcs_port}"
-            gcs_args = gcs_argv(host, gcs_port, storage)
+            sd_file = service_discovery_file(logs, gcs_port)
+            gcs_args = gcs_argv(host, gcs_port, storage, sd_file)
 
             def spawn() -> Child:
                 return Child.spawn(
@@ -186,7 +206,7 @@ def start_node(
             "--labels",
             json.dumps(node_labels),
         ]
-        argv += ["--spill-dir", logs]
+        argv += ["--spill-dir", logs, "--metrics-export-port", str(metrics_export_port or 0)]
         if head:
             argv.append("--head")
         if prestart_workers:
@@ -206,5 +226,14 @@ def start_node(
         segments.reclaim_orphans(segments.session_tag(), spill_dirs=[logs])  # a killed raylet's segment
         raise
     return NodeProcesses(
-        gcs_address, info["address"], info["node_id"], token, info["store_name"], raylet, gcs, spawn_gcs
+        gcs_address,
+        info["address"],
+        info["node_id"],
+        token,
+        info["store_name"],
+        raylet,
+        gcs,
+        _spawn_gcs=spawn_gcs,
+        metrics_export_port=info["metrics_export_port"],
+        service_discovery_file=sd_file,
     )

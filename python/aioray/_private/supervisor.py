@@ -149,6 +149,7 @@ class Supervisor:
             log_files=bool(cfg.get("log_files", True)),
             prestart_workers=bool(cfg.get("prestart_workers")),
             storage=cfg.get("storage"),
+            metrics_export_port=cfg.get("metrics_export_port"),
         )
         if self.session_file_template is not None:
             self.session_file = self.session_file_template.replace("{node_id}", self.node.node_id)

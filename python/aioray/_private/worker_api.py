@@ -91,8 +91,12 @@ def init(
     ignore_reinit_error: bool = False,
     labels: dict[str, str] | None = None,
     runtime_env: Mapping[str, Any] | None = None,
+    log_to_driver: bool = True,
+    metrics_export_port: int | None = None,
     _token: str | None = None,
 ) -> Connection:
+    """`log_to_driver`: print the job's worker output from every node here (`core_worker.log_printer`);
+    `metrics_export_port`: the port of a new cluster's node's /metrics (None: a free one)."""
     global _connection
     with _lock:
         if _connection is not None:
@@ -111,12 +115,17 @@ def init(
                 resources=resources,
                 object_store_memory=object_store_memory,
                 labels=labels,
+                metrics_export_port=metrics_export_port,
             )
             gcs_address, token = node.gcs_address, node.token
         else:
-            if any(v is not None for v in (num_cpus, num_gpus, resources, object_store_memory, labels)):
+            if any(
+                v is not None
+                for v in (num_cpus, num_gpus, resources, object_store_memory, labels, metrics_export_port)
+            ):
                 raise ValueError(
-                    "num_cpus, num_gpus, resources, object_store_memory and labels only apply to a new cluster"
+                    "num_cpus, num_gpus, resources, object_store_memory, labels and the metrics export port "
+                    "only apply to a new cluster"
                 )
             info = read_cluster_file(address)
             if address == "auto":
@@ -128,7 +137,7 @@ def init(
             token = _token or os.environ.get(process.TOKEN_ENV) or (info or {}).get("token", "")
             gcs_address = address
         try:
-            _connection = _connect(gcs_address, token, node, namespace or "")
+            _connection = _connect(gcs_address, token, node, namespace or "", log_to_driver)
         except BaseException:
             if node is not None:
                 node.stop()
@@ -142,7 +151,13 @@ def init(
         return _connection
 
 
-def _connect(gcs_address: str, token: str, node: node_mod.NodeProcesses | None, namespace: str) -> Connection:
+def _connect(
+    gcs_address: str,
+    token: str,
+    node: node_mod.NodeProcesses | None,
+    namespace: str,
+    log_to_driver: bool = True,
+) -> Connection:
     loop = process.new_event_loop()
     ready = threading.Event()
 
@@ -156,7 +171,7 @@ def _connect(gcs_address: str, token: str, node: node_mod.NodeProcesses | None, 
     ready.wait()
     try:
         core = asyncio.run_coroutine_threadsafe(
-            _start_core(loop, gcs_address, token, node, namespace), loop
+            _start_core(loop, gcs_address, token, node, namespace, log_to_driver), loop
         ).result()
     except BaseException:
         loop.call_soon_threadsafe(loop.stop)
@@ -172,6 +187,7 @@ async def _start_core(
     token: str,
     node: node_mod.NodeProcesses | None,
     namespace: str,
+    log_to_driver: bool = True,
 ) -> CoreWorker:
     channels = rpc.ChannelPool(token)
     gcs = channels.stub(gcs_address, pb.NodeInfoGcsServiceStub)
@@ -230,6 +246,8 @@ async def _start_core(
                 raise RuntimeError(f"cannot connect to the cluster at {gcs_address}: {e.message}") from None
             raise
         core.job_id = reply.job_id
+        if log_to_driver:
+            await core.print_worker_logs()
     except BaseException:
         await core.close()
         raise
@@ -259,6 +277,9 @@ def shutdown() -> None:
             return
         object_ref.set_global_worker(None)
         core = conn.core
+        # First, while the cluster is there: what the job's workers printed last is printed.
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(core.drain_worker_logs(), conn.loop).result(5)
 
         async def finish_job() -> None:
             # Best effort within the wait below: a GCS that is gone is not waited for.

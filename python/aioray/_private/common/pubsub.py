@@ -3,3 +3,10 @@
 NODE_CHANNEL = "nodes"  # a NodeInfo whenever a node joins or dies
 RESOURCE_CHANNEL = "resources"  # every ResourceReport, as raylets send them
 VIEW_CHANNEL = "cluster_view"  # a ClusterView: the first message of a subscription that asks for it
+LOG_CHANNEL_PREFIX = "logs:"  # + a job id (hex): a LogBatch of worker output for that job's driver
+
+
+def log_channel(job_id_hex: str) -> str:
+    """The channel of a job's worker output; `log_channel("")` carries output of no job (a worker's
+    own, before it ran a task), which every driver prints, as in Ray."""
+    return LOG_CHANNEL_PREFIX + job_id_hex

@@ -8,17 +8,21 @@ the handler runs.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hmac
 import socket
+import time
 from collections.abc import Callable, Collection
 from typing import Any, TypeVar, cast
 
 from grpclib.client import Channel
 from grpclib.config import Configuration
 from grpclib.const import Status
-from grpclib.events import RecvRequest, SendRequest, listen
+from grpclib.events import RecvRequest, SendRequest, SendTrailingMetadata, listen
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.server import Server
+
+from aioray._private.common import metrics
 
 __all__ = ["CONNECTION_ERRORS", "ChannelPool", "GRPCError", "GcsUnreachableError", "Status", "start_server"]
 
@@ -60,22 +64,51 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+RPC_LATENCY = metrics.REGISTRY.histogram(
+    "aioray_rpc_server_latency_seconds",
+    "Time from receiving an RPC to sending its status, by serving component and method "
+    "(streams count their whole life)",
+    ("component", "method"),
+)
+# Set when a call arrives, read when its status goes out: grpclib runs both events in the
+# call's own task, so the value is the call's.
+_call_started: contextvars.ContextVar[tuple[float, str] | None] = contextvars.ContextVar(
+    "aioray_call_started", default=None
+)
+
+
 async def _refuse(stream: Any) -> None:
     raise GRPCError(Status.UNAUTHENTICATED, "missing or wrong aioray auth token")
 
 
-async def start_server(handlers: Collection[Any], host: str, port: int, token: str) -> tuple[Server, int]:
-    """Starts a grpclib server that checks the token; returns it and its bound port."""
+async def start_server(
+    handlers: Collection[Any], host: str, port: int, token: str, component: str = ""
+) -> tuple[Server, int]:
+    """Starts a grpclib server that checks the token; returns it and its bound port. Each call's
+    latency goes into `RPC_LATENCY` under `component` (gcs, raylet, worker, driver)."""
     server = Server(list(handlers), config=CONFIG)
     expected = token.encode()
+    by_method: dict[str, metrics.HistogramChild] = {}
 
     async def check_token(event: RecvRequest) -> None:
+        _call_started.set((time.perf_counter(), event.method_name))
         got = event.metadata.get(TOKEN_HEADER, "")
         got_bytes = got.encode() if isinstance(got, str) else bytes(got)
         if not hmac.compare_digest(got_bytes, expected):
             event.method_func = _refuse
 
+    async def observe(event: SendTrailingMetadata) -> None:
+        started = _call_started.get()
+        if started is None:
+            return
+        at, method = started
+        child = by_method.get(method)
+        if child is None:
+            child = by_method[method] = RPC_LATENCY.labels(component, method)
+        child.observe(time.perf_counter() - at)
+
     listen(server, RecvRequest, check_token)
+    listen(server, SendTrailingMetadata, observe)
     await server.start(host, port, reuse_address=True)
     # uvloop's server is not an asyncio.Server, but has the same `sockets`.
     listening = cast("asyncio.Server | None", server._server)

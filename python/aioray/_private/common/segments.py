@@ -7,7 +7,8 @@ SIGKILLed cannot, so `reclaim_orphans` (run by `aioray start`, `aioray stop` and
 every `start_node`, hence `aioray.init()`) unlinks each segment of this user
 whose raylet is gone: its pid is no longer a live raylet (no process, a zombie,
 or a pid reused by another program). The spill folder of such a raylet
-(``spill-NODEID16`` in the session folder) goes with it.
+(``spill-NODEID16`` in the session folder) and its workers' log folder
+(``logs/NODEID16``) go with it.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def reclaim_orphans(tag: str | None = None, spill_dirs: Iterable[str] = ()) -> l
     """Unlinks this user's segments whose raylet is gone; returns their names.
 
     With `tag`, only segments of that session tag. For each reclaimed segment,
-    ``<d>/spill-NODEID16`` is removed from every folder `d` of `spill_dirs`.
+    ``<d>/spill-NODEID16`` and ``<d>/logs/NODEID16`` are removed from every folder `d` of `spill_dirs`.
     """
     try:
         names = os.listdir(SHM_DIR)
@@ -89,16 +90,17 @@ def reclaim_orphans(tag: str | None = None, spill_dirs: Iterable[str] = ()) -> l
 
 
 def remove_node_files(name: str, node_id: str, spill_dirs: Iterable[str]) -> bool:
-    """Unlinks the segment `name` of a dead raylet and removes ``<d>/spill-NODEID16`` for each
-    folder `d` of `spill_dirs`; True if the segment was there (its raylet or a concurrent reclaim
-    may have been first)."""
+    """Unlinks the segment `name` of a dead raylet and removes ``<d>/spill-NODEID16`` and
+    ``<d>/logs/NODEID16`` for each folder `d` of `spill_dirs`; True if the segment was there (its
+    raylet or a concurrent reclaim may have been first)."""
     try:
         os.unlink(os.path.join(SHM_DIR, name))
     except (FileNotFoundError, PermissionError):
         return False
     for d in spill_dirs:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(os.path.join(d, f"spill-{node_id[:16]}"))
+        for folder in (os.path.join(d, f"spill-{node_id[:16]}"), os.path.join(d, "logs", node_id[:16])):
+            with contextlib.suppress(OSError):
+                shutil.rmtree(folder)
     return True
 
 

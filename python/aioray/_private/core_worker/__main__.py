@@ -3,46 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import sys
 import threading
-from typing import Any
 
 from aioray._private.common import process, rpc
-from aioray._private.core_worker.executor import TaskContext
+from aioray._private.common.worker_logs import TaggedStream
 from aioray._private.core_worker.worker import CoreWorker, connect
 from aioray._proto.aioray import v1 as pb
-
-
-class PrefixedStream(io.TextIOBase):
-    """Prefixes each line a task prints with ``(task name pid=N)``, as Ray does, so the
-    driver's terminal shows which task and process it came from."""
-
-    def __init__(self, target: Any, context: TaskContext) -> None:
-        self._target = target
-        self._context = context
-        self._pid = os.getpid()
-        self._partial = ""
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        data = self._partial + text
-        lines = data.split("\n")
-        self._partial = lines.pop()
-        if lines:
-            name = self._context.task_name or "worker"
-            prefix = f"({name} pid={self._pid}) "
-            self._target.write("".join(prefix + line + "\n" for line in lines))
-            self._target.flush()
-        return len(text)
-
-    def flush(self) -> None:
-        if self._partial:
-            self.write("\n")
-        self._target.flush()
 
 
 async def start(loop: asyncio.AbstractEventLoop) -> CoreWorker:
@@ -66,8 +34,10 @@ async def start(loop: asyncio.AbstractEventLoop) -> CoreWorker:
     await core.start(rpc.split_address(node.address)[0])  # the node's own address, reachable by other nodes
     connect(core)
     assert core.executor is not None
-    sys.stdout = PrefixedStream(sys.__stdout__, core.executor.context)
-    sys.stderr = PrefixedStream(sys.__stderr__, core.executor.context)
+    # Its stdout and stderr are files its raylet reads (raylet/log_monitor.py): marked with whose
+    # output follows, for the driver that owns it to print with Ray's "(name pid=N)" prefix.
+    sys.stdout = TaggedStream(sys.__stdout__, core.executor.whose)
+    sys.stderr = TaggedStream(sys.__stderr__, core.executor.whose)
     process.watch_lifeline(loop, _exit_process)
     stub = core.channels.stub(node.address, pb.NodeManagerStub)
     reply = await stub.register_worker(

@@ -30,6 +30,7 @@ from aioray._private.core_worker.lease_pool import (
 )
 from aioray._private.core_worker.ownership import ObjectValue
 from aioray._private.core_worker.runtime import Runtime
+from aioray._private.core_worker.task_metrics import RETRIED_BY_KIND
 from aioray._proto.aioray import v1 as pb
 from aioray.exceptions import (
     ActorDiedError,
@@ -202,6 +203,7 @@ class ActorQueue:
                 self.client.owner.fail_task(p, TaskCancelledError(f"{p.spec.name} was cancelled"))
             elif self.dead is None and p.retries_left > 0:
                 p.retries_left -= 1
+                RETRIED_BY_KIND[1].inc()
                 retry.append(p)
             elif self.dead is None and self.oom is not None:
                 self.client.owner.fail_task(

@@ -35,10 +35,11 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from aioray._private.common import serialization, task_spec
+from aioray._private.common import metrics, serialization, task_spec
 from aioray._private.common.config import ACTOR_GRACEFUL_SHUTDOWN_TIMEOUT_S
 from aioray._private.common.process import new_event_loop
 from aioray._private.common.task_spec import ActorCreationSpec, TaskSpec
+from aioray._private.common.worker_logs import Whose
 from aioray._private.core_worker import generators
 from aioray._private.core_worker.borrowing import BorrowProtocol
 from aioray._private.core_worker.item_sender import ItemSender
@@ -62,10 +63,21 @@ Outcome = tuple[bytes, int, list[tuple[Any, ...]]]
 # the actor's death (and its reason) from the GCS when the worker is gone.
 NO_REPLY: Outcome = (b"", -1, [])
 
+EXECUTED = metrics.REGISTRY.counter(
+    "aioray_tasks_executed_total", "Tasks and actor calls this node's workers ran, by outcome", ("status",)
+)
+_EXECUTED_BY_STATUS = {
+    task_spec.OK: EXECUTED.labels("ok"),
+    task_spec.APP_ERROR: EXECUTED.labels("error"),
+    task_spec.SYSTEM_ERROR: EXECUTED.labels("system_error"),
+    task_spec.CANCELLED: EXECUTED.labels("cancelled"),
+}
+
 
 class TaskContext(threading.local):
     task_id: bytes | None = None
     task_name: str = ""
+    job_id: bytes = b""
     lease_id: bytes | None = None
     placement_group: tuple[bytes, int, bool] | None = None  # of the running task or actor
     gpu_ids: tuple[int, ...] = ()
@@ -100,6 +112,8 @@ class Executor:
         self.actor: Any = None
         self.actor_id: bytes | None = None
         self.actor_name = ""
+        self.actor_job_id = b""
+        self._recent: TaskSpec | None = None  # the last task started, for output of threads of none
         self._actor_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._actor_loop: asyncio.AbstractEventLoop | None = None
         self._actor_slots: asyncio.Semaphore | None = None
@@ -142,6 +156,25 @@ class Executor:
 
     def current_gpu_ids(self) -> tuple[int, ...]:
         return self.context.gpu_ids or self.actor_gpu_ids
+
+    def current_job_id(self) -> bytes:
+        """The job of the running task (or hosted actor): what the tasks it submits belong to."""
+        return self.actor_job_id or self.context.job_id
+
+    def whose(self) -> Whose:
+        """Whose output the calling thread writes (the markers of the worker's log files): its task's,
+        or for a thread running none (one a task started), the last task's, as in Ray."""
+        if self.actor_id is not None:
+            return Whose(self.actor_job_id.hex(), "", self.actor_name)
+        ctx = self.context
+        if ctx.task_id is not None:
+            return Whose(ctx.job_id.hex(), ctx.task_name)
+        recent = self._recent
+        return Whose(recent.job_id.hex(), recent.name) if recent is not None else Whose()
+
+    def running(self) -> int:
+        """Tasks running here now (async actor calls from their start, waiting for a slot too)."""
+        return len(self._running) + len(self._coros)
 
     def serve(self) -> None:
         """Runs plain tasks and sync actor methods on the calling thread, forever.
@@ -213,6 +246,9 @@ class Executor:
         self._to_loop(self._send, result, reply)
 
     def _send(self, result: task_spec.Result, reply: Reply) -> None:
+        counted = _EXECUTED_BY_STATUS.get(result[1])
+        if counted is not None:
+            counted.inc()
         # Borrow registrations go out (and are acknowledged) before the result does.
         if self._borrows.has_pending():
             self._runtime.spawn(self._register_then_reply(result, reply))
@@ -245,6 +281,8 @@ class Executor:
             return self._cancelled_result(spec)
         ctx = self.context
         ctx.task_id, ctx.task_name, ctx.lease_id = task_id, self.actor_name or spec.name, lease_id
+        ctx.job_id = spec.job_id
+        self._recent = spec
         if not spec.actor_id:
             if self._set_omp_threads:
                 os.environ["OMP_NUM_THREADS"] = str(max(1, int(spec.num_cpus)))
@@ -460,6 +498,7 @@ class Executor:
                 cls = self._load_function(spec.function_id)
                 args, kwargs = self.resolve_args(spec.args, spec.kwarg_names)
                 self.actor_id, self.actor_name = spec.actor_id, spec.class_name
+                self.actor_job_id = spec.job_id
                 self.actor = cls(*args, **kwargs)
                 outcome = b""
             except (Exception, SystemExit) as e:

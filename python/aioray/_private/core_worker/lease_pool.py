@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from aioray._private.common import rpc, task_spec
 from aioray._private.common.lease_shape import LeaseShape
 from aioray._private.core_worker import task_channel
+from aioray._private.core_worker.task_metrics import RETRIED_BY_KIND
 from aioray._proto.aioray import v1 as pb
 from aioray.exceptions import (
     OutOfMemoryError,
@@ -387,6 +388,7 @@ class LeasePool:
                 )
             elif p.retries_left > 0:
                 p.retries_left -= 1
+                RETRIED_BY_KIND[0].inc()
                 self.queue.appendleft(p)
                 if oom is not None:
                     log.warning("%s is retried (%d retries left): %s", p.spec.name, p.retries_left, oom)

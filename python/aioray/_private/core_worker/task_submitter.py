@@ -26,6 +26,7 @@ from aioray._private.core_worker.lease_pool import (
 )
 from aioray._private.core_worker.ownership import ObjectValue, OwnershipTable
 from aioray._private.core_worker.runtime import Runtime, quietly
+from aioray._private.core_worker.task_metrics import FAILED_BY_KIND, FINISHED_BY_KIND, RETRIED_BY_KIND
 from aioray._proto.aioray import v1 as pb
 from aioray.exceptions import ObjectLostError, TaskCancelledError
 
@@ -176,6 +177,7 @@ class TaskSubmitter:
         retryable = status == task_spec.APP_ERROR and not p.cancelled and p.retries_left > 0
         if retryable and self._retryable(p, returns[0]):
             p.retries_left -= 1
+            RETRIED_BY_KIND[bool(p.spec.actor_id)].inc()
             self.retry(p)
             return
         decoded = [self._decode_return(ret) for ret in returns]
@@ -240,10 +242,12 @@ class TaskSubmitter:
         if self.tasks.pop(p.spec.task_id, None) is None:
             return  # completed already (e.g. cancelled while its result was on the way)
         self.actor_tasks.discard(p.spec.task_id)
+        first = values[0].inline if values else None
+        failed = first is not None and serialization.peek_flags(first)[1]
+        (FAILED_BY_KIND if failed else FINISHED_BY_KIND)[bool(p.spec.actor_id)].inc()
         if p.spec.streaming:
             # Its items were recorded as they came: its result only says how the stream ended.
-            end = values[0].inline if values else None
-            error = end if end is not None and serialization.peek_flags(end)[1] else None
+            error = first if failed else None
             self.generators.finish(p.spec.task_id, error, p.spec.return_ids[0])
             if not p.spec.actor_id:
                 self.lineage[p.spec.task_id] = p  # to re-run it if a node loses an item

@@ -28,7 +28,7 @@ from aioray._private.common.config import INLINE_LIMIT
 from aioray._private.common.ids import IdGenerator, object_id
 from aioray._private.common.lease_shape import ACTOR_CALL_SHAPE, Placement
 from aioray._private.core_worker import object_ref as object_ref_mod
-from aioray._private.core_worker import task_channel
+from aioray._private.core_worker import task_channel, task_metrics
 from aioray._private.core_worker.actor_submitter import ActorClient, death_error
 from aioray._private.core_worker.borrowing import BorrowProtocol
 from aioray._private.core_worker.dependencies import Dependency, DependencyResolver
@@ -36,6 +36,9 @@ from aioray._private.core_worker.executor import Executor
 from aioray._private.core_worker.functions import FunctionManager
 from aioray._private.core_worker.generators import ObjectRefGenerator
 from aioray._private.core_worker.lease_pool import PendingTask
+from aioray._private.core_worker.log_dedup import LogDeduplicator
+from aioray._private.core_worker.log_printer import LogPrinter
+from aioray._private.core_worker.metrics_reporter import MetricsReporter
 from aioray._private.core_worker.nodes import NodeDirectory
 from aioray._private.core_worker.object_ref import ObjectRef
 from aioray._private.core_worker.ownership import ObjectValue, OwnershipTable, Released
@@ -67,6 +70,7 @@ class CoreWorker:
         self.is_driver = is_driver
         self.worker_id = worker_id
         self.node_id = node.node_id
+        self.metrics_export_port = node.metrics_export_port  # its node's /metrics
         self.token = token
         self.job_id = job_id
         self.namespace = namespace
@@ -130,6 +134,15 @@ class CoreWorker:
         self._server: Any = None
         self._task_server: asyncio.Server | None = None
         self._task_port = 0
+        self.metrics = MetricsReporter(runtime, worker_id)
+        submitter = self.submitter
+        task_metrics.register_owner(
+            lambda: submitter.tasks.values(),
+            lambda: sum(len(pool.queue) for pool in submitter.pools.values()),
+        )
+        if self.executor is not None:
+            task_metrics.register_worker(self.executor.running)
+        self.log_printer: LogPrinter | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property
@@ -166,12 +179,37 @@ class CoreWorker:
         )
         if self.executor is not None:
             self._task_server, self._task_port = await task_channel.serve(self.executor, self.token, host)
-        self._server, port = await rpc.start_server([service], host, 0, self.token)
+        component = "driver" if self.is_driver else "worker"
+        self._server, port = await rpc.start_server([service], host, 0, self.token, component)
         self.runtime.address = f"{host}:{port}"
         self.refs.address = self.borrows.address = self.runtime.address
         self.runtime.spawn(self.nodes.follow())
+        if self.metrics.enabled:
+            self.runtime.spawn(self.metrics.run())
+
+    async def print_worker_logs(self) -> None:
+        """A driver prints its job's worker output from every node (`log_printer`); returns once
+        subscribed."""
+        nodes = self.nodes
+
+        def live_raylets() -> list[str]:
+            return [a for n, a in nodes.addresses.items() if n not in nodes.dead and a]
+
+        self.log_printer = LogPrinter(
+            self.runtime, self.job_id, self.node_id, live_raylets, LogDeduplicator.from_env()
+        )
+        await self.log_printer.start()
+
+    async def drain_worker_logs(self) -> None:
+        if self.log_printer is not None:
+            await self.log_printer.drain()
+            self.log_printer = None
 
     async def close(self) -> None:
+        if self.metrics.enabled and self.is_driver:
+            # Its last counts (a script that ends right after its tasks did) reach its node.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.metrics.send(), 1.0)
         self.runtime.closed = True
         self.submitter.close()
         self.actors.close()
@@ -213,11 +251,13 @@ class CoreWorker:
         """A new task's spec, its dependencies, the refs it keeps alive and the refs of its returns."""
         task_id = self.ids.task_id()
         packed = self.dependencies.pack(name, args, kwargs)
+        # Inside a task, what it submits belongs to its job (whose driver prints their output).
+        job_id = self.job_id or (self.executor.current_job_id() if self.executor is not None else b"")
         return_ids = [object_id(task_id, i + 1) for i in range(num_returns)]
         refs = [ObjectRef(oid, self.address) for oid in return_ids]
         self._note_child(task_id)
         spec = task_spec.TaskSpec(
-            task_id, function_id, name, packed.args, tuple(kwargs), num_returns, self.address, self.job_id,
+            task_id, function_id, name, packed.args, tuple(kwargs), num_returns, self.address, job_id,
             return_ids, actor_id, method,
         )  # fmt: skip
         return spec, packed.deps, [oid for oid, _ in packed.kept_alive], refs
@@ -357,7 +397,8 @@ class CoreWorker:
         packed = self.dependencies.pack(f"{cls.__name__}.__init__", args, kwargs)
         spec = task_spec.ActorCreationSpec(
             request.actor_id, fid, cls.__name__, packed.args, tuple(kwargs), max_concurrency, is_async,
-            self.address, self.job_id, concurrency_groups or {}, method_groups or {}, placement_group,
+            self.address, self.job_id or (self.executor.current_job_id() if self.executor is not None else b""),
+            concurrency_groups or {}, method_groups or {}, placement_group,
         )  # fmt: skip
         request.owner_address = self.address
         request.job_id = self.job_id

@@ -11,18 +11,24 @@ change and a GCS restarted on the same port reloads them before it serves:
 raylets re-register, and actors, jobs, names and functions are all still there.
 The event log and pub/sub subscriptions are not kept. Placement groups are kept too, and the
 raylets' bundles are reconciled with them (see `placement_groups`).
+
+On the head it also keeps the Prometheus service discovery file of the nodes' ``/metrics``
+endpoints (``--metrics-sd-file``, `service_discovery`), and serves its own metrics to the head's
+raylet (``MetricsSource``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import os
 import signal
 import sys
 
-from aioray._private.common import process, rpc
+from aioray._private.common import metrics, process, rpc
+from aioray._private.common.pubsub import NODE_CHANNEL
 from aioray._private.gcs.actor_manager import ActorManager, WorkerTable
 from aioray._private.gcs.events import EventLog
 from aioray._private.gcs.jobs import JobTable
@@ -31,7 +37,9 @@ from aioray._private.gcs.node_table import NodeTable
 from aioray._private.gcs.object_directory import ObjectDirectory
 from aioray._private.gcs.placement_groups import PlacementGroupManager
 from aioray._private.gcs.pubsub import Publisher
+from aioray._private.gcs.service_discovery import ServiceDiscoveryFile
 from aioray._private.gcs.storage import StorageError, Tables, open_storage
+from aioray._proto.aioray import v1 as pb
 
 log = process.setup_logging("gcs")
 
@@ -39,8 +47,10 @@ log = process.setup_logging("gcs")
 class Gcs:
     """The GCS's tables, wired together; each is one gRPC service."""
 
-    def __init__(self, token: str, tables: Tables | None = None) -> None:
+    def __init__(self, token: str, tables: Tables | None = None, sd_file: str | None = None) -> None:
+        """`sd_file`: where to keep the Prometheus service discovery file (None: nowhere)."""
         self.tables = tables if tables is not None else Tables()
+        self.service_discovery = ServiceDiscoveryFile(sd_file) if sd_file else None
         self.channels = rpc.ChannelPool(token)
         self.events = EventLog()
         self.pubsub = Publisher(lambda: self.nodes.view())
@@ -55,7 +65,7 @@ class Gcs:
         self.actors.wait_for_placement = self.placement_groups.wait_for_shape
         self.nodes = NodeTable(
             self.channels,
-            self.pubsub.publish_local,
+            self._publish,
             self.pubsub.has_subscribers,
             self.events.record,
             self._on_node_death,
@@ -67,6 +77,33 @@ class Gcs:
         self.kv = InternalKv(self.tables)
         self.objects = ObjectDirectory(self.tables)
         self.stopped = asyncio.Event()
+        self._register_metrics()
+
+    def _publish(self, channel: str, data: bytes) -> None:
+        self.pubsub.publish_local(channel, data)
+        if channel == NODE_CHANNEL and self.service_discovery is not None:
+            self.service_discovery.update(self.nodes.nodes.values())
+
+    def _register_metrics(self) -> None:
+        reg = metrics.REGISTRY
+
+        def nodes() -> dict[tuple[str, ...], float]:
+            alive = sum(1 for n in self.nodes.nodes.values() if n.alive)
+            return {("alive",): alive, ("dead",): len(self.nodes.nodes) - alive}
+
+        def actors() -> dict[tuple[str, ...], float]:
+            counts = collections.Counter(
+                pb.ActorInfoState(a.info.state).name for a in self.actors.actors.values()
+            )
+            return {(state,): float(counts[state]) for state in ("PENDING", "ALIVE", "RESTARTING", "DEAD")}
+
+        reg.gauge(
+            "aioray_cluster_nodes", "Nodes of the cluster by state (from the GCS)", ("state",), collect=nodes
+        )
+        reg.gauge("aioray_actors", "Actors by state (from the GCS)", ("state",), collect=actors)
+        reg.gauge(
+            "aioray_jobs_running", "Drivers connected to the cluster", collect=lambda: len(self.jobs.jobs)
+        )
 
     def _on_node_death(self, node_id: bytes) -> None:
         self.placement_groups.on_node_death(node_id)  # first: restarted actors wait for their bundles
@@ -80,6 +117,8 @@ class Gcs:
         jobs = await self.jobs.recover()
         keys = await self.kv.recover()
         objects = await self.objects.recover()
+        if self.service_discovery is not None:
+            self.service_discovery.update(self.nodes.nodes.values())
         if nodes or actors or jobs or keys or objects or groups:
             self.events.record(
                 "gcs",
@@ -100,9 +139,12 @@ class Gcs:
             self.objects,
             self.events,
             self.pubsub,
+            metrics.MetricsSource(),
         ]
 
     def close(self) -> None:
+        if self.service_discovery is not None:
+            self.service_discovery.remove()
         self.pubsub.close()
         self.nodes.close()
         self.placement_groups.close()
@@ -113,7 +155,12 @@ class Gcs:
 
 
 async def serve(
-    host: str, port: int, token: str, storage_url: str | None = None, namespace: str | None = None
+    host: str,
+    port: int,
+    token: str,
+    storage_url: str | None = None,
+    namespace: str | None = None,
+    sd_file: str | None = None,
 ) -> int:
     """Serves until stopped; returns the exit code (1 if the storage failed)."""
     storage = await open_storage(storage_url, namespace or (f"gcs-{port}" if port else None))
@@ -126,13 +173,13 @@ async def serve(
             gcs.stopped.set()
 
     tables = Tables(storage, on_fatal=on_storage_failure)
-    gcs = Gcs(token, tables)
+    gcs = Gcs(token, tables, sd_file)
     try:
         try:
             await gcs.recover()
         except Exception as e:
             raise StorageError(f"cannot load the GCS tables from {storage.description}: {e}") from e
-        server, bound = await rpc.start_server(gcs.services(), host, port, token)
+        server, bound = await rpc.start_server(gcs.services(), host, port, token, "gcs")
     except BaseException:
         gcs.close()
         await tables.close()
@@ -169,11 +216,18 @@ def main() -> None:
         default=None,
         help="the cluster's namespace in the storage (default: gcs-<port>)",
     )
+    parser.add_argument(
+        "--metrics-sd-file",
+        default=None,
+        help="keep a Prometheus file-based service discovery file of the nodes' /metrics endpoints here",
+    )
     args = parser.parse_args()
     token = os.environ.get(process.TOKEN_ENV, "")
     process.install_uvloop()
     try:
-        code = asyncio.run(serve(args.host, args.port, token, args.storage, args.storage_namespace))
+        code = asyncio.run(
+            serve(args.host, args.port, token, args.storage, args.storage_namespace, args.metrics_sd_file)
+        )
     except StorageError as e:
         print(f"aioray gcs: {e}", file=sys.stderr, flush=True)
         sys.exit(1)

@@ -24,7 +24,18 @@ import struct
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from aioray._private.common import metrics
+
 log = logging.getLogger("aioray.object_manager")
+
+TRANSFERS = metrics.REGISTRY.counter(
+    "aioray_object_transfers_total", "Objects copied between nodes, pulled in or served out", ("direction",)
+)
+TRANSFER_BYTES = metrics.REGISTRY.counter(
+    "aioray_object_transfer_bytes_total", "Bytes of objects copied between nodes", ("direction",)
+)
+PULLED, PULLED_BYTES = TRANSFERS.labels("in"), TRANSFER_BYTES.labels("in")
+SERVED, SERVED_BYTES = TRANSFERS.labels("out"), TRANSFER_BYTES.labels("out")
 
 MISSING = (1 << 64) - 1
 REQUEST_HEAD = struct.Struct("<HB")  # token length, object id length
@@ -98,6 +109,8 @@ class DataPortServer:
             try:
                 await loop.sock_sendall(conn, SIZE.pack(len(view)))
                 await loop.sock_sendall(conn, view)
+                SERVED.inc()
+                SERVED_BYTES.inc(len(view))
             finally:
                 view.release()
                 release(buf)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from aioray._private.common import proto_enums, rpc
+from aioray._private.common import metrics, proto_enums, rpc
 from aioray._private.common.ids import random_id
 from aioray._private.common.resources import ResourceSet
 from aioray._private.raylet import policy, scheduling
@@ -38,6 +38,14 @@ log = logging.getLogger("aioray.raylet")
 REPLAN_SETTLE_S = 0.2
 
 MAX_DEATH_RECORDS = 1000  # recent worker deaths kept for owners asking why their worker died
+
+LEASES_GRANTED = metrics.REGISTRY.counter("aioray_leases_granted_total", "Worker leases granted by this node")
+LEASES_SPILLED_BACK = metrics.REGISTRY.counter(
+    "aioray_leases_spilled_back_total", "Lease requests this node sent on to another node (spillback)"
+)
+LEASES_INFEASIBLE = metrics.REGISTRY.counter(
+    "aioray_leases_infeasible_total", "Lease requests no node of the cluster can satisfy"
+)
 Cause = pb.WorkerFailureCauseKind
 
 
@@ -113,11 +121,13 @@ class NodeManager(pb.NodeManagerBase):
             await self.view.refresh_now()
             decision = self._decide(shape, lease_request)
         if decision.action == policy.INFEASIBLE:
+            LEASES_INFEASIBLE.inc()
             return pb.LeaseReply(
                 status=proto_enums.LEASE_INFEASIBLE,
                 message=f"{decision.message} (this node has {self.total.to_dict()})",
             )
         if decision.action == policy.SPILL:
+            LEASES_SPILLED_BACK.inc()
             self.view.debit(decision.address, shape)
             return pb.LeaseReply(status=proto_enums.LEASE_SPILLBACK, retry_address=decision.address)
         if lease_request.runtime_env.hash:
@@ -186,6 +196,7 @@ class NodeManager(pb.NodeManagerBase):
             )
             worker.lease_id = lease.lease_id
             self.leases[lease.lease_id] = lease
+            LEASES_GRANTED.inc()
             self.available = self.available - waiter.resources
             waiter.future.set_result(
                 pb.LeaseReply(
@@ -254,6 +265,7 @@ class NodeManager(pb.NodeManagerBase):
             [w.allowed for w in queued],
         )
         for i, target in moves.items():
+            LEASES_SPILLED_BACK.inc()
             self.view.debit(target.address, queued[i].resources)
             queued[i].future.set_result(
                 pb.LeaseReply(status=proto_enums.LEASE_SPILLBACK, retry_address=target.address)

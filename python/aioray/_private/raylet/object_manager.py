@@ -25,6 +25,7 @@ from aioray._private.common.config import GCS_RECONNECT_TIMEOUT_S
 from aioray._private.common.spill_files import map_spilled
 from aioray._private.raylet import data_port
 from aioray._private.raylet.cluster_view import ClusterView
+from aioray._private.raylet.data_port import PULLED, PULLED_BYTES, SERVED, SERVED_BYTES
 from aioray._private.raylet.spill import Spilled, SpillManager, create_off_loop
 from aioray._proto.aioray import v1 as pb
 from aioray._store import ObjectStore
@@ -186,6 +187,8 @@ class ObjectManager(pb.ObjectManagerBase):
         view.release()
         store.seal(oid)
         buf.release()
+        PULLED.inc()
+        PULLED_BYTES.inc(size)
         self._note_location(oid)
 
     def _note_location(self, oid: bytes) -> None:
@@ -245,6 +248,8 @@ class ObjectManager(pb.ObjectManagerBase):
             chunk = read_request.chunk_size or CHUNK
             for start in range(0, len(view), chunk):
                 yield pb.Blob(data=bytes(view[start : start + chunk]))
+            SERVED.inc()
+            SERVED_BYTES.inc(len(view))
         finally:
             view.release()
             data_port.release(buf)

@@ -1,8 +1,10 @@
 """The raylet process: one per node. It owns the node's store segment, its workers and local scheduling.
 
-It serves two gRPC services: the node manager (leases, workers) and the
+It serves four gRPC services: the node manager (leases, workers), the
 object manager (the store as seen from outside, transfers between nodes),
-plus the raw data port. This module wires them together, keeps the GCS
+the metrics agent (its workers' metrics, for the node's ``/metrics`` page)
+and the log agent (its workers' log files), plus the raw data port and the
+``/metrics`` HTTP endpoint. This module wires them together, keeps the GCS
 informed of the node's free resources, and runs the process:
 ``python -m aioray._private.raylet`` (see `aioray._private.node`).
 """
@@ -19,13 +21,15 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from aioray._private.common import process, rpc, segments
+from aioray._private.common import metrics, process, rpc, segments
 from aioray._private.common.config import GCS_RECONNECT_TIMEOUT_S
 from aioray._private.common.ids import random_id
 from aioray._private.common.node_resources import NODE_ID_LABEL, gpu_ids_for
 from aioray._private.common.resources import ResourceSet
 from aioray._private.raylet.cluster_view import ClusterView
+from aioray._private.raylet.log_monitor import LogMonitor, log_dir_of
 from aioray._private.raylet.memory_monitor import MemoryMonitor, MonitorConfig
+from aioray._private.raylet.metrics_agent import MetricsAgent
 from aioray._private.raylet.node_manager import NodeManager
 from aioray._private.raylet.object_manager import ObjectManager
 from aioray._private.raylet.runtime_env_agent import RuntimeEnvAgent
@@ -56,6 +60,16 @@ class Raylet:
         self.channels = rpc.ChannelPool(token)
         self.view = ClusterView(self.channels, self.gcs_address)
         self.pool = WorkerPool(self._worker_env, self._spawn, self._on_worker_exit)
+        self.session_dir = args.spill_dir
+        self.logs = LogMonitor(
+            log_dir_of(args.spill_dir, self.node_id),
+            self.node_id,
+            self.host,
+            self._publish,
+            self._daemon_logs,
+        )
+        self.pool.logs = self.logs
+        self.metrics = MetricsAgent(metrics.REGISTRY, self._gcs_metrics if self.is_head else None)
         total = ResourceSet(json.loads(args.resources))
         self.labels = {**json.loads(args.labels), NODE_ID_LABEL: self.node_id.hex()}
         self.nodes = NodeManager(
@@ -110,7 +124,109 @@ class Raylet:
         task.add_done_callback(self._tasks.discard)
 
     def services(self) -> list[object]:
-        return [self.nodes, self.objects]
+        return [self.nodes, self.objects, self.metrics, self.logs]
+
+    async def _publish(self, message: pb.PubMessage) -> None:
+        stub = self.channels.gcs_stub(self.gcs_address, pb.PubSubGcsServiceStub, GCS_RECONNECT_TIMEOUT_S)
+        await stub.publish(message, timeout=5)
+
+    async def _gcs_metrics(self) -> metrics.Snapshot | None:
+        """The GCS's metrics, for the head's page; None while it does not answer (restarting)."""
+        try:
+            stub = self.channels.stub(self.gcs_address, pb.MetricsSourceStub)
+            reply = await stub.get_metrics(pb.Empty(), timeout=2)
+            return metrics.decode_snapshot(reply.data)
+        except Exception as e:
+            log.debug("no GCS metrics for this scrape: %r", e)
+            return None
+
+    def _daemon_logs(self) -> dict[str, str]:
+        """This node's daemon logs, when they go to files: the raylet's (its stderr) and, on the
+        head, the GCS's; by their file names."""
+        found = {}
+        with contextlib.suppress(OSError):
+            own = os.readlink("/proc/self/fd/2")
+            if os.path.isfile(own):
+                found[os.path.basename(own)] = own
+        if self.is_head:
+            gcs_log = os.path.join(self.session_dir, f"gcs-{rpc.split_address(self.gcs_address)[1]}.log")
+            if os.path.isfile(gcs_log):
+                found[os.path.basename(gcs_log)] = gcs_log
+        return found
+
+    def _register_metrics(self) -> None:
+        """The node's gauges, read when a snapshot is taken."""
+        reg = metrics.REGISTRY
+        store = self.store.stats
+
+        def store_stat(key: str) -> metrics.Collect:
+            return lambda: float(store()[key])
+
+        def pinned() -> float:
+            s = store()
+            return float(max(0, s["object_bytes"] - s["evictable_bytes"]))
+
+        reg.gauge(
+            "aioray_object_store_capacity_bytes",
+            "Size of the node's object store",
+            collect=store_stat("capacity"),
+        )
+        reg.gauge(
+            "aioray_object_store_used_bytes", "Bytes of the store in use", collect=store_stat("used_bytes")
+        )
+        reg.gauge(
+            "aioray_object_store_objects", "Objects in the node's store", collect=store_stat("num_objects")
+        )
+        reg.gauge(
+            "aioray_object_store_pinned_bytes",
+            "Bytes of objects the store cannot evict now (primary copies, objects being read or written)",
+            collect=pinned,
+        )
+        reg.gauge(
+            "aioray_object_store_evictable_bytes",
+            "Bytes of cached copies the store may evict",
+            collect=store_stat("evictable_bytes"),
+        )
+        spill = self.spill
+        reg.gauge(
+            "aioray_spilled_bytes",
+            "Bytes of objects spilled to disk now",
+            collect=lambda: spill.spilled_bytes,
+        )
+        reg.counter(
+            "aioray_spilled_bytes_total",
+            "Bytes written to disk by spilling",
+            collect=lambda: spill.spilled_total,
+        )
+        reg.counter(
+            "aioray_restored_bytes_total", "Bytes restored from disk", collect=lambda: spill.restored_bytes
+        )
+        pool, nodes = self.pool, self.nodes
+
+        def workers() -> dict[tuple[str, ...], float]:
+            registered = sum(1 for w in pool.workers.values() if w.registered.done())
+            idle = len(pool.idle)
+            return {("idle",): idle, ("leased",): registered - idle, ("starting",): pool.starting}
+
+        reg.gauge("aioray_workers", "Worker processes of the node by state", ("state",), collect=workers)
+        reg.gauge("aioray_leases_active", "Worker leases held now", collect=lambda: len(nodes.leases))
+        reg.gauge(
+            "aioray_leases_queued",
+            "Lease requests waiting here for resources or a worker",
+            collect=lambda: sum(1 for w in nodes.waiting if not w.future.done()),
+        )
+        reg.gauge(
+            "aioray_resources_total",
+            "The node's resources",
+            ("resource",),
+            collect=lambda: {(k,): v for k, v in nodes.total.to_dict().items()},
+        )
+        reg.gauge(
+            "aioray_resources_available",
+            "The node's resources not held by leases",
+            ("resource",),
+            collect=lambda: {(k,): v for k, v in nodes.available.to_dict().items()},
+        )
 
     def _worker_env(self) -> dict[str, str]:
         return {
@@ -128,6 +244,7 @@ class Raylet:
         return reply.value if reply.found else None
 
     def _on_worker_exit(self, worker: WorkerProc, code: int | None) -> None:
+        self.metrics.retire(worker.worker_id)
         # Views of store objects it still held would keep them from being freed or evicted.
         with contextlib.suppress(Exception):
             self.store.reap_dead_clients()
@@ -165,6 +282,7 @@ class Raylet:
             restored_bytes=self.spill.restored_bytes,
             spilled_total=self.spill.spilled_total,
             labels=self.labels,
+            metrics_export_port=self.metrics.server.port,
         )
 
     def schedule_report(self) -> None:
@@ -196,6 +314,8 @@ class Raylet:
         self.nodes.stop()
         await self.pool.stop()
         await self.runtime_envs.stop()
+        await self.logs.stop()
+        self.metrics.close()
         self.objects.close()
         self.channels.close()
         self.store.destroy()
@@ -205,14 +325,17 @@ class Raylet:
 async def serve(args: argparse.Namespace, token: str) -> None:
     raylet = Raylet(args, token)
     try:
-        server, port = await rpc.start_server(raylet.services(), args.host, args.port, token)
+        server, port = await rpc.start_server(raylet.services(), args.host, args.port, token, "raylet")
         raylet.address = f"{args.host}:{port}"
+        raylet._register_metrics()
+        await raylet.metrics.start(args.host, args.metrics_export_port)
         # Where only the RPC ports pass between machines, AIORAY_OBJECT_TRANSFER=grpc keeps the data
         # port closed and peers pull this node's objects over its gRPC stream (slower, ~0.3 GB/s).
         if os.environ.get("AIORAY_OBJECT_TRANSFER", "socket") != "grpc":
             await raylet.objects.data_port.start(args.host)
         await raylet.view.register(raylet.node_info)
     except BaseException:
+        raylet.metrics.close()
         raylet.store.destroy()
         raylet.spill.close()
         raise
@@ -221,11 +344,17 @@ async def serve(args: argparse.Namespace, token: str) -> None:
         loop.add_signal_handler(sig, raylet.stopped.set)
     process.watch_lifeline(loop, raylet.stopped.set)
     raylet._spawn(raylet.view.follow(raylet.node_info))
+    raylet.logs.start()
     raylet.pool.start(raylet.min_workers)
     raylet.memory.start()
     process.announce_ready(
         json.dumps(
-            {"address": raylet.address, "node_id": raylet.node_id.hex(), "store_name": raylet.store_name}
+            {
+                "address": raylet.address,
+                "node_id": raylet.node_id.hex(),
+                "store_name": raylet.store_name,
+                "metrics_export_port": raylet.metrics.server.port,
+            }
         )
     )
     await raylet.stopped.wait()
@@ -248,6 +377,9 @@ def main() -> None:
         "--spill-dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "aioray-session")
     )
     parser.add_argument("--prestart-workers", action="store_true")
+    parser.add_argument(
+        "--metrics-export-port", type=int, default=0, help="port of the node's /metrics (0: a free one)"
+    )
     args = parser.parse_args()
     token = os.environ.get(process.TOKEN_ENV, "")
     process.install_uvloop()

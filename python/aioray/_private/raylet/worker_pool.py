@@ -14,6 +14,9 @@ starting one for an environment kills idle workers of other environments, so
 idle workers of environments no longer used do not pile up. Workers of an
 environment that keep exiting before they register are reported through
 `on_env_failed`, so that their leases fail instead of waiting for ever.
+
+Each worker's stdout and stderr are files of the node's log folder, which
+`logs` (the log monitor) creates, names after the worker's pid and reads.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import os
 import sys
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aioray._private.common import process
 from aioray._private.common.ids import random_id
@@ -37,6 +40,15 @@ log = logging.getLogger("aioray.raylet")
 WORKER_START_TIMEOUT_S = 60.0
 WORKER_MODULE = "aioray._private.core_worker"
 ENV_START_FAILURES = 3  # workers of one environment that exit before registering, in a row, before it fails
+
+
+class WorkerLogs(Protocol):
+    """Where workers' output goes (`log_monitor.LogMonitor`)."""
+
+    def open_files(self, worker_id: bytes) -> tuple[int, int]: ...
+    def started(self, worker_id: bytes, pid: int) -> None: ...
+    def not_started(self, worker_id: bytes) -> None: ...
+    def exited(self, worker_id: bytes) -> None: ...
 
 
 @dataclass(eq=False)
@@ -72,6 +84,7 @@ class WorkerPool:
         self.soft_limit: int | None = None  # workers beyond which idle ones of other environments go
         self.on_env_failed: Callable[[str, str], None] | None = None
         self.on_start_failed: Callable[[], None] | None = None  # a worker of an environment failed to start
+        self.logs: WorkerLogs | None = None  # None: workers inherit the raylet's stdout and stderr
         self.stopping = False
 
     def start(self, count: int, runtime_env: WorkerEnv | None = None) -> None:
@@ -109,6 +122,12 @@ class WorkerPool:
         env["AIORAY_WORKER_ID"] = worker_id.hex()
         life_r, life_w = os.pipe()
         env[process.LIFELINE_FD_ENV] = str(life_r)
+        out_fd = err_fd = None
+        if self.logs is not None:
+            try:
+                out_fd, err_fd = self.logs.open_files(worker_id)
+            except OSError as e:  # a full or read-only disk: the output goes to the raylet's instead
+                log.warning("cannot create the log files of a worker: %s", e)
         try:
             proc = await asyncio.create_subprocess_exec(
                 runtime_env.python if runtime_env is not None else sys.executable,
@@ -117,11 +136,15 @@ class WorkerPool:
                 env=env,
                 pass_fds=[life_r],
                 stdin=asyncio.subprocess.DEVNULL,
+                stdout=out_fd,
+                stderr=err_fd,
                 cwd=runtime_env.cwd if runtime_env is not None else None,
             )
         except BaseException as e:
             self._done_starting(env_hash)
             os.close(life_w)
+            if self.logs is not None and out_fd is not None:
+                self.logs.not_started(worker_id)
             if env_hash and isinstance(e, OSError) and self.on_env_failed is not None:
                 # The interpreter itself cannot be run: trying again would not help.
                 self.on_env_failed(env_hash, f"workers for this runtime environment cannot start: {e}")
@@ -129,6 +152,11 @@ class WorkerPool:
             raise
         finally:
             os.close(life_r)
+            for fd in (out_fd, err_fd):
+                if fd is not None:
+                    os.close(fd)
+        if self.logs is not None and out_fd is not None:
+            self.logs.started(worker_id, proc.pid)
         worker = WorkerProc(worker_id, proc, lifeline=life_w, env_hash=env_hash)
         self.workers[worker_id] = worker
         self._spawn(self._watch(worker))
@@ -167,11 +195,13 @@ class WorkerPool:
             self.on_env_failed(
                 env_hash,
                 f"{ENV_START_FAILURES} workers for this runtime environment exited before they could "
-                f"register (the last: {reason}); the raylet's log has their output",
+                f"register (the last: {reason}); their output is in the node's worker logs (`aioray logs`)",
             )
 
     async def _watch(self, worker: WorkerProc) -> None:
         code = await worker.proc.wait()
+        if self.logs is not None:
+            self.logs.exited(worker.worker_id)
         with contextlib.suppress(OSError):
             os.close(worker.lifeline)
         self.workers.pop(worker.worker_id, None)

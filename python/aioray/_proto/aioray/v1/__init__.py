@@ -133,6 +133,30 @@ class NodeInfo(betterproto.Message):
     labels: Dict[str, str] = betterproto.map_field(
         18, betterproto.TYPE_STRING, betterproto.TYPE_STRING
     )
+    metrics_export_port: int = betterproto.int32_field(19)
+
+
+@dataclass(eq=False, repr=False)
+class LogBatch(betterproto.Message):
+    """
+    Lines a worker wrote to its stdout or stderr, read from its log file by its node's log monitor
+     and published on the channel of the job that ran the task (common/pubsub.py `log_channel`), for
+     that job's driver to print.
+    """
+
+    node_id: bytes = betterproto.bytes_field(1)
+    ip: str = betterproto.string_field(2)
+    pid: int = betterproto.int32_field(3)
+    worker_id: bytes = betterproto.bytes_field(4)
+    job_id: str = betterproto.string_field(5)
+    task_name: str = betterproto.string_field(6)
+    actor_name: str = betterproto.string_field(7)
+    is_err: bool = betterproto.bool_field(8)
+    lines: List[str] = betterproto.string_field(9)
+    flush_token: str = betterproto.string_field(10)
+    """
+    Not lines but a driver's own marker: every batch published before it was delivered before it.
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -517,6 +541,33 @@ class WaitPlacementGroupRequest(betterproto.Message):
 @dataclass(eq=False, repr=False)
 class PlacementGroupList(betterproto.Message):
     groups: List["PlacementGroupInfo"] = betterproto.message_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class MetricsReport(betterproto.Message):
+    reporter_id: bytes = betterproto.bytes_field(1)
+    pid: int = betterproto.int32_field(2)
+    snapshot: bytes = betterproto.bytes_field(3)
+
+
+@dataclass(eq=False, repr=False)
+class LogFile(betterproto.Message):
+    name: str = betterproto.string_field(1)
+    size: int = betterproto.uint64_field(2)
+    mtime: float = betterproto.double_field(3)
+
+
+@dataclass(eq=False, repr=False)
+class LogFileList(betterproto.Message):
+    files: List["LogFile"] = betterproto.message_field(1)
+    dir: str = betterproto.string_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class ReadLogRequest(betterproto.Message):
+    name: str = betterproto.string_field(1)
+    tail_lines: int = betterproto.int64_field(2)
+    follow: bool = betterproto.bool_field(3)
 
 
 @dataclass(eq=False, repr=False)
@@ -1234,6 +1285,25 @@ class PlacementGroupGcsServiceStub(betterproto.ServiceStub):
         )
 
 
+class MetricsSourceStub(betterproto.ServiceStub):
+    async def get_metrics(
+        self,
+        empty: "Empty",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Blob":
+        return await self._unary_unary(
+            "/aioray.v1.MetricsSource/GetMetrics",
+            empty,
+            Blob,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+
 class PubSubGcsServiceStub(betterproto.ServiceStub):
     async def publish(
         self,
@@ -1454,6 +1524,79 @@ class NodeManagerStub(betterproto.ServiceStub):
             "/aioray.v1.NodeManager/GetBundles",
             empty,
             BundleRequest,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+
+class MetricsAgentStub(betterproto.ServiceStub):
+    async def report_metrics(
+        self,
+        metrics_report: "MetricsReport",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Empty":
+        return await self._unary_unary(
+            "/aioray.v1.MetricsAgent/ReportMetrics",
+            metrics_report,
+            Empty,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+
+class LogAgentStub(betterproto.ServiceStub):
+    async def list_logs(
+        self,
+        empty: "Empty",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "LogFileList":
+        return await self._unary_unary(
+            "/aioray.v1.LogAgent/ListLogs",
+            empty,
+            LogFileList,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def read_log(
+        self,
+        read_log_request: "ReadLogRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> AsyncIterator[Blob]:
+        async for response in self._unary_stream(
+            "/aioray.v1.LogAgent/ReadLog",
+            read_log_request,
+            Blob,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
+    async def flush_logs(
+        self,
+        empty: "Empty",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Empty":
+        return await self._unary_unary(
+            "/aioray.v1.LogAgent/FlushLogs",
+            empty,
+            Empty,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -2179,6 +2322,29 @@ class PlacementGroupGcsServiceBase(ServiceBase):
         }
 
 
+class MetricsSourceBase(ServiceBase):
+
+    async def get_metrics(self, empty: "Empty") -> "Blob":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def __rpc_get_metrics(
+        self, stream: "grpclib.server.Stream[Empty, Blob]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.get_metrics(request)
+        await stream.send_message(response)
+
+    def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
+        return {
+            "/aioray.v1.MetricsSource/GetMetrics": grpclib.const.Handler(
+                self.__rpc_get_metrics,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                Empty,
+                Blob,
+            ),
+        }
+
+
 class PubSubGcsServiceBase(ServiceBase):
 
     async def publish(self, pub_message: "PubMessage") -> "Empty":
@@ -2415,6 +2581,88 @@ class NodeManagerBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 Empty,
                 BundleRequest,
+            ),
+        }
+
+
+class MetricsAgentBase(ServiceBase):
+
+    async def report_metrics(self, metrics_report: "MetricsReport") -> "Empty":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def __rpc_report_metrics(
+        self, stream: "grpclib.server.Stream[MetricsReport, Empty]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.report_metrics(request)
+        await stream.send_message(response)
+
+    def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
+        return {
+            "/aioray.v1.MetricsAgent/ReportMetrics": grpclib.const.Handler(
+                self.__rpc_report_metrics,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                MetricsReport,
+                Empty,
+            ),
+        }
+
+
+class LogAgentBase(ServiceBase):
+
+    async def list_logs(self, empty: "Empty") -> "LogFileList":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def read_log(self, read_log_request: "ReadLogRequest") -> AsyncIterator[Blob]:
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield Blob()
+
+    async def flush_logs(self, empty: "Empty") -> "Empty":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def __rpc_list_logs(
+        self, stream: "grpclib.server.Stream[Empty, LogFileList]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.list_logs(request)
+        await stream.send_message(response)
+
+    async def __rpc_read_log(
+        self, stream: "grpclib.server.Stream[ReadLogRequest, Blob]"
+    ) -> None:
+        request = await stream.recv_message()
+        await self._call_rpc_handler_server_stream(
+            self.read_log,
+            stream,
+            request,
+        )
+
+    async def __rpc_flush_logs(
+        self, stream: "grpclib.server.Stream[Empty, Empty]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.flush_logs(request)
+        await stream.send_message(response)
+
+    def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
+        return {
+            "/aioray.v1.LogAgent/ListLogs": grpclib.const.Handler(
+                self.__rpc_list_logs,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                Empty,
+                LogFileList,
+            ),
+            "/aioray.v1.LogAgent/ReadLog": grpclib.const.Handler(
+                self.__rpc_read_log,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                ReadLogRequest,
+                Blob,
+            ),
+            "/aioray.v1.LogAgent/FlushLogs": grpclib.const.Handler(
+                self.__rpc_flush_logs,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                Empty,
+                Empty,
             ),
         }
 
