@@ -22,20 +22,29 @@ class FakeExecutor:
         self.delay = delay
         self.received: list[bytes] = []
 
-    def submit(self, specs: list[task_spec.TaskSpec], lease_id: bytes, reply: Any) -> None:
+    def submit(self, specs: list[task_spec.TaskSpec], lease_id: bytes, reply: Any, items: Any = None) -> None:
         loop = asyncio.get_running_loop()
         for s in specs:
             self.received.append(s.task_id)
+            if s.streaming:  # two items, then the result: on one connection, in that order
+                items.send_items(s.task_id, [(0, ("first",)), (1, ("second",))])
             loop.call_later(self.delay, reply, (s.task_id, task_spec.OK, [], 0.0))
 
 
 class Sink:
     def __init__(self) -> None:
         self.results: list[task_spec.Result] = []
+        self.items: list[tuple[bytes, list[Any]]] = []
+        self.order: list[str] = []
         self.closed: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
 
     def on_frame(self, results: list[task_spec.Result]) -> None:
         self.results += results
+        self.order.append("results")
+
+    def on_items(self, task_id: bytes, batch: list[Any]) -> None:
+        self.items.append((task_id, batch))
+        self.order.append("items")
 
     def on_closed(self, error: BaseException | None) -> None:
         self.closed.set_result(error)
@@ -54,13 +63,17 @@ async def open_channel(
 
 
 def test_frames_are_cut_out_of_any_chunking() -> None:
-    stream = frame(b"one") + frame(b"") + frame(b"three" * 1000)
+    stream = frame(b"one") + frame(b"", task_channel.ITEMS) + frame(b"three" * 1000)
     for size in (1, 2, 7, len(stream)):
         buffer = FrameBuffer()
-        got: list[bytes] = []
+        got: list[tuple[int, bytes]] = []
         for i in range(0, len(stream), size):
             got += buffer.feed(stream[i : i + size])
-        assert got == [b"one", b"", b"three" * 1000]
+        assert got == [
+            (task_channel.BATCH, b"one"),
+            (task_channel.ITEMS, b""),
+            (task_channel.BATCH, b"three" * 1000),
+        ]
 
 
 async def test_batches_go_out_and_results_come_back_then_the_channel_ends_gracefully() -> None:
@@ -106,4 +119,16 @@ async def test_a_worker_that_goes_away_is_an_error_on_the_owner_side() -> None:
     worker_transport.close()  # the worker's side closes with a task still running: it died
     error = await asyncio.wait_for(sink.closed, 5)
     assert isinstance(error, ConnectionError)
+    server.close()
+
+
+async def test_a_generator_task_s_items_arrive_before_its_result() -> None:
+    server, end, sink = await open_channel(FakeExecutor())
+    generator = spec(7)
+    generator.streaming = True
+    end.send(task_spec.encode_batch(b"lease", [generator]))
+    end.end()
+    assert await asyncio.wait_for(sink.closed, 5) is None
+    assert sink.order == ["items", "results"]
+    assert sink.items == [(generator.task_id, [(0, ("first",)), (1, ("second",))])]
     server.close()

@@ -17,7 +17,7 @@ import asyncio
 import collections
 import contextlib
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from aioray._private.common import rpc, serialization, task_spec
 from aioray._private.core_worker.dependencies import DependencyResolver
@@ -65,6 +65,7 @@ class CallOwner(Protocol):
 
     def on_result(self, p: PendingTask, result: task_spec.Result) -> None: ...
     def fail_task(self, p: PendingTask, err: BaseException) -> None: ...
+    def on_generator_items(self, task_id: bytes, batch: list[tuple[int, tuple[Any, ...]]]) -> None: ...
     def complete(
         self,
         p: PendingTask,
@@ -222,6 +223,9 @@ class ActorQueue:
         self.pending.extendleft(reversed(retry))
 
     # -- StreamSink ----------------------------------------------------------------------------
+    def on_items(self, task_id: bytes, batch: list[tuple[int, tuple[Any, ...]]]) -> None:
+        self.client.owner.on_generator_items(task_id, batch)
+
     def on_results(self, lw: LeasedWorker, results: list[task_spec.Result]) -> None:
         submitter = self.client.owner
         for result in results:

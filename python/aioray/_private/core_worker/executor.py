@@ -33,7 +33,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aioray._private.common import metrics, serialization, task_spec
 from aioray._private.common.config import ACTOR_GRACEFUL_SHUTDOWN_TIMEOUT_S
@@ -58,6 +58,16 @@ CUDA_DEVICES = "CUDA_VISIBLE_DEVICES"
 
 log = logging.getLogger("aioray.executor")
 Reply = Callable[[task_spec.Result], None]
+
+
+class ItemChannel(Protocol):
+    """Where a generator task's items go when its owner's task channel carries them
+    (`task_channel.WorkerEnd`); on the core loop."""
+
+    def send_items(self, task_id: bytes, batch: list[tuple[int, tuple[Any, ...]]]) -> None: ...
+    async def drained(self) -> None: ...
+
+
 Outcome = tuple[bytes, int, list[tuple[Any, ...]]]
 # What `execute` returns for a call that made its actor exit: no reply is sent, the caller learns
 # the actor's death (and its reason) from the GCS when the worker is gone.
@@ -126,6 +136,7 @@ class Executor:
         self._running: dict[bytes, int] = {}  # task id -> ident of the thread running it
         self._running_lock = threading.Lock()
         self._coros: dict[bytes, asyncio.Task[None]] = {}
+        self._item_channels: dict[bytes, ItemChannel] = {}  # generator task -> its owner's channel
         # Set once the hosted actor has begun to exit: no call runs or is answered after that.
         self.exit_reason: str | None = None
         self._exit_requested = False
@@ -211,11 +222,16 @@ class Executor:
             self._queue.append(job)
             self._cv.notify()
 
-    def submit(self, specs: list[TaskSpec], lease_id: bytes, reply: Reply) -> None:
-        """From the core loop: run specs in order; `reply(result)` is called on the core loop."""
+    def submit(
+        self, specs: list[TaskSpec], lease_id: bytes, reply: Reply, items: ItemChannel | None = None
+    ) -> None:
+        """From the core loop: run specs in order; `reply(result)` is called on the core loop. A
+        generator task without backpressure sends its items through `items`, if given."""
         for spec in specs:
             if self.exit_reason is not None:
                 continue  # the actor is exiting: its callers learn that from the GCS
+            if spec.streaming and items is not None and not spec.backpressure:
+                self._item_channels[spec.task_id] = items
             group = (
                 (spec.concurrency_group or self._method_groups.get(spec.method, "")) if spec.actor_id else ""
             )
@@ -239,6 +255,8 @@ class Executor:
             outcome = self.execute(spec, lease_id)
         except KeyboardInterrupt:  # a cancel landed outside the user's code
             outcome = self._cancelled_result(spec)
+        finally:
+            self._item_channels.pop(spec.task_id, None)
         if outcome is not NO_REPLY:
             self._reply(reply, (*outcome, time.perf_counter() - start))
 
@@ -428,7 +446,11 @@ class Executor:
                 ret = self._store_one(spec, generators.item_id(spec.task_id, index), item)
                 asyncio.run_coroutine_threadsafe(self._report_items(spec, [(index, ret)]), loop).result()
             return
-        sender = ItemSender(loop, functools.partial(self._report_items, spec))
+        channel = self._item_channels.pop(spec.task_id, None)
+        if channel is not None:
+            sender = ItemSender(loop, functools.partial(self._send_items, channel, spec))
+        else:
+            sender = ItemSender(loop, functools.partial(self._report_items, spec))
         try:
             for index, item in enumerate(items):
                 sender.put(index, self._store_one(spec, generators.item_id(spec.task_id, index), item))
@@ -448,6 +470,15 @@ class Executor:
                 asyncio.run_coroutine_threadsafe(self._report_items(spec, [(index, ret)]), loop)
             )
             index += 1
+
+    async def _send_items(
+        self, channel: ItemChannel, spec: TaskSpec, batch: list[tuple[int, tuple[Any, ...]]]
+    ) -> None:
+        """On the core loop: items over the owner's task channel; returns once it takes more."""
+        if self._borrows.has_pending():  # borrows of refs inside the items are known before they are
+            await self._borrows.flush_registrations()
+        channel.send_items(spec.task_id, batch)
+        await channel.drained()
 
     async def _report_items(self, spec: TaskSpec, batch: list[tuple[int, tuple[Any, ...]]]) -> None:
         """On the core loop: sends items to the owner; returns once the owner lets us go on."""
@@ -659,6 +690,7 @@ class Executor:
             self._reply(reply, (*self._cancelled_result(spec), 0.0))
         finally:
             self._coros.pop(spec.task_id, None)
+            self._item_channels.pop(spec.task_id, None)
 
     async def _async_method_body(self, spec: TaskSpec, reply: Reply, slots: asyncio.Semaphore) -> None:
         async with slots:

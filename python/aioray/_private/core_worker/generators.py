@@ -75,6 +75,19 @@ class GeneratorStreams:
 
     async def on_item(self, task_id: bytes, index: int, ret: tuple[Any, ...], decode: Any) -> None:
         """A report of item `index`. Answers (returns) once the producer may go on."""
+        stream = self.accept(task_id, index, ret, decode)
+        while (
+            stream is not None
+            and stream.backpressure
+            and stream.received - stream.consumed >= stream.backpressure
+            and not stream.finished
+        ):
+            stream.producer_may_go_on.clear()
+            await stream.producer_may_go_on.wait()
+
+    def accept(self, task_id: bytes, index: int, ret: tuple[Any, ...], decode: Any) -> Stream | None:
+        """Item `index` arrived (from a report, or a task channel's items frame); the stream it
+        went to, for `on_item`'s backpressure, or None if it was a repeat."""
         oid = item_id(task_id, index)
         value, inner = decode(ret)
         stream = self.streams.get(task_id)
@@ -87,7 +100,7 @@ class GeneratorStreams:
                 or (entry.value.node_id is not None and self._node_is_dead(entry.value.node_id))
             ):
                 self._store_result(oid, value, inner)
-            return
+            return None
         # Reports come in order: an attempt waits for each answer before it reports the next item.
         ref = ObjectRef(oid, self._address())
         self._store_result(oid, value, inner)
@@ -95,13 +108,7 @@ class GeneratorStreams:
         stream.received = index + 1
         self.items[task_id].append(oid)
         stream.wake()
-        while (
-            stream.backpressure
-            and stream.received - stream.consumed >= stream.backpressure
-            and not stream.finished
-        ):
-            stream.producer_may_go_on.clear()
-            await stream.producer_may_go_on.wait()
+        return stream
 
     async def next(self, task_id: bytes) -> ObjectRef | None:
         """The next item's ref, once it was produced; None at the end of the stream."""
@@ -188,6 +195,15 @@ class ObjectRefGenerator:
         return self
 
     def __next__(self) -> ObjectRef:
+        # An item that is there already is taken on this thread, without a round trip through the
+        # loop: a dict pop is atomic, and only the consumer moves `consumed`. With backpressure
+        # the producer must hear of it, which happens on the loop.
+        stream = self._streams.streams.get(self._task_id)
+        if stream is not None and not stream.backpressure and not self._core.runtime.in_loop_thread():
+            ready = stream.waiting.pop(stream.consumed, None)
+            if ready is not None:
+                stream.consumed += 1
+                return ready
         ref: ObjectRef | None = self._core.run_sync(self._streams.next(self._task_id))
         if ref is None:
             raise StopIteration

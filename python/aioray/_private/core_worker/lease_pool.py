@@ -71,6 +71,7 @@ class PendingTask:
 class StreamSink(Protocol):
     def on_results(self, lw: LeasedWorker, results: list[task_spec.Result]) -> None: ...
     def on_worker_gone(self, lw: LeasedWorker) -> None: ...
+    def on_items(self, task_id: bytes, batch: task_channel.Batch) -> None: ...
 
 
 class TaskOwner(Protocol):
@@ -78,6 +79,7 @@ class TaskOwner(Protocol):
 
     def on_result(self, p: PendingTask, result: task_spec.Result) -> None: ...
     def fail_task(self, p: PendingTask, err: BaseException) -> None: ...
+    def on_generator_items(self, task_id: bytes, batch: task_channel.Batch) -> None: ...
 
 
 async def failure_cause(
@@ -193,6 +195,9 @@ class LeasedWorker:
     # -- task_channel.ResultSink ---------------------------------------------------------------
     def on_frame(self, results: list[task_spec.Result]) -> None:
         self.sink.on_results(self, results)
+
+    def on_items(self, task_id: bytes, batch: task_channel.Batch) -> None:
+        self.sink.on_items(task_id, batch)
 
     def on_closed(self, error: BaseException | None) -> None:
         if self._closed is not None and not self._closed.done():
@@ -365,6 +370,9 @@ class LeasePool:
         return False
 
     # -- StreamSink ----------------------------------------------------------------------------
+    def on_items(self, task_id: bytes, batch: task_channel.Batch) -> None:
+        self.owner.on_generator_items(task_id, batch)
+
     def on_results(self, lw: LeasedWorker, results: list[task_spec.Result]) -> None:
         for result in results:
             duration = result[3]

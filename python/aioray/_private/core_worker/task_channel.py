@@ -7,9 +7,14 @@ length-prefixed frames, the payloads of `common.task_spec` unchanged:
 
 - The owner opens with ``MAGIC``, the token's length (2 bytes) and the cluster's auth token; a
   worker closes a connection whose token is wrong without a word.
-- owner -> worker: one frame per batch of specs (`task_spec.encode_batch`).
-- worker -> owner: one frame per batch of results (`task_spec.encode_results`), written as soon as
-  the loop has them (results that finish together travel together).
+- Each frame is its payload's length (4 bytes), a kind (1 byte) and the payload.
+- owner -> worker: one ``BATCH`` frame per batch of specs (`task_spec.encode_batch`).
+- worker -> owner: one ``RESULTS`` frame per batch of results (`task_spec.encode_results`), written
+  as soon as the loop has them (results that finish together travel together), and ``ITEMS``
+  frames, ``pickle((task_id, [(index, return)...]))``, with a generator task's items: on the same
+  connection, they reach the owner before the task's result. TCP's flow control holds a producer
+  that outruns its owner (`WorkerEnd.drained`); a task with backpressure reports its items over
+  the ``ReportGeneratorItem`` RPC instead, whose answer the owner holds back.
 - The owner half-closes once no task of the channel is in flight (its lease is returned); the
   worker closes its side after the replies of everything it was sent. Anything else ending the
   connection means the worker (or its machine) died.
@@ -24,9 +29,9 @@ import asyncio
 import hmac
 import logging
 import struct
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from aioray._private.common import rpc, task_spec
+from aioray._private.common import rpc, serialization, task_spec
 from aioray._proto.aioray import v1 as pb
 
 if TYPE_CHECKING:
@@ -35,13 +40,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("aioray.core_worker")
 
 MAGIC = b"AIORAYT1"
-_LENGTH = struct.Struct(">I")
+_HEADER = struct.Struct(">IB")  # payload length, kind
 _TOKEN_LENGTH = struct.Struct(">H")
 MAX_FRAME = 1 << 31  # a batch of specs is small; anything near this is a corrupt stream
+BATCH = 0  # owner -> worker
+RESULTS = 0  # worker -> owner
+ITEMS = 1  # worker -> owner
+
+Batch = list[tuple[int, tuple[Any, ...]]]  # a generator task's items: (index, return)
 
 
-def frame(payload: bytes) -> bytes:
-    return _LENGTH.pack(len(payload)) + payload
+def frame(payload: bytes, kind: int = BATCH) -> bytes:
+    return _HEADER.pack(len(payload), kind) + payload
 
 
 def hello(token: str) -> bytes:
@@ -55,20 +65,22 @@ class FrameBuffer:
     def __init__(self) -> None:
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """The (kind, payload) of every frame complete so far."""
         buf = self._buf
         buf += data
         frames = []
         start = 0
         end = len(buf)
-        while end - start >= 4:
-            (length,) = _LENGTH.unpack_from(buf, start)
+        size = _HEADER.size
+        while end - start >= size:
+            length, kind = _HEADER.unpack_from(buf, start)
             if length >= MAX_FRAME:
                 raise ValueError(f"a task-channel frame of {length} bytes: the stream is corrupt")
-            if end - start - 4 < length:
+            if end - start - size < length:
                 break
-            frames.append(bytes(buf[start + 4 : start + 4 + length]))
-            start += 4 + length
+            frames.append((kind, bytes(buf[start + size : start + size + length])))
+            start += size + length
         if start:
             del buf[:start]
         return frames
@@ -90,6 +102,8 @@ class WorkerEnd(asyncio.Protocol):
 
     def __init__(self, executor: Executor, token: str) -> None:
         self._executor = executor
+        self._writable = asyncio.Event()
+        self._writable.set()
         self._expected = hello(token)
         self._authenticated = False
         self._frames = FrameBuffer()
@@ -104,12 +118,12 @@ class WorkerEnd(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         frames = self._frames.feed(data) if self._authenticated else self._handshake(data)
-        for payload in frames:
+        for _, payload in frames:
             lease_id, specs = task_spec.decode_batch(payload)
             self._in_flight += len(specs)
-            self._executor.submit(specs, lease_id, self._on_result)
+            self._executor.submit(specs, lease_id, self._on_result, self)
 
-    def _handshake(self, data: bytes) -> list[bytes]:
+    def _handshake(self, data: bytes) -> list[tuple[int, bytes]]:
         self._frames._buf += data
         opening = self._frames.take(len(self._expected))
         if opening is None:
@@ -142,9 +156,30 @@ class WorkerEnd(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return  # the owner is gone: nobody to tell
-        transport.write(frame(task_spec.encode_results(results)))
+        transport.write(frame(task_spec.encode_results(results), RESULTS))
         if self._owner_done and self._in_flight == 0:
             transport.close()
+
+    # -- a generator task's items (executor.ItemChannel) ------------------------------------------
+    def send_items(self, task_id: bytes, batch: Batch) -> None:
+        """On the loop: the items go out at once, ahead of the task's result."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the owner of the generator task is gone")
+        transport.write(frame(serialization.dumps_plain((task_id, batch)), ITEMS))
+
+    async def drained(self) -> None:
+        """Returns once the connection takes more (at once unless the owner reads slower than the
+        producer writes and the write buffer is over its high-water mark)."""
+        await self._writable.wait()
+        if self._transport is None:
+            raise ConnectionResetError("the owner of the generator task is gone")
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
 
     def eof_received(self) -> bool:
         self._owner_done = True
@@ -154,6 +189,7 @@ class WorkerEnd(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        self._writable.set()  # a producer waiting to write learns the owner is gone
 
 
 async def serve(executor: Executor, token: str, host: str) -> tuple[asyncio.Server, int]:
@@ -169,6 +205,7 @@ async def serve(executor: Executor, token: str, host: str) -> tuple[asyncio.Serv
 
 class ResultSink(Protocol):
     def on_frame(self, results: list[task_spec.Result]) -> None: ...
+    def on_items(self, task_id: bytes, batch: Batch) -> None: ...
     def on_closed(self, error: BaseException | None) -> None: ...
 
 
@@ -194,8 +231,12 @@ class OwnerEnd(asyncio.Protocol):
             self.transport.write_eof()
 
     def data_received(self, data: bytes) -> None:
-        for payload in self._frames.feed(data):
-            self._sink.on_frame(task_spec.decode_results(payload))
+        for kind, payload in self._frames.feed(data):
+            if kind == ITEMS:
+                task_id, batch = serialization.loads_plain(payload)
+                self._sink.on_items(task_id, batch)
+            else:
+                self._sink.on_frame(task_spec.decode_results(payload))
 
     def eof_received(self) -> bool:
         return False  # the worker is done (or dead): close our side too

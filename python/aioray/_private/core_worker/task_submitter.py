@@ -190,6 +190,11 @@ class TaskSubmitter:
         self._note_node(node_id, raylet)
         return ObjectValue(None, node_id, raylet, size), tuple(inner)
 
+    def on_generator_items(self, task_id: bytes, batch: list[tuple[int, tuple[Any, ...]]]) -> None:
+        """Items of a generator task this process owns, from its task channel (no backpressure)."""
+        for index, ret in batch:
+            self.generators.accept(task_id, index, ret, self._decode_return)
+
     async def on_generator_item(self, task_id: bytes, index: int, ret: tuple[Any, ...]) -> None:
         """An item of a generator task this process owns; returns when its producer may go on."""
         await self.generators.on_item(task_id, index, ret, self._decode_return)
