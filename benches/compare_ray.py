@@ -133,6 +133,13 @@ def cases(ray: Any) -> dict[str, Callable[[], int]]:
     def generator_items() -> int:
         return sum(1 for _ in items.remote(1000))
 
+    def placement_groups(count: int = 10) -> int:
+        groups = [ray.util.placement_group(bundles=[{"custom": 0.001}]) for _ in range(count)]
+        assert all(pg.wait(timeout_seconds=30) for pg in groups)
+        for pg in groups:
+            ray.util.remove_placement_group(pg)
+        return count
+
     return {
         "single client get calls": lambda: (ray.get(held), 1)[1],
         "single client put calls": lambda: (ray.put(0), 1)[1],
@@ -184,6 +191,7 @@ def cases(ray: Any) -> dict[str, Callable[[], int]]:
         "asyncio.wait on 1k task refs (batches)": lambda: loop.run_until_complete(asyncio_wait_1k()),
         "await 1k task refs one by one (batches)": lambda: loop.run_until_complete(await_1k()),
         "generator items (1k small, one consumer)": generator_items,
+        "placement group create/removal": placement_groups,
     }
 
 
@@ -209,7 +217,7 @@ def child(system: str, wanted: str, duration: float) -> None:
     else:
         import aioray as ray  # type: ignore[no-redef]
     start = time.perf_counter()
-    ray.init(num_cpus=2)
+    ray.init(num_cpus=2, resources={"custom": 100})  # "custom": for the placement groups, as Ray's case
     out: dict[str, float] = {"init (s)": time.perf_counter() - start}
     try:
         time.sleep(2)  # idle: whatever starts in the background has started

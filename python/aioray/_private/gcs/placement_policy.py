@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from aioray._private.common.labels import constraints_of, matches
 from aioray._private.common.resources import ResourceSet
 from aioray._proto.aioray import v1 as pb
 
@@ -43,20 +44,6 @@ class Outcome:
     assignment: dict[int, bytes] | None  # bundle index -> node id, for the bundles placed now
     reason: str = ""  # why there is no assignment
     infeasible: bool = False  # no assignment even if every node were idle
-
-
-def matches(labels: Mapping[str, str], constraints: Sequence[pb.LabelConstraint]) -> bool:
-    for c in constraints:
-        value = labels.get(c.key)
-        if c.op == Op.IN and value not in c.values:
-            return False
-        if c.op == Op.NOT_IN and value in c.values:
-            return False
-        if c.op == Op.EXISTS and value is None:
-            return False
-        if c.op == Op.DOES_NOT_EXIST and value is not None:
-            return False
-    return True
 
 
 def _headroom(free: ResourceSet, total: ResourceSet) -> float:
@@ -196,10 +183,10 @@ def place(
     """Assigns the bundles (`shapes`, by index) missing from `placed` (index -> node id) to
     `nodes` (live ones), within their available resources."""
     placed = dict(placed or {})
-    selectors = list(selectors)
+    read = [constraints_of(s) for s in selectors]
 
     def allowed(i: int, n: Candidate) -> bool:
-        return i >= len(selectors) or matches(n.labels, selectors[i])
+        return i >= len(read) or matches(n.labels, read[i])
 
     assignment, reason = _assign(shapes, strategy, nodes, placed, allowed, lambda n: n.available)
     if assignment is not None:
@@ -215,4 +202,4 @@ def place(
     return Outcome(None, f"waiting for resources: {reason}")
 
 
-__all__ = ["Candidate", "Outcome", "matches", "place"]
+__all__ = ["Candidate", "Outcome", "place"]

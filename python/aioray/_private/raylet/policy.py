@@ -25,6 +25,7 @@ import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from aioray._private.common.labels import constraints_of, matches
 from aioray._private.common.resources import ResourceSet
 from aioray._proto.aioray import v1 as pb
 
@@ -82,29 +83,6 @@ class Node:
 def nodes_of(others: Iterable[Node], local: Node) -> list[Node]:
     """The live nodes, this node first (with its own, current, figures)."""
     return [local, *(n for n in others if n.node_id != local.node_id)]
-
-
-Constraint = tuple[str, int, frozenset[str]]  # (key, op, values): read once from the message
-
-
-def constraints_of(constraints: Sequence[pb.LabelConstraint]) -> list[Constraint]:
-    return [(c.key, int(c.op), frozenset(c.values)) for c in constraints]
-
-
-def matches(labels: Mapping[str, str], constraints: Sequence[Constraint]) -> bool:
-    for key, op, values in constraints:
-        value = labels.get(key)
-        if op == Op.IN:
-            ok = value is not None and value in values
-        elif op == Op.NOT_IN:
-            ok = value is None or value not in values
-        elif op == Op.EXISTS:
-            ok = value is not None
-        else:
-            ok = value is None
-        if not ok:
-            return False
-    return True
 
 
 def _names_a_group(shape: ResourceSet) -> bool:
