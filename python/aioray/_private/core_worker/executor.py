@@ -32,10 +32,11 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aioray._private.common import serialization, task_spec
+from aioray._private.common import task_events as te
 from aioray._private.common.config import ACTOR_GRACEFUL_SHUTDOWN_TIMEOUT_S
 from aioray._private.common.process import new_event_loop
 from aioray._private.common.task_spec import ActorCreationSpec, TaskSpec
@@ -77,11 +78,12 @@ class Executor:
         runtime: Runtime,
         borrows: BorrowProtocol,
         load_function: Callable[[bytes], Any],
-        read_buffer: Callable[[bytes, ObjectValue], Any],
+        read_buffer: Callable[[bytes, ObjectValue, tuple[bytes, int] | None], Any],
         write_to_store: Callable[[bytes, serialization.Frame], None],
         cancel_owned: Callable[[bytes, bool, bool], None],
         node_id: bytes,
         inline_limit: int,
+        events: te.TaskEventBuffer | None = None,
     ) -> None:
         """`read_buffer` and `write_to_store` run on the task thread; `cancel_owned(task_id, force,
         recursive)` cancels a task this process submitted (on the loop)."""
@@ -95,6 +97,8 @@ class Executor:
         self._cancel_owned = cancel_owned
         self._node_id = node_id
         self._inline_limit = inline_limit
+        self.events = events if events is not None else te.TaskEventBuffer(enabled=False)
+        self.flush_events: Callable[[], Coroutine[Any, Any, None]] | None = None  # before the process exits
         self.children: dict[bytes, list[bytes]] = {}  # running task id -> tasks it submitted (to cancel)
         self.context = TaskContext()
         self.actor: Any = None
@@ -207,7 +211,20 @@ class Executor:
         except KeyboardInterrupt:  # a cancel landed outside the user's code
             outcome = self._cancelled_result(spec)
         if outcome is not NO_REPLY:
+            if spec.events:
+                self._record_results(spec, outcome)
             self._reply(reply, (*outcome, time.perf_counter() - start))
+
+    def _record_results(self, spec: TaskSpec, outcome: Outcome) -> None:
+        """RESULT_INLINED / RESULT_STORED per return: also when the task's execution ended."""
+        record = self.events.record
+        for oid, ret in zip(spec.return_ids, outcome[2], strict=False):
+            if ret[0] == task_spec.RET_INLINE:
+                record(
+                    spec.task_id, spec.attempt, te.RESULT_INLINED, {"object_id": oid, "bytes": len(ret[1])}
+                )
+            else:
+                record(spec.task_id, spec.attempt, te.RESULT_STORED, {"object_id": oid, "bytes": ret[2]})
 
     def _reply(self, reply: Reply, result: task_spec.Result) -> None:
         self._to_loop(self._send, result, reply)
@@ -258,7 +275,7 @@ class Executor:
         try:
             try:
                 fn = self._target(spec)
-                args, kwargs = self.resolve_args(spec.args, spec.kwarg_names)
+                args, kwargs = self.resolve_args(spec.args, spec.kwarg_names, _task_of(spec))
             except KeyboardInterrupt:
                 if task_id in self.cancelled:
                     return self._cancelled_result(spec)
@@ -270,6 +287,8 @@ class Executor:
                 return self._error_result(spec, err, task_spec.SYSTEM_ERROR)
             if task_id in self.cancelled:  # cancelled before it started (an actor method is only flagged)
                 return self._cancelled_result(spec)
+            if spec.events:
+                self.events.record(task_id, spec.attempt, te.RUNNING)
             try:
                 value = fn(*args, **kwargs)
                 if spec.streaming:
@@ -351,23 +370,29 @@ class Executor:
             return self._error_result(spec, err, task_spec.APP_ERROR)
 
     def resolve_args(
-        self, wire_args: list[tuple[Any, ...]], kwarg_names: tuple[str, ...]
+        self,
+        wire_args: list[tuple[Any, ...]],
+        kwarg_names: tuple[str, ...],
+        task: tuple[bytes, int] | None = None,
     ) -> tuple[list[Any], dict[str, Any]]:
+        """The arguments' values; `task` (id, attempt) names the task whose pulls are its events."""
         values = []
         for arg in wire_args:
             if arg[0] == task_spec.ARG_INLINE:
                 value, _ = serialization.deserialize(arg[1])
             else:
                 _, oid, node_id, size, source = arg
-                value = self._read_store_arg(oid, node_id, source, size)
+                value = self._read_store_arg(oid, node_id, source, size, task)
             values.append(value)
         n_kw = len(kwarg_names)
         if n_kw:
             return values[:-n_kw], dict(zip(kwarg_names, values[-n_kw:], strict=True))
         return values, {}
 
-    def _read_store_arg(self, oid: bytes, node_id: bytes, source: str, size: int) -> Any:
-        buf = self._read_buffer(oid, ObjectValue(None, node_id, source, size))
+    def _read_store_arg(
+        self, oid: bytes, node_id: bytes, source: str, size: int, task: tuple[bytes, int] | None
+    ) -> Any:
+        buf = self._read_buffer(oid, ObjectValue(None, node_id, source, size), task)
         if buf is None:
             raise ObjectLostError(f"argument {oid.hex()} is in no reachable object store")
         value, _ = serialization.deserialize(buf)
@@ -456,10 +481,15 @@ class Executor:
         self._show_gpus(gpu_ids)  # for the actor's whole life: its methods run in this process
 
         def construct() -> None:
+            # The creation task's id is the actor's; its worker records how it ended (the GCS, not
+            # the owner, hears of it first).
+            task = (spec.actor_id, 0) if spec.events else None
             try:
                 cls = self._load_function(spec.function_id)
-                args, kwargs = self.resolve_args(spec.args, spec.kwarg_names)
+                args, kwargs = self.resolve_args(spec.args, spec.kwarg_names, task)
                 self.actor_id, self.actor_name = spec.actor_id, spec.class_name
+                if task is not None:
+                    self.events.record(spec.actor_id, 0, te.RUNNING)
                 self.actor = cls(*args, **kwargs)
                 outcome = b""
             except (Exception, SystemExit) as e:
@@ -476,6 +506,11 @@ class Executor:
                 else:
                     self.actor_id = None
                     outcome = _error_frame(RayTaskError(f"{spec.class_name}.__init__", _user_traceback(e), e))
+            if task is not None:
+                if outcome:
+                    self.events.record(spec.actor_id, 0, te.FAILED, te.error_fields(outcome))
+                else:
+                    self.events.record(spec.actor_id, 0, te.FINISHED)
             loop.call_soon_threadsafe(done.set_result, outcome)
 
         if spec.is_async:
@@ -552,6 +587,9 @@ class Executor:
             except Exception:
                 log.warning("could not tell the GCS that actor %s exits", self.actor_id.hex(), exc_info=True)
         self._run_exit_hooks(shutdown_method=True)
+        if self.flush_events is not None:
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self.flush_events(), self._runtime.loop).result(5)
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
@@ -630,12 +668,14 @@ class Executor:
                 return
             try:
                 fn = self._target(spec)
-                args, kwargs = self.resolve_args(spec.args, spec.kwarg_names)
+                args, kwargs = self.resolve_args(spec.args, spec.kwarg_names, _task_of(spec))
             except Exception as e:
                 outcome = self._error_result(
                     spec, RayTaskError(spec.name, traceback.format_exc(), e), task_spec.SYSTEM_ERROR
                 )
             else:
+                if spec.events:
+                    self.events.record(spec.task_id, spec.attempt, te.RUNNING)
                 try:
                     value = fn(*args, **kwargs)
                     if spec.streaming:
@@ -656,7 +696,13 @@ class Executor:
                             spec, RayTaskError(spec.name, _user_traceback(e), e), task_spec.APP_ERROR
                         )
             if outcome is not NO_REPLY:
+                if spec.events:
+                    self._record_results(spec, outcome)
                 self._reply(reply, (*outcome, time.perf_counter() - start))
+
+
+def _task_of(spec: TaskSpec) -> tuple[bytes, int] | None:
+    return (spec.task_id, spec.attempt) if spec.events else None
 
 
 def _error_frame(err: RayTaskError) -> bytes:

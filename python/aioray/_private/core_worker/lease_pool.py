@@ -59,6 +59,7 @@ class PendingTask:
     # The args and dependencies before resolution, kept to re-run the task from lineage.
     original: tuple[list[tuple[Any, ...]], list[tuple[int, bytes, str]]] | None = None
     arg_losses: int = 0  # times a worker could not read its store arguments (their node died)
+    info: Any = None  # its SUBMITTED event's TaskInfo (common.task_events), recorded again per attempt
 
     def remember_args(self) -> None:
         """Keeps the args and dependencies as submitted, before resolution fills them in: to run the
@@ -77,6 +78,7 @@ class TaskOwner(Protocol):
 
     def on_result(self, p: PendingTask, result: task_spec.Result) -> None: ...
     def fail_task(self, p: PendingTask, err: BaseException) -> None: ...
+    def note_retry(self, p: PendingTask, error_type: str, message: str) -> None: ...
 
 
 async def failure_cause(
@@ -283,12 +285,15 @@ class LeasePool:
         last_error = ""
         address = self._preferred_raylet()
         while loop.time() < deadline:
+            head = self.queue[0] if self.queue else None
             request = self.shape.lease_request(
                 self.own_address,
                 self.job_id,
                 # Lets the memory monitor kill retriable work first (the queue's head stands for it).
-                retriable=bool(self.queue) and self.queue[0].retries_left > 0,
+                retriable=head is not None and head.retries_left > 0,
             )
+            if head is not None and head.spec.events:  # the raylets record its scheduling events
+                request.task_id, request.attempt = head.spec.task_id, head.spec.attempt
             for _ in range(MAX_SPILLBACK_HOPS):
                 try:
                     reply = await self.raylets.request_lease(address, request)
@@ -387,6 +392,11 @@ class LeasePool:
                 )
             elif p.retries_left > 0:
                 p.retries_left -= 1
+                self.owner.note_retry(
+                    p,
+                    "OUT_OF_MEMORY" if oom is not None else "WORKER_DIED",
+                    oom or f"the worker running {p.spec.name} died",
+                )
                 self.queue.appendleft(p)
                 if oom is not None:
                     log.warning("%s is retried (%d retries left): %s", p.spec.name, p.retries_left, oom)

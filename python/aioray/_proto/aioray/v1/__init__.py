@@ -79,6 +79,12 @@ class WorkerFailureCauseKind(betterproto.Enum):
     OUT_OF_MEMORY = 3
 
 
+class WorkerInfoState(betterproto.Enum):
+    STARTING = 0
+    IDLE = 1
+    LEASED = 2
+
+
 @dataclass(eq=False, repr=False)
 class Empty(betterproto.Message):
     pass
@@ -283,6 +289,22 @@ class JobId(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class JobInfo(betterproto.Message):
+    job_id: bytes = betterproto.bytes_field(1)
+    driver_address: str = betterproto.string_field(2)
+    driver_pid: int = betterproto.int32_field(3)
+    namespace: str = betterproto.string_field(4)
+    start_time: float = betterproto.double_field(5)
+    end_time: float = betterproto.double_field(6)
+    is_dead: bool = betterproto.bool_field(7)
+
+
+@dataclass(eq=False, repr=False)
+class JobList(betterproto.Message):
+    jobs: List["JobInfo"] = betterproto.message_field(1)
+
+
+@dataclass(eq=False, repr=False)
 class KvPutRequest(betterproto.Message):
     key: str = betterproto.string_field(1)
     value: bytes = betterproto.bytes_field(2)
@@ -392,6 +414,12 @@ class ActorInfo(betterproto.Message):
     detached: bool = betterproto.bool_field(10)
     owner_address: str = betterproto.string_field(11)
     worker_id: bytes = betterproto.bytes_field(12)
+    job_id: bytes = betterproto.bytes_field(13)
+    """
+    Filled in by ListActors (the state API): the creating job and the resources the actor holds.
+    """
+
+    required_resources: "ResourceMap" = betterproto.message_field(14)
 
 
 @dataclass(eq=False, repr=False)
@@ -541,6 +569,14 @@ class LeaseRequest(betterproto.Message):
     Prefer these nodes (where most of the task's large arguments are), when they can run it.
     """
 
+    task_id: bytes = betterproto.bytes_field(9)
+    """
+    The task this lease is asked for (the head of its owner's queue) and its attempt: the raylet
+     records LEASE_REQUESTED, SPILLBACK and LEASE_GRANTED events for it. Empty: no events.
+    """
+
+    attempt: int = betterproto.int32_field(10)
+
 
 @dataclass(eq=False, repr=False)
 class LeaseReply(betterproto.Message):
@@ -605,6 +641,22 @@ class WorkerFailureCause(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class WorkerInfo(betterproto.Message):
+    worker_id: bytes = betterproto.bytes_field(1)
+    address: str = betterproto.string_field(2)
+    pid: int = betterproto.int32_field(3)
+    state: "WorkerInfoState" = betterproto.enum_field(4)
+    lease_owner: str = betterproto.string_field(5)
+    start_time: float = betterproto.double_field(6)
+
+
+@dataclass(eq=False, repr=False)
+class WorkerList(betterproto.Message):
+    node_id: bytes = betterproto.bytes_field(1)
+    workers: List["WorkerInfo"] = betterproto.message_field(2)
+
+
+@dataclass(eq=False, repr=False)
 class SpillRequest(betterproto.Message):
     nbytes: int = betterproto.uint64_field(1)
 
@@ -641,6 +693,13 @@ class FetchRequest(betterproto.Message):
     object_id: bytes = betterproto.bytes_field(1)
     source_address: str = betterproto.string_field(2)
     size: int = betterproto.uint64_field(3)
+    task_id: bytes = betterproto.bytes_field(4)
+    """
+    The task whose argument this is, if any: the pull is recorded as its ARGS_PULLED event.
+    """
+
+    attempt: int = betterproto.int32_field(5)
+    source_node_id: bytes = betterproto.bytes_field(6)
 
 
 @dataclass(eq=False, repr=False)
@@ -792,6 +851,23 @@ class CoreWorkerStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def get_objects_info(
+        self,
+        empty: "Empty",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Blob":
+        return await self._unary_unary(
+            "/aioray.v1.CoreWorker/GetObjectsInfo",
+            empty,
+            Blob,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class NodeInfoGcsServiceStub(betterproto.ServiceStub):
     async def register_node(
@@ -876,6 +952,23 @@ class JobInfoGcsServiceStub(betterproto.ServiceStub):
             "/aioray.v1.JobInfoGcsService/MarkJobFinished",
             job_id,
             Empty,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_jobs(
+        self,
+        empty: "Empty",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "JobList":
+        return await self._unary_unary(
+            "/aioray.v1.JobInfoGcsService/ListJobs",
+            empty,
+            JobList,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -1141,6 +1234,42 @@ class EventGcsServiceStub(betterproto.ServiceStub):
             "/aioray.v1.EventGcsService/GetEvents",
             empty,
             EventList,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+
+class TaskInfoGcsServiceStub(betterproto.ServiceStub):
+    async def add_task_events(
+        self,
+        blob: "Blob",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Empty":
+        return await self._unary_unary(
+            "/aioray.v1.TaskInfoGcsService/AddTaskEvents",
+            blob,
+            Empty,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_tasks(
+        self,
+        blob: "Blob",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Blob":
+        return await self._unary_unary(
+            "/aioray.v1.TaskInfoGcsService/GetTasks",
+            blob,
+            Blob,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -1459,6 +1588,23 @@ class NodeManagerStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def get_workers(
+        self,
+        empty: "Empty",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "WorkerList":
+        return await self._unary_unary(
+            "/aioray.v1.NodeManager/GetWorkers",
+            empty,
+            WorkerList,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class ObjectManagerStub(betterproto.ServiceStub):
     async def free_objects(
@@ -1593,6 +1739,9 @@ class CoreWorkerBase(ServiceBase):
     async def report_generator_item(self, blob: "Blob") -> "Empty":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def get_objects_info(self, empty: "Empty") -> "Blob":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_get_task_port(
         self, stream: "grpclib.server.Stream[Empty, TaskPort]"
     ) -> None:
@@ -1647,6 +1796,13 @@ class CoreWorkerBase(ServiceBase):
         response = await self.report_generator_item(request)
         await stream.send_message(response)
 
+    async def __rpc_get_objects_info(
+        self, stream: "grpclib.server.Stream[Empty, Blob]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.get_objects_info(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/aioray.v1.CoreWorker/GetTaskPort": grpclib.const.Handler(
@@ -1696,6 +1852,12 @@ class CoreWorkerBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 Blob,
                 Empty,
+            ),
+            "/aioray.v1.CoreWorker/GetObjectsInfo": grpclib.const.Handler(
+                self.__rpc_get_objects_info,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                Empty,
+                Blob,
             ),
         }
 
@@ -1765,6 +1927,9 @@ class JobInfoGcsServiceBase(ServiceBase):
     async def mark_job_finished(self, job_id: "JobId") -> "Empty":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def list_jobs(self, empty: "Empty") -> "JobList":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_register_job(
         self, stream: "grpclib.server.Stream[RegisterJobRequest, RegisterJobReply]"
     ) -> None:
@@ -1777,6 +1942,13 @@ class JobInfoGcsServiceBase(ServiceBase):
     ) -> None:
         request = await stream.recv_message()
         response = await self.mark_job_finished(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_jobs(
+        self, stream: "grpclib.server.Stream[Empty, JobList]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.list_jobs(request)
         await stream.send_message(response)
 
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
@@ -1792,6 +1964,12 @@ class JobInfoGcsServiceBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 JobId,
                 Empty,
+            ),
+            "/aioray.v1.JobInfoGcsService/ListJobs": grpclib.const.Handler(
+                self.__rpc_list_jobs,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                Empty,
+                JobList,
             ),
         }
 
@@ -2081,6 +2259,45 @@ class EventGcsServiceBase(ServiceBase):
         }
 
 
+class TaskInfoGcsServiceBase(ServiceBase):
+
+    async def add_task_events(self, blob: "Blob") -> "Empty":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_tasks(self, blob: "Blob") -> "Blob":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def __rpc_add_task_events(
+        self, stream: "grpclib.server.Stream[Blob, Empty]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.add_task_events(request)
+        await stream.send_message(response)
+
+    async def __rpc_get_tasks(
+        self, stream: "grpclib.server.Stream[Blob, Blob]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.get_tasks(request)
+        await stream.send_message(response)
+
+    def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
+        return {
+            "/aioray.v1.TaskInfoGcsService/AddTaskEvents": grpclib.const.Handler(
+                self.__rpc_add_task_events,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                Blob,
+                Empty,
+            ),
+            "/aioray.v1.TaskInfoGcsService/GetTasks": grpclib.const.Handler(
+                self.__rpc_get_tasks,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                Blob,
+                Blob,
+            ),
+        }
+
+
 class PlacementGroupGcsServiceBase(ServiceBase):
 
     async def create_placement_group(
@@ -2269,6 +2486,9 @@ class NodeManagerBase(ServiceBase):
     async def get_bundles(self, empty: "Empty") -> "BundleRequest":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def get_workers(self, empty: "Empty") -> "WorkerList":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_request_worker_lease(
         self, stream: "grpclib.server.Stream[LeaseRequest, LeaseReply]"
     ) -> None:
@@ -2348,6 +2568,13 @@ class NodeManagerBase(ServiceBase):
         response = await self.get_bundles(request)
         await stream.send_message(response)
 
+    async def __rpc_get_workers(
+        self, stream: "grpclib.server.Stream[Empty, WorkerList]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.get_workers(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/aioray.v1.NodeManager/RequestWorkerLease": grpclib.const.Handler(
@@ -2415,6 +2642,12 @@ class NodeManagerBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 Empty,
                 BundleRequest,
+            ),
+            "/aioray.v1.NodeManager/GetWorkers": grpclib.const.Handler(
+                self.__rpc_get_workers,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                Empty,
+                WorkerList,
             ),
         }
 

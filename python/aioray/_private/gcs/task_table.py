@@ -1,0 +1,221 @@
+"""The GCS task table (seed 002): every task attempt with its events, bounded.
+
+Owners, raylets and workers send batches of events (`common.task_events`); each event lands in
+its attempt's row, which keeps its state (Ray's task states) up to date as events arrive in any
+order. The table holds at most ``AIORAY_TASK_EVENTS_MAX_NUM_TASK_IN_GCS`` attempts (100000, as
+Ray's ``task_events_max_num_task_in_gcs``): past that the oldest finished attempts go first, then
+the oldest of all. Evicted attempts and events dropped by full buffers are counted, and a query's
+``total`` includes them, so that the state API can tell a partial answer (Ray's semantics). The
+table lives in memory only: a restarted GCS starts empty.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from aioray._private.common import serialization, state_query
+from aioray._private.common import task_events as te
+from aioray._proto.aioray import v1 as pb
+
+MAX_EVENTS_PER_ATTEMPT = 1000
+
+# Ray's task states, as the events move an attempt along (never backwards: events may arrive late).
+_RANK = {
+    "NIL": 0,
+    "PENDING_ARGS_AVAIL": 1,
+    "PENDING_NODE_ASSIGNMENT": 2,
+    "SUBMITTED_TO_WORKER": 3,
+    "RUNNING": 4,
+    "FINISHED": 5,
+    "FAILED": 5,
+}
+
+
+@dataclass(eq=False)
+class Attempt:
+    task_id: bytes
+    attempt: int
+    info: tuple[Any, ...] | None = None
+    # (type, time, node id, worker id, pid, component, fields)
+    events: list[tuple[str, float, bytes, bytes, int, str, dict[str, Any]]] = field(default_factory=list)
+    state: str = "NIL"
+    node_id: bytes = b""
+    worker_id: bytes = b""
+    worker_pid: int | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    creation_time: float | None = None
+    start_time: float | None = None
+    end_time: float | None = None
+    finished: bool = False
+
+    def apply(self, kind: str, at: float, source: te.Source, fields: Any) -> None:
+        node, worker, pid, component = source
+        if kind == te.SUBMITTED:
+            if fields is not None:
+                self.info = tuple(fields)
+            self.creation_time = at if self.creation_time is None else min(self.creation_time, at)
+            fields = {}
+        fields = dict(fields or {})
+        if len(self.events) < MAX_EVENTS_PER_ATTEMPT:
+            self.events.append((kind, at, fields.pop("node_id", node), worker, pid, component, fields))
+        is_actor_task = self.info is not None and self.info[2] == te.ACTOR_TASK
+        if kind == te.SUBMITTED:
+            has_deps = self.info is not None and self.info[8]
+            if has_deps:
+                self._move("PENDING_ARGS_AVAIL")
+            else:
+                self._move("SUBMITTED_TO_WORKER" if is_actor_task else "PENDING_NODE_ASSIGNMENT")
+        elif kind == te.ARGS_RESOLVED:
+            self._move("SUBMITTED_TO_WORKER" if is_actor_task else "PENDING_NODE_ASSIGNMENT")
+        elif kind == te.LEASE_GRANTED:
+            self._move("SUBMITTED_TO_WORKER")
+        elif kind == te.RUNNING:
+            self._move("RUNNING")
+            self.node_id, self.worker_id, self.worker_pid = node, worker, pid
+            self.start_time = at
+        elif kind == te.FINISHED:
+            self._end("FINISHED", at)
+        elif kind in (te.FAILED, te.RETRIED, te.CANCELLED):
+            self.error_type = fields.get("error_type") or ("TASK_CANCELLED" if kind == te.CANCELLED else None)
+            self.error_message = fields.get("error_message", self.error_message)
+            self._end("FAILED", at)
+
+    def _move(self, state: str) -> None:
+        if not self.finished and _RANK[state] >= _RANK[self.state]:
+            self.state = state
+
+    def _end(self, state: str, at: float) -> None:
+        self.state = state
+        self.finished = True
+        self.end_time = at
+
+    def row(self, detail: bool) -> dict[str, Any]:
+        info = self.info
+        name = info[0] if info else ""
+        row: dict[str, Any] = {
+            "task_id": self.task_id.hex(),
+            "attempt_number": self.attempt,
+            "name": name,
+            "state": self.state,
+            "job_id": info[3].hex() if info and info[3] else None,
+            "actor_id": info[4].hex() if info and info[4] else None,
+            "type": info[2] if info else te.NORMAL_TASK,
+            "func_or_class_name": info[1] if info else "",
+            "parent_task_id": info[5].hex() if info and info[5] else "",
+            "node_id": self.node_id.hex() if self.node_id else None,
+            "worker_id": self.worker_id.hex() if self.worker_id else None,
+            "worker_pid": self.worker_pid,
+            "error_type": self.error_type,
+        }
+        if not detail:
+            return row
+        row.update(
+            language="PYTHON",
+            required_resources=dict(info[6]) if info else {},
+            runtime_env_info=None,
+            placement_group_id=info[7].hex() if info and info[7] else None,
+            events=[event_dict(e) for e in sorted(self.events, key=lambda e: e[1])],
+            profiling_data=None,
+            creation_time_ms=_ms(self.creation_time),
+            start_time_ms=_ms(self.start_time),
+            end_time_ms=_ms(self.end_time),
+            task_log_info=None,
+            error_message=self.error_message,
+            is_debugger_paused=None,
+            call_site=None,
+            label_selector=None,
+            fallback_strategy=None,
+        )
+        return row
+
+
+def _ms(t: float | None) -> int | None:
+    return None if t is None else int(t * 1000)
+
+
+def event_dict(e: tuple[str, float, bytes, bytes, int, str, dict[str, Any]]) -> dict[str, Any]:
+    """An event as the state API shows it: ``type``, ``time`` (seconds), ``node_id`` and its fields."""
+    kind, at, node, worker, pid, component, fields = e
+    out: dict[str, Any] = {"type": kind, "time": at, "node_id": node.hex() if node else None}
+    out["source"] = component
+    if worker:
+        out["source_worker_id"] = worker.hex()
+    if pid:
+        out["source_pid"] = pid
+    for key, value in fields.items():
+        out[key] = value.hex() if isinstance(value, bytes) else value
+    return out
+
+
+class TaskTable(pb.TaskInfoGcsServiceBase):
+    def __init__(self, max_tasks: int | None = None) -> None:
+        self.max_tasks = (
+            max_tasks if max_tasks is not None else int(os.environ.get(te.MAX_TASKS_ENV, "100000"))
+        )
+        self.attempts: collections.OrderedDict[tuple[bytes, int], Attempt] = collections.OrderedDict()
+        self._finished: collections.OrderedDict[tuple[bytes, int], None] = collections.OrderedDict()
+        self.evicted = 0  # attempts pushed out of the table
+        self.dropped_events = 0  # events the processes' buffers dropped (or failed to send)
+
+    def add(self, source: te.Source, dropped: int, events: list[te.Event]) -> None:
+        self.dropped_events += dropped
+        for task_id, attempt, kind, at, fields in events:
+            key = (task_id, attempt)
+            row = self.attempts.get(key)
+            if row is None:
+                row = self.attempts[key] = Attempt(task_id, attempt)
+                if len(self.attempts) > self.max_tasks:
+                    self._evict()
+            was_finished = row.finished
+            row.apply(kind, at, source, fields)
+            if row.finished and not was_finished:
+                self._finished[key] = None
+
+    def _evict(self) -> None:
+        if self._finished:
+            key, _ = self._finished.popitem(last=False)
+            del self.attempts[key]
+        else:
+            key, _ = self.attempts.popitem(last=False)
+        self.evicted += 1
+
+    def query(self, query: dict[str, Any]) -> dict[str, Any]:
+        filters = state_query.check_filters(query.get("filters"), te.TASK_FILTERABLE, "tasks")
+        limit = state_query.check_limit(query.get("limit", state_query.DEFAULT_LIMIT))
+        detail = bool(query.get("detail"))
+        candidates = self.attempts.values()
+        wanted_id = next(
+            (v for c, p, v in filters if c == "task_id" and p == "=" and isinstance(v, str)), None
+        )
+        if wanted_id is not None:  # a lookup by id need not build every row
+            try:
+                task_id = bytes.fromhex(wanted_id)
+            except ValueError:
+                task_id = b""
+            candidates = [a for (t, _), a in self.attempts.items() if t == task_id]  # type: ignore[assignment]
+        rows = (a.row(detail) for a in candidates)
+        kept, matched = state_query.select(rows, filters, limit)
+        columns = te.TASK_DETAIL_COLUMNS if detail else te.TASK_COLUMNS
+        result = [state_query.shape(r, columns) for r in kept]
+        missing = self.evicted + self.dropped_events
+        return {
+            "result": result,
+            "total": len(self.attempts) + missing,
+            "num_after_truncation": len(self.attempts),
+            "num_filtered": matched,
+        }
+
+    # -- the service ---------------------------------------------------------------------------
+    async def add_task_events(self, blob: pb.Blob) -> pb.Empty:
+        self.add(*te.decode(blob.data))
+        return pb.Empty()
+
+    async def get_tasks(self, blob: pb.Blob) -> pb.Blob:
+        return pb.Blob(data=serialization.dumps_plain(self.query(serialization.loads_plain(blob.data))))
+
+
+__all__ = ["Attempt", "TaskTable", "event_dict"]
