@@ -272,11 +272,12 @@ class LeasePool:
                     lw.idle_timer = asyncio.get_running_loop().call_later(LEASE_IDLE_S, self._return, lw)
 
     def _request_lease(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._lease())
+        # The n-th request in flight is asked for the n-th queued task (its events name it).
+        task = asyncio.get_running_loop().create_task(self._lease(len(self.requests)))
         self.requests.add(task)
         task.add_done_callback(self.requests.discard)
 
-    async def _lease(self) -> None:
+    async def _lease(self, index: int = 0) -> None:
         """Leases a worker: from the local raylet (or the one holding the next task's arguments),
         following spillback; a raylet that is gone or shutting down sends us back to the local
         raylet to try again, for up to LEASE_RETRY_S."""
@@ -285,11 +286,12 @@ class LeasePool:
         last_error = ""
         address = self._preferred_raylet()
         while loop.time() < deadline:
-            head = self.queue[0] if self.queue else None
+            queue = self.queue
+            head = queue[index] if index < len(queue) else queue[0] if queue else None
             request = self.shape.lease_request(
                 self.own_address,
                 self.job_id,
-                # Lets the memory monitor kill retriable work first (the queue's head stands for it).
+                # Lets the memory monitor kill retriable work first (a queued task stands for it).
                 retriable=head is not None and head.retries_left > 0,
             )
             if head is not None and head.spec.events:  # the raylets record its scheduling events

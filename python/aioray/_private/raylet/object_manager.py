@@ -262,5 +262,12 @@ class ObjectManager(pb.ObjectManagerBase):
             view.release()
             data_port.release(buf)
 
+    async def get_object_status(self, object_ids: pb.ObjectIds) -> pb.ObjectStatus:
+        ids = list(object_ids.ids)
+        return pb.ObjectStatus(
+            in_store=[oid for oid in ids if self.store.contains(oid)],
+            spilled=[oid for oid in ids if oid in self.spill.objects],
+        )
+
     def close(self) -> None:
         self.data_port.close()

@@ -657,6 +657,12 @@ class WorkerList(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class ObjectStatus(betterproto.Message):
+    in_store: List[bytes] = betterproto.bytes_field(1)
+    spilled: List[bytes] = betterproto.bytes_field(2)
+
+
+@dataclass(eq=False, repr=False)
 class SpillRequest(betterproto.Message):
     nbytes: int = betterproto.uint64_field(1)
 
@@ -1710,6 +1716,23 @@ class ObjectManagerStub(betterproto.ServiceStub):
         ):
             yield response
 
+    async def get_object_status(
+        self,
+        object_ids: "ObjectIds",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "ObjectStatus":
+        return await self._unary_unary(
+            "/aioray.v1.ObjectManager/GetObjectStatus",
+            object_ids,
+            ObjectStatus,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class CoreWorkerBase(ServiceBase):
 
@@ -2673,6 +2696,9 @@ class ObjectManagerBase(ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield Blob()
 
+    async def get_object_status(self, object_ids: "ObjectIds") -> "ObjectStatus":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_free_objects(
         self, stream: "grpclib.server.Stream[ObjectIds, Empty]"
     ) -> None:
@@ -2718,6 +2744,13 @@ class ObjectManagerBase(ServiceBase):
             request,
         )
 
+    async def __rpc_get_object_status(
+        self, stream: "grpclib.server.Stream[ObjectIds, ObjectStatus]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.get_object_status(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/aioray.v1.ObjectManager/FreeObjects": grpclib.const.Handler(
@@ -2755,5 +2788,11 @@ class ObjectManagerBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_STREAM,
                 ReadRequest,
                 Blob,
+            ),
+            "/aioray.v1.ObjectManager/GetObjectStatus": grpclib.const.Handler(
+                self.__rpc_get_object_status,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ObjectIds,
+                ObjectStatus,
             ),
         }
