@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from aioray._private import node as node_mod
-from aioray._private import worker_api
+from aioray._private import state_cli, worker_api
 from aioray._private.common import process, rpc, segments
 from aioray._private.common.node_resources import parse_labels
 from aioray._proto.aioray import v1 as pb
@@ -342,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--runs", type=int, default=3)
     bench.add_argument("--num-cpus", type=int, default=None)
     bench.set_defaults(func=cmd_microbenchmark)
+    state_cli.add_commands(sub)
     return parser
 
 
