@@ -139,7 +139,9 @@ def test_the_seed_walkthrough_reads_step_by_step_from_the_events(cluster) -> Non
 
 
 def test_the_timeline_has_each_execution_on_its_node_and_worker(cluster) -> None:
-    eventually(lambda: len(state.list_tasks(filters=[("name", "=", "walk_c")])) == 1, 60, "the walkthrough ran")
+    eventually(
+        lambda: len(state.list_tasks(filters=[("name", "=", "walk_c")])) == 1, 60, "the walkthrough ran"
+    )
     trace = aioray.timeline()
     assert trace is not None
     json.dumps(trace)  # plain JSON
@@ -150,7 +152,11 @@ def test_the_timeline_has_each_execution_on_its_node_and_worker(cluster) -> None
         assert processes[runs[name]["pid"]] == f"node {ids[node][:12]}"
     assert len({runs[n]["pid"] for n in ("walk_a", "walk_b", "walk_c")}) == 3
     phases = [e for e in trace if e["ph"] in ("b", "e") and e["name"].startswith("walk_c")]
-    assert {e["name"] for e in phases} >= {"walk_c: wait for arguments", "walk_c: wait for a lease", "walk_c: dispatch"}
+    assert {e["name"] for e in phases} >= {
+        "walk_c: wait for arguments",
+        "walk_c: wait for a lease",
+        "walk_c: dispatch",
+    }
 
 
 def test_state_api_lists_the_cluster(cluster, tmp_path) -> None:
@@ -232,7 +238,9 @@ def test_failures_retries_and_cancellation_are_recorded(cluster, tmp_path) -> No
     with pytest.raises(KeyError):
         aioray.get(broken.remote(), timeout=60)
     pending = slow.remote()
-    eventually(lambda: (t := state.get_task(pending)) is not None and t["state"] == "RUNNING", 30, "slow runs")
+    eventually(
+        lambda: (t := state.get_task(pending)) is not None and t["state"] == "RUNNING", 30, "slow runs"
+    )
     aioray.cancel(pending)
 
     def attempts() -> list[Any]:
@@ -267,7 +275,9 @@ def cli(cluster: Nodes, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_cli_lists_gets_summarizes_and_writes_the_timeline(cluster, tmp_path) -> None:
-    eventually(lambda: len(state.list_tasks(filters=[("name", "=", "walk_c")])) == 1, 60, "the walkthrough ran")
+    eventually(
+        lambda: len(state.list_tasks(filters=[("name", "=", "walk_c")])) == 1, 60, "the walkthrough ran"
+    )
     (c,) = state.list_tasks(filters=[("name", "=", "walk_c")])
     nodes = cli(cluster, "list", "nodes")
     assert nodes.returncode == 0, nodes.stderr
