@@ -63,8 +63,25 @@ def test_taking_while_threads_append_loses_nothing() -> None:
     assert len({(e[0], e[1]) for e in taken}) == per_thread * threads
 
 
-def test_the_wire_format_round_trips_with_plain_resources() -> None:
-    info = te.TaskInfo("f", "mod.f", te.NORMAL_TASK, b"j", b"", b"p", ResourceSet({"CPU": 1}), b"", False)
+def test_a_shape_becomes_one_shared_dict() -> None:
+    shape = ResourceSet({"CPU": 1})
+    assert te.plain_resources(shape) == {"CPU": 1.0}
+    assert te.plain_resources(shape) is te.plain_resources(shape)
+    assert te.plain_resources(ResourceSet({"GPU": 2})) == {"GPU": 2.0}
+
+
+def test_the_wire_format_round_trips() -> None:
+    info = (
+        "f",
+        "mod.f",
+        te.NORMAL_TASK,
+        b"j",
+        b"",
+        b"p",
+        te.plain_resources(ResourceSet({"CPU": 1})),
+        b"",
+        False,
+    )
     source: te.Source = (b"n" * 16, b"w" * 16, 42, "worker")
     decoded_source, dropped, events = te.decode(
         te.encode(source, 3, [(b"t", 0, te.SUBMITTED, 1.5, info), (b"t", 0, te.RUNNING, 2.0, None)])

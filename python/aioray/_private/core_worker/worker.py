@@ -260,13 +260,13 @@ class CoreWorker:
         return spec, packed.deps, [oid for oid, _ in packed.kept_alive], refs
 
     def _submitted(self, p: PendingTask, func_name: str, kind: str, placement: Placement | None) -> None:
-        """Records a new task's SUBMITTED event (on the submitting thread: one append)."""
+        """Records a new task's SUBMITTED event (on the submitting thread: one tuple, one append)."""
         spec = p.spec
         parent = self.executor.context.task_id if self.executor is not None else None
         group = placement.placement_group[0] if placement is not None and placement.placement_group else b""
-        p.info = te.TaskInfo(
-            spec.name, func_name, kind, spec.job_id, spec.actor_id, parent or b"", p.shape.resources, group,
-            bool(p.deps),
+        p.info = (
+            spec.name, func_name, kind, spec.job_id, spec.actor_id, parent or b"",
+            te.plain_resources(p.shape.resources), group, bool(p.deps),
         )  # fmt: skip
         self.task_events.record(spec.task_id, 0, te.SUBMITTED, p.info)
 
@@ -428,7 +428,7 @@ class CoreWorker:
         )  # fmt: skip
         if spec.events:  # the creation task's id is the actor's (its worker records how it ends)
             parent = self.executor.context.task_id if self.executor is not None else None
-            info = te.TaskInfo(
+            info: te.TaskInfo = (
                 f"{cls.__name__}.__init__", f"{cls.__name__}.__init__", te.ACTOR_CREATION_TASK, self.job_id,
                 request.actor_id, parent or b"", dict(request.resources.amounts),
                 placement_group[0] if placement_group else b"", bool(packed.deps),

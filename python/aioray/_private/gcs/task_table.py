@@ -11,12 +11,11 @@ table lives in memory only: a restarted GCS starts empty.
 
 from __future__ import annotations
 
-import collections
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from aioray._private.common import serialization, state_query
+from aioray._private.common import ids, serialization, state_query
 from aioray._private.common import task_events as te
 from aioray._proto.aioray import v1 as pb
 
@@ -34,8 +33,20 @@ _RANK = {
 }
 
 
+# One attempt's events as they arrived, each with the source that sent it: ingesting a batch costs
+# one append per event; the attempt's state is worked out (`view`) only when a query asks.
+Events = list[tuple[te.Event, te.Source]]
+
+
+def view(task_id: bytes, attempt: int, events: Events) -> View:
+    out = View(task_id, attempt)
+    for (_, _, kind, at, fields), source in events:
+        out.apply(kind, at, source, fields)
+    return out
+
+
 @dataclass(eq=False)
-class Attempt:
+class View:
     task_id: bytes
     attempt: int
     info: tuple[Any, ...] | None = None
@@ -59,9 +70,11 @@ class Attempt:
                 self.info = tuple(fields)
             self.creation_time = at if self.creation_time is None else min(self.creation_time, at)
             fields = {}
+        if kind in (te.RESULT_INLINED, te.RESULT_STORED) and isinstance(fields, tuple | list):
+            index, size = fields
+            fields = {"object_id": ids.object_id(self.task_id, index), "bytes": size}
         fields = dict(fields or {})
-        if len(self.events) < MAX_EVENTS_PER_ATTEMPT:
-            self.events.append((kind, at, fields.pop("node_id", node), worker, pid, component, fields))
+        self.events.append((kind, at, fields.pop("node_id", node), worker, pid, component, fields))
         is_actor_task = self.info is not None and self.info[2] == te.ACTOR_TASK
         if kind == te.SUBMITTED:
             has_deps = self.info is not None and self.info[8]
@@ -79,7 +92,9 @@ class Attempt:
             self.start_time = at
         elif kind == te.FINISHED:
             self._end("FINISHED", at)
-        elif kind in (te.FAILED, te.RETRIED, te.CANCELLED):
+        elif kind in (te.FAILED, te.RETRIED, te.CANCELLED) and not (
+            self.finished and self.state == "FINISHED"
+        ):
             self.error_type = fields.get("error_type") or ("TASK_CANCELLED" if kind == te.CANCELLED else None)
             self.error_message = fields.get("error_message", self.error_message)
             self._end("FAILED", at)
@@ -156,48 +171,54 @@ class TaskTable(pb.TaskInfoGcsServiceBase):
         self.max_tasks = (
             max_tasks if max_tasks is not None else int(os.environ.get(te.MAX_TASKS_ENV, "100000"))
         )
-        self.attempts: collections.OrderedDict[tuple[bytes, int], Attempt] = collections.OrderedDict()
-        self._finished: collections.OrderedDict[tuple[bytes, int], None] = collections.OrderedDict()
+        # Plain dicts (insertion-ordered, and cheaper to fill than OrderedDicts): oldest first.
+        self.attempts: dict[tuple[bytes, int], Events] = {}
+        self._finished: dict[tuple[bytes, int], None] = {}  # finished attempts, in the order they finished
         self.evicted = 0  # attempts pushed out of the table
         self.dropped_events = 0  # events the processes' buffers dropped (or failed to send)
 
     def add(self, source: te.Source, dropped: int, events: list[te.Event]) -> None:
+        """A batch of one process's events: an append per event (tens of thousands arrive a second)."""
         self.dropped_events += dropped
-        for task_id, attempt, kind, at, fields in events:
-            key = (task_id, attempt)
-            row = self.attempts.get(key)
+        attempts, finished, terminal = self.attempts, self._finished, te.TERMINAL
+        get = attempts.get
+        for event in events:
+            key = event[:2]  # (task id, attempt)
+            row = get(key)
             if row is None:
-                row = self.attempts[key] = Attempt(task_id, attempt)
-                if len(self.attempts) > self.max_tasks:
+                row = attempts[key] = []
+                if len(attempts) > self.max_tasks:
                     self._evict()
-            was_finished = row.finished
-            row.apply(kind, at, source, fields)
-            if row.finished and not was_finished:
-                self._finished[key] = None
+            if len(row) < MAX_EVENTS_PER_ATTEMPT:
+                row.append((event, source))
+            if event[2] in terminal and key not in finished:
+                finished[key] = None
 
     def _evict(self) -> None:
         if self._finished:
-            key, _ = self._finished.popitem(last=False)
-            del self.attempts[key]
+            key = next(iter(self._finished))
+            del self._finished[key]
+            self.attempts.pop(key, None)
         else:
-            key, _ = self.attempts.popitem(last=False)
+            key = next(iter(self.attempts))
+            del self.attempts[key]
         self.evicted += 1
 
     def query(self, query: dict[str, Any]) -> dict[str, Any]:
         filters = state_query.check_filters(query.get("filters"), te.TASK_FILTERABLE, "tasks")
         limit = state_query.check_limit(query.get("limit", state_query.DEFAULT_LIMIT))
         detail = bool(query.get("detail"))
-        candidates = self.attempts.values()
+        candidates = list(self.attempts.items())
         wanted_id = next(
             (v for c, p, v in filters if c == "task_id" and p == "=" and isinstance(v, str)), None
         )
         if wanted_id is not None:  # a lookup by id need not build every row
             try:
-                task_id = bytes.fromhex(wanted_id)
+                wanted = bytes.fromhex(wanted_id)
             except ValueError:
-                task_id = b""
-            candidates = [a for (t, _), a in self.attempts.items() if t == task_id]  # type: ignore[assignment]
-        rows = (a.row(detail) for a in candidates)
+                wanted = b""
+            candidates = [(key, events) for key, events in candidates if key[0] == wanted]
+        rows = (view(t, a, events).row(detail) for (t, a), events in candidates)
         kept, matched = state_query.select(rows, filters, limit)
         columns = te.TASK_DETAIL_COLUMNS if detail else te.TASK_COLUMNS
         result = [state_query.shape(r, columns) for r in kept]
@@ -218,4 +239,4 @@ class TaskTable(pb.TaskInfoGcsServiceBase):
         return pb.Blob(data=serialization.dumps_plain(self.query(serialization.loads_plain(blob.data))))
 
 
-__all__ = ["Attempt", "TaskTable", "event_dict"]
+__all__ = ["TaskTable", "View", "event_dict", "view"]
