@@ -100,3 +100,18 @@ def test_queries_filter_limit_and_answer_over_the_service() -> None:
     answer = serialization.loads_plain(asyncio.run(table.get_tasks(blob)).data)
     assert [r["name"] for r in answer["result"]] == ["even", "even"] and answer["num_filtered"] == 3
     assert set(answer["result"][0]) == set(te.TASK_COLUMNS)
+
+
+def test_batches_are_indexed_when_asked_or_when_too_many_wait(monkeypatch) -> None:
+    from aioray._private.gcs import task_table
+
+    table = TaskTable()
+    t = b"t" * 16
+    payload = te.encode(OWNER, 0, [(t, 0, te.SUBMITTED, 1.0, info("f"))])
+    asyncio.run(table.add_task_events(pb.Blob(data=payload)))
+    assert table.attempts == {}, "kept as it arrived"
+    assert [r["name"] for r in table.query({})["result"]] == ["f"]
+    monkeypatch.setattr(task_table, "MAX_PENDING_BYTES", len(payload))
+    table.add_payload(te.encode(OWNER, 0, [(t, 1, te.SUBMITTED, 2.0, info("f"))]))
+    table.add_payload(te.encode(OWNER, 0, [(t, 2, te.SUBMITTED, 3.0, info("f"))]))
+    assert len(table.attempts) == 3, "indexed once too many bytes waited"

@@ -6,11 +6,14 @@ order. The table holds at most ``AIORAY_TASK_EVENTS_MAX_NUM_TASK_IN_GCS`` attemp
 Ray's ``task_events_max_num_task_in_gcs``): past that the oldest finished attempts go first, then
 the oldest of all. Evicted attempts and events dropped by full buffers are counted, and a query's
 ``total`` includes them, so that the state API can tell a partial answer (Ray's semantics). The
-table lives in memory only: a restarted GCS starts empty.
+table lives in memory only: a restarted GCS starts empty. Batches are indexed lazily: kept as the bytes
+that arrived until a query (or 32 MiB of them) needs them, so that a busy cluster nobody inspects
+pays the GCS almost nothing for its events.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +22,13 @@ from aioray._private.common import ids, serialization, state_query
 from aioray._private.common import task_events as te
 from aioray._proto.aioray import v1 as pb
 
+log = logging.getLogger("aioray.gcs")
+
 MAX_EVENTS_PER_ATTEMPT = 1000
+# Batches are kept as they arrived (compact bytes, ~40 bytes an event) and indexed only when a query
+# needs them or when this much piled up: while nobody asks, taking events costs the GCS one append
+# per batch, not Python work per event.
+MAX_PENDING_BYTES = 32 << 20
 
 # Ray's task states, as the events move an attempt along (never backwards: events may arrive late).
 _RANK = {
@@ -176,6 +185,27 @@ class TaskTable(pb.TaskInfoGcsServiceBase):
         self._finished: dict[tuple[bytes, int], None] = {}  # finished attempts, in the order they finished
         self.evicted = 0  # attempts pushed out of the table
         self.dropped_events = 0  # events the processes' buffers dropped (or failed to send)
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+
+    def add_payload(self, payload: bytes) -> None:
+        """An AddTaskEvents batch, indexed later (see MAX_PENDING_BYTES)."""
+        self._pending.append(payload)
+        self._pending_bytes += len(payload)
+        if self._pending_bytes > MAX_PENDING_BYTES:
+            self.index()
+
+    def index(self) -> None:
+        """Takes the batches that arrived since the last query into the table."""
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        for payload in pending:
+            try:
+                batch = te.decode(payload)
+            except Exception as e:  # a sender of another version, or a corrupt batch: not the others'
+                log.warning("dropped an unreadable batch of task events (%d bytes): %r", len(payload), e)
+                self.dropped_events += 1
+                continue
+            self.add(*batch)
 
     def add(self, source: te.Source, dropped: int, events: list[te.Event]) -> None:
         """A batch of one process's events: an append per event (tens of thousands arrive a second)."""
@@ -205,6 +235,7 @@ class TaskTable(pb.TaskInfoGcsServiceBase):
         self.evicted += 1
 
     def query(self, query: dict[str, Any]) -> dict[str, Any]:
+        self.index()
         filters = state_query.check_filters(query.get("filters"), te.TASK_FILTERABLE, "tasks")
         limit = state_query.check_limit(query.get("limit", state_query.DEFAULT_LIMIT))
         detail = bool(query.get("detail"))
@@ -232,7 +263,7 @@ class TaskTable(pb.TaskInfoGcsServiceBase):
 
     # -- the service ---------------------------------------------------------------------------
     async def add_task_events(self, blob: pb.Blob) -> pb.Empty:
-        self.add(*te.decode(blob.data))
+        self.add_payload(blob.data)
         return pb.Empty()
 
     async def get_tasks(self, blob: pb.Blob) -> pb.Blob:
