@@ -115,3 +115,18 @@ def test_batches_are_indexed_when_asked_or_when_too_many_wait(monkeypatch) -> No
     table.add_payload(te.encode(OWNER, 0, [(t, 1, te.SUBMITTED, 2.0, info("f"))]))
     table.add_payload(te.encode(OWNER, 0, [(t, 2, te.SUBMITTED, 3.0, info("f"))]))
     assert len(table.attempts) == 3, "indexed once too many bytes waited"
+
+
+def test_a_workers_single_result_record_stands_for_the_result_and_finished() -> None:
+    table = TaskTable()
+    t = b"t" * 16
+    table.add(OWNER, 0, [(t, 0, te.SUBMITTED, 1.0, info("f"))])
+    table.add(WORKER, 0, [(t, 0, te.RUNNING, 2.0, None), (t, 0, te.RESULT_STORED, 3.0, 4096)])
+    (row,) = table.query({"detail": True})["result"]
+    assert row["state"] == "FINISHED" and row["end_time_ms"] == 3000
+    stored, finished = row["events"][-2:]
+    assert (stored["type"], stored["bytes"], finished["type"]) == ("RESULT_STORED", 4096, "FINISHED")
+    assert (
+        stored["object_id"] == (t + (1).to_bytes(4, "little")).hex()
+        and stored["node_id"] == (b"B" * 16).hex()
+    )

@@ -22,7 +22,7 @@ RUNNING            worker   its function started (arguments read)
 RESULT_INLINED     worker   ``object_id``, ``bytes``: the return travels in the reply
 RESULT_STORED      worker   ``object_id``, ``bytes``: the return was written to this node's store
                             (recorded as ``(return index, bytes)``; the GCS names the object)
-FINISHED           owner    its results arrived
+FINISHED           worker   it returned without error (as in Ray, its worker records it)
 FAILED             owner    ``error_type``, ``error_message``
 RETRIED            owner    ``error_type``: this attempt failed; the next attempt was submitted
 CANCELLED          owner    cancelled before or while it ran
@@ -32,7 +32,9 @@ RESULT_FREED       owner    ``object_id``, ``node_id``: the owner freed the stor
 On the wire (``TaskInfoGcsService.AddTaskEvents``, a Blob): ``pickle((source, dropped, events))``
 with ``source = (node_id, worker_id, pid, component)``, ``dropped`` the events this process lost
 since its last batch, and each event ``(task_id, attempt, type, time, fields)`` (``fields`` a dict,
-or for SUBMITTED a `TaskInfo` tuple, for RESULT_INLINED/RESULT_STORED ``(index, bytes)``, or None). ``GetTasks`` takes ``pickle(query)`` where
+or for SUBMITTED a `TaskInfo` tuple, for RESULT_INLINED/RESULT_STORED ``(index, bytes)`` or, for the
+only return of a task that succeeded, ``bytes`` alone, which stands for that event and FINISHED: the
+common case costs one record), or None. ``GetTasks`` takes ``pickle(query)`` where
 ``query = {"filters": [(key, op, value)], "limit": n, "detail": bool}`` and answers
 ``pickle({"result": [row...], "total": n, "num_after_truncation": n, "num_filtered": n})``; a row
 has the columns of Ray's ``TaskState`` (`TASK_COLUMNS`, `TASK_DETAIL_COLUMNS`).

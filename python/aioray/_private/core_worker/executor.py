@@ -216,15 +216,27 @@ class Executor:
             self._reply(reply, (*outcome, time.perf_counter() - start))
 
     def _record_results(self, spec: TaskSpec, outcome: Outcome) -> None:
-        """RESULT_INLINED / RESULT_STORED per return: also when the task's execution ended."""
-        record = self.events.record
-        for oid, ret in zip(spec.return_ids, outcome[2], strict=False):
+        """RESULT_INLINED / RESULT_STORED per return, then FINISHED if the task succeeded (the worker
+        records it, as in Ray; a failure is the owner's to record, it decides on retries). The common
+        case, one return of a task that succeeded, is one record whose fields are the size alone: the
+        GCS reads it as the return's event followed by FINISHED (see common.task_events)."""
+        record, task_id, attempt = self.events.record, spec.task_id, spec.attempt
+        returns = outcome[2]
+        ok = outcome[1] == task_spec.OK
+        if ok and len(returns) == 1:
+            ret = returns[0]
             if ret[0] == task_spec.RET_INLINE:
-                record(
-                    spec.task_id, spec.attempt, te.RESULT_INLINED, {"object_id": oid, "bytes": len(ret[1])}
-                )
+                record(task_id, attempt, te.RESULT_INLINED, len(ret[1]))
             else:
-                record(spec.task_id, spec.attempt, te.RESULT_STORED, {"object_id": oid, "bytes": ret[2]})
+                record(task_id, attempt, te.RESULT_STORED, ret[2])
+            return
+        for i, ret in enumerate(returns):
+            if ret[0] == task_spec.RET_INLINE:
+                record(task_id, attempt, te.RESULT_INLINED, (i + 1, len(ret[1])))
+            else:
+                record(task_id, attempt, te.RESULT_STORED, (i + 1, ret[2]))
+        if ok:
+            record(task_id, attempt, te.FINISHED)
 
     def _reply(self, reply: Reply, result: task_spec.Result) -> None:
         self._to_loop(self._send, result, reply)

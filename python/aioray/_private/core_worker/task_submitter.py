@@ -287,13 +287,12 @@ class TaskSubmitter:
 
     # -- task events ---------------------------------------------------------------------------
     def _record_end(self, p: PendingTask, values: list[ObjectValue]) -> None:
+        """A failure ends the attempt here; a success was recorded (FINISHED) by its worker."""
         first = values[0].inline if values else None
         if first is not None and serialization.peek_flags(first)[1]:
             fields = te.error_fields(first)
             kind = te.CANCELLED if fields["error_type"] == "TASK_CANCELLED" else te.FAILED
             self.events.record(p.spec.task_id, p.spec.attempt, kind, fields)
-        else:
-            self.events.record(p.spec.task_id, p.spec.attempt, te.FINISHED)
 
     def note_retry(self, p: PendingTask, error_type: str, message: str) -> None:
         """This attempt failed and the task runs again: RETRIED ends it, the next attempt begins."""

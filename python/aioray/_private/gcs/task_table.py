@@ -79,7 +79,11 @@ class View:
                 self.info = tuple(fields)
             self.creation_time = at if self.creation_time is None else min(self.creation_time, at)
             fields = {}
-        if kind in (te.RESULT_INLINED, te.RESULT_STORED) and isinstance(fields, tuple | list):
+        if kind in (te.RESULT_INLINED, te.RESULT_STORED) and not isinstance(fields, dict):
+            if isinstance(fields, int):  # the only return of a task that succeeded: FINISHED follows
+                self.apply(kind, at, source, (1, fields))
+                self.apply(te.FINISHED, at, source, None)
+                return
             index, size = fields
             fields = {"object_id": ids.object_id(self.task_id, index), "bytes": size}
         fields = dict(fields or {})
