@@ -8,6 +8,11 @@ and the ratio B/A. Typical use, comparing a commit with the working tree:
     git worktree add /tmp/base <commit> && python3 -m venv /tmp/base/.venv
     /tmp/base/.venv/bin/pip install /tmp/base
     python benches/ab_microbenchmark.py /tmp/base/.venv/bin/python .venv/bin/python --rounds 3
+
+or one install with two settings, e.g. task events off (A) and on (B):
+
+    python benches/ab_microbenchmark.py .venv/bin/python .venv/bin/python --filter "tasks async" \
+        --a-args="--task-events off" --b-args="--task-events on" --rounds 5
 """
 
 from __future__ import annotations
@@ -23,9 +28,9 @@ import sys
 LINE = re.compile(r"^(?P<case>.+?) (?P<mean>[\d,]+\.\d+) \+- [\d,]+\.\d+(?: (?P<unit>\S+))?$")
 
 
-def run_once(python: str, args: argparse.Namespace) -> dict[str, tuple[float, str]]:
+def run_once(python: str, args: argparse.Namespace, extra: str = "") -> dict[str, tuple[float, str]]:
     cmd = [python, "-m", "aioray", "microbenchmark", args.filter, "--runs", str(args.runs)]
-    cmd += ["--duration", str(args.duration)]
+    cmd += ["--duration", str(args.duration), *extra.split()]
     # Run from a neutral directory, so each interpreter imports its own installed aioray.
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd="/", env=dict(os.environ))
     cases = {}
@@ -46,13 +51,15 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="timed runs per case in each microbenchmark")
     parser.add_argument("--duration", type=float, default=2.0)
     parser.add_argument("--filter", default="")
+    parser.add_argument("--a-args", default="", help="more microbenchmark arguments for A")
+    parser.add_argument("--b-args", default="", help="more microbenchmark arguments for B")
     args = parser.parse_args()
     results: dict[str, dict[str, list[float]]] = {"A": {}, "B": {}}
     units: dict[str, str] = {}
     for r in range(args.rounds):
-        for label, python in (("A", args.python_a), ("B", args.python_b)):
+        for label, python, extra in (("A", args.python_a, args.a_args), ("B", args.python_b, args.b_args)):
             print(f"round {r + 1}/{args.rounds}: {label}", file=sys.stderr, flush=True)
-            for case, (mean, unit) in run_once(python, args).items():
+            for case, (mean, unit) in run_once(python, args, extra).items():
                 results[label].setdefault(case, []).append(mean)
                 units[case] = unit
     print(f"| case | A (median of {args.rounds}) | B (median of {args.rounds}) | B/A |")

@@ -29,6 +29,7 @@ from aioray._private.core_worker.generators import DynamicObjectRefGenerator, Ob
 from aioray._private.core_worker.object_ref import ObjectRef, shield
 from aioray._private.remote_function import RemoteFunction
 from aioray._private.runtime_context import get_gpu_ids, get_runtime_context
+from aioray._private.timeline import timeline
 from aioray.exceptions import (
     ActorDiedError,
     GetTimeoutError,
@@ -89,6 +90,7 @@ __all__ = [
     "shield",
     "shutdown",
     "stats",
+    "timeline",
     "util",
     "wait",
 ]

@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from aioray._private import log_cli, worker_api
+from aioray._private import log_cli, state_cli, worker_api
 from aioray._private import node as node_mod
 from aioray._private.common import process, rpc, segments
 from aioray._private.common.node_resources import parse_labels
@@ -313,7 +313,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_microbenchmark(args: argparse.Namespace) -> int:
     from aioray._private import microbenchmark
 
-    microbenchmark.run(args.filter, args.duration, args.runs, args.num_cpus)
+    events = None if args.task_events is None else args.task_events == "on"
+    microbenchmark.run(args.filter, args.duration, args.runs, args.num_cpus, events)
     return 0
 
 
@@ -390,7 +391,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--duration", type=float, default=2.0, help="seconds per timed run")
     bench.add_argument("--runs", type=int, default=3)
     bench.add_argument("--num-cpus", type=int, default=None)
+    bench.add_argument(
+        "--task-events",
+        choices=("on", "off"),
+        default=None,
+        help="record task events in every process (default: as AIORAY_TASK_EVENTS says, on)",
+    )
     bench.set_defaults(func=cmd_microbenchmark)
+    state_cli.add_commands(sub)
     return parser
 
 

@@ -20,6 +20,7 @@ from aioray.exceptions import ActorDiedError, RayError, WorkerCrashedError
 from aioray.testing import wait_for_condition
 from aioray.util.placement_group import get_current_placement_group, placement_group, remove_placement_group
 from aioray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
+from aioray.util.state import get_task
 
 # Ray 2.60's option names (ray/_common/ray_option_utils.py and ray.method).
 RAY_TASK_OPTIONS = {
@@ -44,7 +45,7 @@ RAY_METHOD_OPTIONS = {
 # A value other than the default for each, to show it is refused rather than ignored.
 NON_DEFAULT: dict[str, Any] = {
     "fallback_strategy": [{"label_selector": {"zone": "b"}}], "object_store_memory": 1 << 20,
-    "enable_task_events": False, "_labels": {"k": "v"}, "max_calls": 1, "_num_objects_per_yield": 2,
+    "_labels": {"k": "v"}, "max_calls": 1, "_num_objects_per_yield": 2,
     "enable_tensor_transport": True, "max_pending_calls": 10, "allow_out_of_order_execution": True,
     "_actor_generator_backpressure_num_objects": 2, "retry_exceptions": True, "tensor_transport": "nccl",
 }  # fmt: skip
@@ -169,6 +170,22 @@ def task_retry_exceptions(node: str) -> None:
 
 def task_name(node: str) -> None:
     assert aioray.get(context.options(name="walked").remote(), timeout=30)[0] == "walked"
+
+
+def recorded_only_with_events(silent: Any, recorded: Any) -> None:
+    """`silent` ran with enable_task_events=False, then `recorded` with events on. This driver
+    sent their SUBMITTED events in that order, so once `recorded` is in the task table, `silent`
+    would be too had anything been recorded for it."""
+    wait_for_condition(lambda: (t := get_task(recorded)) is not None and t["state"] == "FINISHED", timeout=30)
+    assert get_task(silent) is None
+
+
+def task_enable_task_events(node: str) -> None:
+    silent = env.options(enable_task_events=False).remote("X")
+    aioray.get(silent, timeout=30)
+    recorded = env.options(enable_task_events=True).remote("X")
+    aioray.get(recorded, timeout=30)
+    recorded_only_with_events(silent, recorded)
 
 
 def task_runtime_env(node: str) -> None:
@@ -462,7 +479,30 @@ def actor_concurrency_groups(node: str) -> None:
         aioray.kill(probe)
 
 
+def actor_enable_task_events(node: str) -> None:
+    quiet = Probe.options(enable_task_events=False).remote()
+    silent = quiet.pid.remote()
+    aioray.get(silent, timeout=60)
+    loud = Probe.remote()
+    recorded = loud.pid.remote()
+    aioray.get(recorded, timeout=60)
+    recorded_only_with_events(silent, recorded)
+    assert get_task(quiet._actor_id.hex()) is None, "nor its creation"
+    aioray.kill(quiet)
+    aioray.kill(loud)
+
+
 # -- actor method options --------------------------------------------------------------------------
+
+
+def method_enable_task_events(node: str) -> None:
+    probe = Probe.remote()
+    silent = probe.pid.options(enable_task_events=False).remote()
+    aioray.get(silent, timeout=60)
+    recorded = probe.pid.options(enable_task_events=True).remote()
+    aioray.get(recorded, timeout=60)
+    recorded_only_with_events(silent, recorded)
+    aioray.kill(probe)
 
 
 def method_num_returns(node: str) -> None:

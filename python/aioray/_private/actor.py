@@ -15,7 +15,12 @@ from aioray._private.common.ids import random_id
 from aioray._private.core_worker import object_ref
 from aioray._private.core_worker.object_ref import ObjectRef
 from aioray._private.placement import PLACEMENT_OPTIONS, placement_of
-from aioray._private.remote_function import check_backpressure, check_num_returns, validate_options
+from aioray._private.remote_function import (
+    check_backpressure,
+    check_num_returns,
+    check_task_events,
+    validate_options,
+)
 from aioray._private.runtime_env import parse_runtime_env, wire_for
 from aioray._proto.aioray import v1 as pb
 
@@ -35,6 +40,7 @@ _ACTOR_OPTIONS = {
     "runtime_env",
     *PLACEMENT_OPTIONS,
     "concurrency_groups",
+    "enable_task_events",
 }
 DEFAULT_NAMESPACE = "default"
 # Methods every actor has, as in Ray: `__ray_ready__()` answers once the actor is constructed,
@@ -47,6 +53,7 @@ _METHOD_OPTIONS = {
     "max_task_retries",
     "concurrency_group",
     "_generator_backpressure_num_objects",
+    "enable_task_events",
 }
 
 # Type parameters, for type checkers only (nothing below changes what runs). Their defaults (PEP 696)
@@ -143,6 +150,7 @@ class HandleMeta:
     is_async: bool = False
     max_task_retries: int = 0
     concurrency_groups: frozenset[str] = frozenset()  # their names, to check per-call choices
+    enable_task_events: bool = True  # the class's option: its calls' events are recorded
 
 
 def _method_returns(num_returns: Any, fn: Callable[..., Any] | None) -> int | str:
@@ -228,6 +236,7 @@ class ActorClass(Generic[_T, _P]):
         if options.get("get_if_exists") and not name:
             raise ValueError("get_if_exists needs the actor's name: .options(name=..., get_if_exists=True)")
         _method_groups(cls, _check_groups(options.get("concurrency_groups")))  # refuse bad groups early
+        check_task_events(options.get("enable_task_events"))
         self._cls = cls
         self._options = options
         self._runtime_env = parse_runtime_env(options.get("runtime_env"))
@@ -277,6 +286,7 @@ class ActorClass(Generic[_T, _P]):
         meta = _class_meta(self._cls, max_task_retries)
         groups = _check_groups(opts.get("concurrency_groups"))
         meta.concurrency_groups = frozenset(groups)
+        meta.enable_task_events = check_task_events(opts.get("enable_task_events"))
         max_concurrency = int(opts.get("max_concurrency", 1000 if meta.is_async else 1))
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
@@ -313,6 +323,7 @@ class ActorClass(Generic[_T, _P]):
             concurrency_groups=groups,
             method_groups=_method_groups(self._cls, groups),
             placement_group=placement.placement_group,
+            enable_task_events=meta.enable_task_events,
         )
         if name and created.result().actor_id != actor_id:
             # get_if_exists found a live actor of that name: this handle is for it.
@@ -390,8 +401,10 @@ class ActorMethod(Generic[_P, _Ret_co]):
         max_task_retries: int | None = None,
         concurrency_group: str = "",
         backpressure: int = 0,
+        task_events: bool | None = None,
     ) -> None:
         self._handle = handle
+        self._task_events = task_events  # None: the actor class's choice
         self._name = name
         self._num_returns = num_returns
         self._backpressure = backpressure
@@ -425,6 +438,9 @@ class ActorMethod(Generic[_P, _Ret_co]):
         max_task_retries = options.get("max_task_retries", self._max_task_retries)
         if max_task_retries is not None and (not isinstance(max_task_retries, int) or max_task_retries < -1):
             raise ValueError(f"max_task_retries must be an integer >= -1, got {max_task_retries!r}")
+        task_events = self._task_events
+        if "enable_task_events" in options:
+            task_events = check_task_events(options["enable_task_events"])
         return ActorMethod(
             self._handle,
             self._name,
@@ -433,6 +449,7 @@ class ActorMethod(Generic[_P, _Ret_co]):
             max_task_retries,
             group,
             backpressure,
+            task_events,
         )
 
     # The returns below are `Ret` by construction (see _RemoteMethod), which mypy cannot see.
@@ -447,6 +464,7 @@ class ActorMethod(Generic[_P, _Ret_co]):
             max_task_retries = meta.max_task_retries
         else:  # -1: retried without limit
             max_task_retries = 10**9 if self._max_task_retries == -1 else self._max_task_retries
+        task_events = meta.enable_task_events if self._task_events is None else self._task_events
         if isinstance(self._num_returns, str):  # "streaming": a method that yields
             return core.submit_actor_generator_task(  # type: ignore[return-value]
                 self._handle._actor_id,
@@ -457,6 +475,7 @@ class ActorMethod(Generic[_P, _Ret_co]):
                 max_task_retries=max_task_retries,
                 concurrency_group=self._concurrency_group,
                 backpressure=self._backpressure,
+                enable_task_events=task_events,
             )
         refs = core.submit_actor_task(
             self._handle._actor_id,
@@ -467,6 +486,7 @@ class ActorMethod(Generic[_P, _Ret_co]):
             num_returns=self._num_returns,
             max_task_retries=max_task_retries,
             concurrency_group=self._concurrency_group,
+            enable_task_events=task_events,
         )
         if self._num_returns == 1:
             return refs[0]  # type: ignore[return-value]

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aioray
+from aioray._private.common.task_events import ENABLED_ENV
 
 CaseFn = Callable[[], float]  # runs a batch, returns how many operations (or GB) it did
 
@@ -189,12 +190,25 @@ def _gigabytes(wanted: Callable[[str], bool], duration: float, runs: int) -> Non
         print(f"single client get gigabytes {mean * gb:.2f} GB/s")
 
 
-def run(filter_: str = "", duration: float = 2.0, runs: int = 3, num_cpus: int | None = None) -> None:
+def run(
+    filter_: str = "",
+    duration: float = 2.0,
+    runs: int = 3,
+    num_cpus: int | None = None,
+    task_events: bool | None = None,
+) -> None:
+    """`task_events` turns task events on or off in every process of the cluster (None: as the
+    environment says, on by default)."""
+
     def wanted(name: str) -> bool:
         return filter_ in name
 
+    if task_events is not None:  # the cluster's processes inherit it
+        os.environ[ENABLED_ENV] = "1" if task_events else "0"
+
     print(
-        f"aioray {aioray.__version__} microbenchmark on {os.cpu_count()} CPU(s); {runs} runs of ~{duration}s each"
+        f"aioray {aioray.__version__} microbenchmark on {os.cpu_count()} CPU(s); {runs} runs of ~{duration}s each; "
+        f"task events {'off' if os.environ.get(ENABLED_ENV, '1') == '0' else 'on'}"
     )
     if wanted("init"):
         # Fresh interpreters, so nothing is cached: what a user's first init costs.

@@ -27,6 +27,7 @@ _FUNCTION_OPTIONS = {
     "runtime_env",
     *PLACEMENT_OPTIONS,
     "_generator_backpressure_num_objects",
+    "enable_task_events",
 }
 DEFAULT_MAX_RETRIES = 3
 GENERATOR_RETURNS = ("streaming", "dynamic")
@@ -57,6 +58,15 @@ def check_backpressure(value: Any) -> int:
 # Ray options aioray accepts only at their default value for now: anything else would be silently
 # ignored, so it is refused (see docs/ray-compatibility.md).
 _DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {}
+
+
+def check_task_events(value: Any) -> bool:
+    """``enable_task_events``: record the task's events (the state API, timeline) or not."""
+    if value is None:
+        return True
+    if not isinstance(value, bool):
+        raise ValueError(f"enable_task_events must be a bool, got {value!r}")
+    return value
 
 
 def with_runtime_env(placement: Placement, runtime_env: bytes) -> Placement:
@@ -116,6 +126,7 @@ class RemoteFunction(Generic[_P, _Ret_co]):
             )
         num_returns = check_num_returns(options.get("num_returns"), fn)
         self._backpressure = check_backpressure(options.get("_generator_backpressure_num_objects"))
+        self._task_events = check_task_events(options.get("enable_task_events"))
         max_retries = options.get("max_retries", DEFAULT_MAX_RETRIES)
         if not isinstance(max_retries, int) or max_retries < -1:
             raise ValueError(f"max_retries must be an integer >= -1, got {max_retries!r}")
@@ -187,6 +198,7 @@ class RemoteFunction(Generic[_P, _Ret_co]):
                 retry_exceptions=self._retry_exceptions,
                 backpressure=self._backpressure,
                 dynamic=self._num_returns == "dynamic",
+                enable_task_events=self._task_events,
             )
             return end if self._num_returns == "dynamic" else generator  # type: ignore[return-value]
         refs = core.submit_task(
@@ -198,6 +210,7 @@ class RemoteFunction(Generic[_P, _Ret_co]):
             placement=self._placement_for_call(core),
             max_retries=self._max_retries,
             retry_exceptions=self._retry_exceptions,
+            enable_task_events=self._task_events,
         )
         if self._num_returns == 1:
             return refs[0]  # type: ignore[return-value]

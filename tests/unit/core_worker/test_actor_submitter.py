@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import pytest
 
-from aioray._private.common import task_spec
+from aioray._private.common import task_events, task_spec
 from aioray._private.common.lease_shape import ACTOR_CALL_SHAPE
 from aioray._private.core_worker.actor_submitter import ActorClient, ActorQueue
 from aioray._private.core_worker.lease_pool import PendingTask
@@ -48,6 +48,12 @@ class FakeOwner:
         self.dependencies = GatedDependencies()
         self.completed: list[tuple[PendingTask, list[ObjectValue]]] = []
         self.failed: list[tuple[PendingTask, BaseException]] = []
+        self.events = task_events.TaskEventBuffer(enabled=False)
+        self.retried: list[tuple[PendingTask, str]] = []
+
+    def note_retry(self, p: PendingTask, error_type: str, message: str) -> None:
+        self.retried.append((p, error_type))
+        p.spec.attempt += 1
 
     def on_result(self, p: PendingTask, result: task_spec.Result) -> None:
         raise AssertionError("no results in these tests")

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from aioray._private.common import task_spec
+from aioray._private.common import task_events, task_spec
 from aioray._private.common.lease_shape import LeaseShape
 from aioray._private.common.resources import ResourceSet
 from aioray._private.core_worker import lease_pool
@@ -63,6 +63,12 @@ class FakeOwner:
     def __init__(self) -> None:
         self.results: list[tuple[PendingTask, task_spec.Result]] = []
         self.failed: list[tuple[PendingTask, BaseException]] = []
+        self.events = task_events.TaskEventBuffer(enabled=False)
+        self.retried: list[tuple[PendingTask, str]] = []
+
+    def note_retry(self, p: PendingTask, error_type: str, message: str) -> None:
+        self.retried.append((p, error_type))
+        p.spec.attempt += 1
 
     def on_result(self, p: PendingTask, result: task_spec.Result) -> None:
         self.results.append((p, result))

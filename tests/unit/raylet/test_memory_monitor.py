@@ -467,6 +467,10 @@ class Owner:
     def fail_task(self, p: PendingTask, err: BaseException) -> None:
         self.failed.append((p, err))
 
+    def note_retry(self, p: PendingTask, error_type: str, message: str) -> None:
+        assert error_type == "OUT_OF_MEMORY"
+        p.spec.attempt += 1
+
 
 def task(name: str, retries: int) -> PendingTask:
     spec = task_spec.TaskSpec(

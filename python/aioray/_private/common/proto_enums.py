@@ -52,3 +52,8 @@ PG_PENDING = _PgState(_PgState.PENDING)
 PG_CREATED = _PgState(_PgState.CREATED)
 PG_REMOVED = _PgState(_PgState.REMOVED)
 PG_RESCHEDULING = _PgState(_PgState.RESCHEDULING)
+
+_Worker = pb.WorkerInfoState
+WORKER_STARTING = _Worker(_Worker.STARTING)
+WORKER_IDLE = _Worker(_Worker.IDLE)
+WORKER_LEASED = _Worker(_Worker.LEASED)

@@ -6,7 +6,8 @@ carry aioray's own compact encoding, defined only here:
 
 - owner -> worker, one blob per batch: ``pickle((lease_id, [spec...]))`` where a
   spec is `TaskSpec.to_wire()`, a tuple ``(task_id, function_id, name, args,
-  kwarg_names, num_returns, owner, job_id, return_ids, actor_id, method)``.
+  kwarg_names, num_returns, owner, job_id, return_ids, actor_id, method, ...)`` (every
+  field of `TaskSpec`, in order).
   Each of ``args`` is ``(ARG_INLINE, frame)`` or ``(ARG_STORE, object_id,
   node_id, size, raylet_address)``; keyword arguments come last, named by
   ``kwarg_names``. ``lease_id`` is empty on an actor's stream.
@@ -64,6 +65,8 @@ class TaskSpec:
     gpu_ids: tuple[int, ...] = ()  # the GPUs of the lease it runs under (its CUDA_VISIBLE_DEVICES)
     # (group id, bundle index, capture child tasks) when it runs in a placement group
     placement_group: tuple[bytes, int, bool] | None = None
+    attempt: int = 0  # 0 for the first run; each retry or re-run from lineage adds one
+    events: bool = True  # record its task events (common.task_events) everywhere it goes
 
     def to_wire(self) -> tuple[Any, ...]:
         return (
@@ -84,6 +87,8 @@ class TaskSpec:
             self.backpressure,
             self.gpu_ids,
             self.placement_group,
+            self.attempt,
+            self.events,
         )
 
     @classmethod
@@ -122,6 +127,7 @@ class ActorCreationSpec:
     concurrency_groups: dict[str, int] = field(default_factory=dict)
     method_groups: dict[str, str] = field(default_factory=dict)
     placement_group: tuple[bytes, int, bool] | None = None  # as TaskSpec.placement_group
+    events: bool = True  # as TaskSpec.events
 
     def encode(self) -> bytes:
         return serialization.dumps_plain(astuple(self))

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from aioray._private.common import rpc, serialization, task_spec
+from aioray._private.common import task_events as te
 from aioray._private.core_worker.dependencies import DependencyResolver
 from aioray._private.core_worker.functions import FunctionManager
 from aioray._private.core_worker.lease_pool import (
@@ -62,10 +63,12 @@ class CallOwner(Protocol):
 
     tasks: dict[bytes, PendingTask]
     dependencies: DependencyResolver
+    events: te.TaskEventBuffer
 
     def on_result(self, p: PendingTask, result: task_spec.Result) -> None: ...
     def fail_task(self, p: PendingTask, err: BaseException) -> None: ...
     def on_generator_items(self, task_id: bytes, batch: list[tuple[int, tuple[Any, ...]]]) -> None: ...
+    def note_retry(self, p: PendingTask, error_type: str, message: str) -> None: ...
     def complete(
         self,
         p: PendingTask,
@@ -163,6 +166,8 @@ class ActorQueue:
             submitter.complete(p, [ObjectValue(failure)] * p.spec.num_returns, ())
             return False
         p.deps = []
+        if p.spec.events:
+            submitter.events.record(p.spec.task_id, p.spec.attempt, te.ARGS_RESOLVED)
         return True
 
     async def _connect(self) -> None:
@@ -205,6 +210,9 @@ class ActorQueue:
             elif self.dead is None and p.retries_left > 0:
                 p.retries_left -= 1
                 RETRIED_BY_KIND[1].inc()
+                self.client.owner.note_retry(
+                    p, "ACTOR_UNAVAILABLE", f"the actor's worker died while running {p.spec.name}"
+                )
                 retry.append(p)
             elif self.dead is None and self.oom is not None:
                 self.client.owner.fail_task(

@@ -32,19 +32,21 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from aioray._private.common import metrics, serialization, task_spec
+from aioray._private.common import task_events as te
 from aioray._private.common.config import ACTOR_GRACEFUL_SHUTDOWN_TIMEOUT_S
 from aioray._private.common.process import new_event_loop
 from aioray._private.common.task_spec import ActorCreationSpec, TaskSpec
 from aioray._private.common.worker_logs import Whose
 from aioray._private.core_worker import generators
 from aioray._private.core_worker.borrowing import BorrowProtocol
-from aioray._private.core_worker.item_sender import ItemSender
+from aioray._private.core_worker.item_sender import ItemChannel, ItemSender
 from aioray._private.core_worker.ownership import ObjectValue
 from aioray._private.core_worker.runtime import Runtime
+from aioray._private.core_worker.task_errors import error_frame, user_traceback
 from aioray._proto.aioray import v1 as pb
 from aioray.exceptions import (
     ActorDiedError,
@@ -58,14 +60,6 @@ CUDA_DEVICES = "CUDA_VISIBLE_DEVICES"
 
 log = logging.getLogger("aioray.executor")
 Reply = Callable[[task_spec.Result], None]
-
-
-class ItemChannel(Protocol):
-    """Where a generator task's items go when its owner's task channel carries them
-    (`task_channel.WorkerEnd`); on the core loop."""
-
-    def send_items(self, task_id: bytes, batch: list[tuple[int, tuple[Any, ...]]]) -> None: ...
-    async def drained(self) -> None: ...
 
 
 Outcome = tuple[bytes, int, list[tuple[Any, ...]]]
@@ -99,11 +93,12 @@ class Executor:
         runtime: Runtime,
         borrows: BorrowProtocol,
         load_function: Callable[[bytes], Any],
-        read_buffer: Callable[[bytes, ObjectValue], Any],
+        read_buffer: Callable[[bytes, ObjectValue, tuple[bytes, int] | None], Any],
         write_to_store: Callable[[bytes, serialization.Frame], None],
         cancel_owned: Callable[[bytes, bool, bool], None],
         node_id: bytes,
         inline_limit: int,
+        events: te.TaskEventBuffer | None = None,
     ) -> None:
         """`read_buffer` and `write_to_store` run on the task thread; `cancel_owned(task_id, force,
         recursive)` cancels a task this process submitted (on the loop)."""
@@ -117,6 +112,8 @@ class Executor:
         self._cancel_owned = cancel_owned
         self._node_id = node_id
         self._inline_limit = inline_limit
+        self.events = events if events is not None else te.TaskEventBuffer(enabled=False)
+        self.flush_events: Callable[[], Coroutine[Any, Any, None]] | None = None  # before the process exits
         self.children: dict[bytes, list[bytes]] = {}  # running task id -> tasks it submitted (to cancel)
         self.context = TaskContext()
         self.actor: Any = None
@@ -258,7 +255,32 @@ class Executor:
         finally:
             self._item_channels.pop(spec.task_id, None)
         if outcome is not NO_REPLY:
+            if spec.events:
+                self._record_results(spec, outcome)
             self._reply(reply, (*outcome, time.perf_counter() - start))
+
+    def _record_results(self, spec: TaskSpec, outcome: Outcome) -> None:
+        """RESULT_INLINED / RESULT_STORED per return, then FINISHED if the task succeeded (the worker
+        records it, as in Ray; a failure is the owner's to record, it decides on retries). The common
+        case, one return of a task that succeeded, is one record whose fields are the size alone: the
+        GCS reads it as the return's event followed by FINISHED (see common.task_events)."""
+        record, task_id, attempt = self.events.record, spec.task_id, spec.attempt
+        returns = outcome[2]
+        ok = outcome[1] == task_spec.OK
+        if ok and len(returns) == 1:
+            ret = returns[0]
+            if ret[0] == task_spec.RET_INLINE:
+                record(task_id, attempt, te.RESULT_INLINED, len(ret[1]))
+            else:
+                record(task_id, attempt, te.RESULT_STORED, ret[2])
+            return
+        for i, ret in enumerate(returns):
+            if ret[0] == task_spec.RET_INLINE:
+                record(task_id, attempt, te.RESULT_INLINED, (i + 1, len(ret[1])))
+            else:
+                record(task_id, attempt, te.RESULT_STORED, (i + 1, ret[2]))
+        if ok:
+            record(task_id, attempt, te.FINISHED)
 
     def _reply(self, reply: Reply, result: task_spec.Result) -> None:
         self._to_loop(self._send, result, reply)
@@ -314,7 +336,7 @@ class Executor:
         try:
             try:
                 fn = self._target(spec)
-                args, kwargs = self.resolve_args(spec.args, spec.kwarg_names)
+                args, kwargs = self.resolve_args(spec.args, spec.kwarg_names, _task_of(spec))
             except KeyboardInterrupt:
                 if task_id in self.cancelled:
                     return self._cancelled_result(spec)
@@ -326,6 +348,8 @@ class Executor:
                 return self._error_result(spec, err, task_spec.SYSTEM_ERROR)
             if task_id in self.cancelled:  # cancelled before it started (an actor method is only flagged)
                 return self._cancelled_result(spec)
+            if spec.events:
+                self.events.record(task_id, spec.attempt, te.RUNNING)
             try:
                 value = fn(*args, **kwargs)
                 if spec.streaming:
@@ -342,7 +366,7 @@ class Executor:
                     return self._cancelled_result(spec)
                 if isinstance(e, SystemExit):
                     raise
-                err = RayTaskError(spec.name, _user_traceback(e), e)
+                err = RayTaskError(spec.name, user_traceback(e, __file__), e)
                 return self._error_result(spec, err, task_spec.APP_ERROR)
             del args, kwargs
             if self.exit_reason is not None and spec.actor_id:
@@ -407,23 +431,29 @@ class Executor:
             return self._error_result(spec, err, task_spec.APP_ERROR)
 
     def resolve_args(
-        self, wire_args: list[tuple[Any, ...]], kwarg_names: tuple[str, ...]
+        self,
+        wire_args: list[tuple[Any, ...]],
+        kwarg_names: tuple[str, ...],
+        task: tuple[bytes, int] | None = None,
     ) -> tuple[list[Any], dict[str, Any]]:
+        """The arguments' values; `task` (id, attempt) names the task whose pulls are its events."""
         values = []
         for arg in wire_args:
             if arg[0] == task_spec.ARG_INLINE:
                 value, _ = serialization.deserialize(arg[1])
             else:
                 _, oid, node_id, size, source = arg
-                value = self._read_store_arg(oid, node_id, source, size)
+                value = self._read_store_arg(oid, node_id, source, size, task)
             values.append(value)
         n_kw = len(kwarg_names)
         if n_kw:
             return values[:-n_kw], dict(zip(kwarg_names, values[-n_kw:], strict=True))
         return values, {}
 
-    def _read_store_arg(self, oid: bytes, node_id: bytes, source: str, size: int) -> Any:
-        buf = self._read_buffer(oid, ObjectValue(None, node_id, source, size))
+    def _read_store_arg(
+        self, oid: bytes, node_id: bytes, source: str, size: int, task: tuple[bytes, int] | None
+    ) -> Any:
+        buf = self._read_buffer(oid, ObjectValue(None, node_id, source, size), task)
         if buf is None:
             raise ObjectLostError(f"argument {oid.hex()} is in no reachable object store")
         value, _ = serialization.deserialize(buf)
@@ -513,7 +543,7 @@ class Executor:
         return (task_spec.RET_STORE, self._node_id, frame.size, inner, self._runtime.raylet_address)
 
     def _error_result(self, spec: TaskSpec, err: RayTaskError, status: int) -> Outcome:
-        frame = _error_frame(err)
+        frame = error_frame(err)
         return (spec.task_id, status, [(task_spec.RET_INLINE, frame, [])] * spec.num_returns)
 
     # -- actors --------------------------------------------------------------------------------
@@ -525,11 +555,16 @@ class Executor:
         self._show_gpus(gpu_ids)  # for the actor's whole life: its methods run in this process
 
         def construct() -> None:
+            # The creation task's id is the actor's; its worker records how it ended (the GCS, not
+            # the owner, hears of it first).
+            task = (spec.actor_id, 0) if spec.events else None
             try:
                 cls = self._load_function(spec.function_id)
-                args, kwargs = self.resolve_args(spec.args, spec.kwarg_names)
+                args, kwargs = self.resolve_args(spec.args, spec.kwarg_names, task)
                 self.actor_id, self.actor_name = spec.actor_id, spec.class_name
                 self.actor_job_id = spec.job_id
+                if task is not None:
+                    self.events.record(spec.actor_id, 0, te.RUNNING)
                 self.actor = cls(*args, **kwargs)
                 outcome = b""
             except (Exception, SystemExit) as e:
@@ -545,7 +580,14 @@ class Executor:
                     raise
                 else:
                     self.actor_id = None
-                    outcome = _error_frame(RayTaskError(f"{spec.class_name}.__init__", _user_traceback(e), e))
+                    outcome = error_frame(
+                        RayTaskError(f"{spec.class_name}.__init__", user_traceback(e, __file__), e)
+                    )
+            if task is not None:
+                if outcome:
+                    self.events.record(spec.actor_id, 0, te.FAILED, te.error_fields(outcome))
+                else:
+                    self.events.record(spec.actor_id, 0, te.FINISHED)
             loop.call_soon_threadsafe(done.set_result, outcome)
 
         if spec.is_async:
@@ -622,6 +664,9 @@ class Executor:
             except Exception:
                 log.warning("could not tell the GCS that actor %s exits", self.actor_id.hex(), exc_info=True)
         self._run_exit_hooks(shutdown_method=True)
+        if self.flush_events is not None:
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self.flush_events(), self._runtime.loop).result(5)
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
@@ -701,12 +746,14 @@ class Executor:
                 return
             try:
                 fn = self._target(spec)
-                args, kwargs = self.resolve_args(spec.args, spec.kwarg_names)
+                args, kwargs = self.resolve_args(spec.args, spec.kwarg_names, _task_of(spec))
             except Exception as e:
                 outcome = self._error_result(
                     spec, RayTaskError(spec.name, traceback.format_exc(), e), task_spec.SYSTEM_ERROR
                 )
             else:
+                if spec.events:
+                    self.events.record(spec.task_id, spec.attempt, te.RUNNING)
                 try:
                     value = fn(*args, **kwargs)
                     if spec.streaming:
@@ -724,25 +771,16 @@ class Executor:
                         raise
                     else:
                         outcome = self._error_result(
-                            spec, RayTaskError(spec.name, _user_traceback(e), e), task_spec.APP_ERROR
+                            spec, RayTaskError(spec.name, user_traceback(e, __file__), e), task_spec.APP_ERROR
                         )
             if outcome is not NO_REPLY:
+                if spec.events:
+                    self._record_results(spec, outcome)
                 self._reply(reply, (*outcome, time.perf_counter() - start))
 
 
-def _error_frame(err: RayTaskError) -> bytes:
-    """The error as its caller will read it. An exception that cannot be pickled, or that pickles
-    but cannot be rebuilt (an ``__init__`` that takes other arguments), is sent as its traceback
-    text: the caller gets a RayTaskError with the message, not a failure to read the error."""
-    try:
-        frame = serialization.serialize(err, is_error=True).to_bytes()
-        rebuilt, _ = serialization.deserialize(frame)  # a failure to rebuild comes back as a RayError
-        if isinstance(rebuilt, RayTaskError):
-            return frame
-    except Exception:
-        pass
-    plain = RayTaskError(err.function_name, err.traceback_str, None)
-    return serialization.serialize(plain, is_error=True).to_bytes()
+def _task_of(spec: TaskSpec) -> tuple[bytes, int] | None:
+    return (spec.task_id, spec.attempt) if spec.events else None
 
 
 def _ready() -> bool:
@@ -756,12 +794,3 @@ def _call_with_actor(actor: Any, fn: Callable[..., Any], *args: Any, **kwargs: A
 
 async def _awaited(awaitable: Any) -> Any:
     return await awaitable
-
-
-def _user_traceback(e: BaseException) -> str:
-    """The traceback of the user's code, without aioray's own frames above it."""
-    tb = e.__traceback__
-    # Skip the executor's frames (one, or two for a generator's): the user's code starts below.
-    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename == __file__:
-        tb = tb.tb_next
-    return "".join(traceback.format_exception(type(e), e, tb))

@@ -12,12 +12,20 @@ import asyncio
 import concurrent.futures
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 # Items produced ahead of the owner's answers, at most: what a slow owner can make a worker hold.
 WINDOW = 256
 
 Batch = list[tuple[int, tuple[Any, ...]]]
+
+
+class ItemChannel(Protocol):
+    """Where a generator task's items go when its owner's task channel carries them
+    (`task_channel.WorkerEnd`); on the core loop."""
+
+    def send_items(self, task_id: bytes, batch: list[tuple[int, tuple[Any, ...]]]) -> None: ...
+    async def drained(self) -> None: ...
 
 
 class ItemSender:

@@ -60,6 +60,7 @@ class PendingTask:
     # The args and dependencies before resolution, kept to re-run the task from lineage.
     original: tuple[list[tuple[Any, ...]], list[tuple[int, bytes, str]]] | None = None
     arg_losses: int = 0  # times a worker could not read its store arguments (their node died)
+    info: Any = None  # its SUBMITTED event's TaskInfo (common.task_events), recorded again per attempt
 
     def remember_args(self) -> None:
         """Keeps the args and dependencies as submitted, before resolution fills them in: to run the
@@ -80,6 +81,7 @@ class TaskOwner(Protocol):
     def on_result(self, p: PendingTask, result: task_spec.Result) -> None: ...
     def fail_task(self, p: PendingTask, err: BaseException) -> None: ...
     def on_generator_items(self, task_id: bytes, batch: task_channel.Batch) -> None: ...
+    def note_retry(self, p: PendingTask, error_type: str, message: str) -> None: ...
 
 
 async def failure_cause(
@@ -276,11 +278,12 @@ class LeasePool:
                     lw.idle_timer = asyncio.get_running_loop().call_later(LEASE_IDLE_S, self._return, lw)
 
     def _request_lease(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._lease())
+        # The n-th request in flight is asked for the n-th queued task (its events name it).
+        task = asyncio.get_running_loop().create_task(self._lease(len(self.requests)))
         self.requests.add(task)
         task.add_done_callback(self.requests.discard)
 
-    async def _lease(self) -> None:
+    async def _lease(self, index: int = 0) -> None:
         """Leases a worker: from the local raylet (or the one holding the next task's arguments),
         following spillback; a raylet that is gone or shutting down sends us back to the local
         raylet to try again, for up to LEASE_RETRY_S."""
@@ -289,12 +292,16 @@ class LeasePool:
         last_error = ""
         address = self._preferred_raylet()
         while loop.time() < deadline:
+            queue = self.queue
+            head = queue[index] if index < len(queue) else queue[0] if queue else None
             request = self.shape.lease_request(
                 self.own_address,
                 self.job_id,
-                # Lets the memory monitor kill retriable work first (the queue's head stands for it).
-                retriable=bool(self.queue) and self.queue[0].retries_left > 0,
+                # Lets the memory monitor kill retriable work first (a queued task stands for it).
+                retriable=head is not None and head.retries_left > 0,
             )
+            if head is not None and head.spec.events:  # the raylets record its scheduling events
+                request.task_id, request.attempt = head.spec.task_id, head.spec.attempt
             for _ in range(MAX_SPILLBACK_HOPS):
                 try:
                     reply = await self.raylets.request_lease(address, request)
@@ -397,6 +404,11 @@ class LeasePool:
             elif p.retries_left > 0:
                 p.retries_left -= 1
                 RETRIED_BY_KIND[0].inc()
+                self.owner.note_retry(
+                    p,
+                    "OUT_OF_MEMORY" if oom is not None else "WORKER_DIED",
+                    oom or f"the worker running {p.spec.name} died",
+                )
                 self.queue.appendleft(p)
                 if oom is not None:
                     log.warning("%s is retried (%d retries left): %s", p.spec.name, p.retries_left, oom)

@@ -223,6 +223,11 @@ class OwnershipTable:
     def has_pending_registrations(self) -> bool:
         return bool(self._pending_lends) or bool(self._pending_registrations)
 
+    def snapshot(self) -> list[tuple[bytes, Entry]]:
+        """Every entry now (their counts may move on while the caller reads them)."""
+        with self._lock:
+            return list(self._entries.items())
+
     def stats(self) -> dict[str, int]:
         with self._lock:
             owned = sum(1 for e in self._entries.values() if e.owned)

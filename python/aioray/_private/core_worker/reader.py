@@ -314,8 +314,11 @@ class ObjectReader:
         return await self._ask_owner(oid, ref.owner_address, lost=True)
 
     # -- bytes: reading a store object ---------------------------------------------------------
-    async def read_buffer(self, oid: bytes, value: ObjectValue) -> ReadBuffer | None:
-        """On the loop: a read buffer of a store object (restored or pulled as needed); None if inline."""
+    async def read_buffer(
+        self, oid: bytes, value: ObjectValue, task: tuple[bytes, int] | None = None
+    ) -> ReadBuffer | None:
+        """On the loop: a read buffer of a store object (restored or pulled as needed); None if inline.
+        A pull for an argument of `task` (id, attempt) is recorded as its ARGS_PULLED event."""
         if value.inline is not None:
             return None
         buf = self._store.get(oid)
@@ -328,14 +331,16 @@ class ObjectReader:
             raise ObjectLostError(
                 f"object {oid.hex()} lives on node {value.node_id.hex()[:12]}, whose address is unknown"
             )
-        return await self._pull(oid, value.node_id, source, value.size)
+        return await self._pull(oid, value.node_id, source, value.size, task)
 
-    def read_buffer_blocking(self, oid: bytes, value: ObjectValue) -> ReadBuffer | None:
+    def read_buffer_blocking(
+        self, oid: bytes, value: ObjectValue, task: tuple[bytes, int] | None = None
+    ) -> ReadBuffer | None:
         """`read_buffer` from a non-loop thread, without a hop through the loop when the copy is here."""
         buf = self._store.get(oid)
         if buf is not None:
             return buf
-        return self._runtime.run_sync(self.read_buffer(oid, value))
+        return self._runtime.run_sync(self.read_buffer(oid, value, task))
 
     async def _restore(self, oid: bytes) -> ReadBuffer | None:
         """A read buffer of a spilled object of this node (None if it is nowhere)."""
@@ -347,13 +352,16 @@ class ObjectReader:
             return self._store.get(oid)
         return map_spilled(reply.path, reply.offset, reply.size)
 
-    async def _pull(self, oid: bytes, node_id: bytes, source: str, size: int) -> ReadBuffer | None:
+    async def _pull(
+        self, oid: bytes, node_id: bytes, source: str, size: int, task: tuple[bytes, int] | None = None
+    ) -> ReadBuffer | None:
         """Has this node's raylet pull the object from `source`; a read buffer of the new copy."""
         stub = self._runtime.raylet(pb.ObjectManagerStub)
+        request = pb.FetchRequest(object_id=oid, source_address=source, size=size, source_node_id=node_id)
+        if task is not None:
+            request.task_id, request.attempt = task
         for _ in range(3):  # the fresh copy is evictable: on a busy store it may be gone before we read it
-            reply = await stub.fetch_object(
-                pb.FetchRequest(object_id=oid, source_address=source, size=size), timeout=600
-            )
+            reply = await stub.fetch_object(request, timeout=600)
             if not reply.ok:
                 raise ObjectLostError(
                     f"object {oid.hex()} could not be fetched from node {node_id.hex()[:12]} ({source}): "

@@ -9,6 +9,7 @@
 - Anyone may ask to cancel a task (`CancelTask`).
 - The GCS asks an actor to exit gracefully once its last handle is gone (`ExitActor`).
 - A generator task reports its items to their owner one by one (`ReportGeneratorItem`).
+- The state API asks what objects the process holds (`GetObjectsInfo`, see `memory`).
 """
 
 from __future__ import annotations
@@ -41,8 +42,12 @@ class CoreWorkerService(pb.CoreWorkerBase):
         node_is_gone: Callable[[bytes], Awaitable[bool]],
         own_address: Callable[[], str],
         task_port: Callable[[], int] = lambda: 0,
+        objects_info: Callable[[], bytes] = lambda: b"",
+        flush_events: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._task_port = task_port
+        self._objects_info = objects_info
+        self._flush_events = flush_events
         self._refs = refs
         self._reader = reader
         self._borrows = borrows
@@ -120,7 +125,12 @@ class CoreWorkerService(pb.CoreWorkerBase):
         executor.request_exit(exit_actor_request.reason, drain=True, report=False)
         return pb.Empty()
 
+    async def get_objects_info(self, empty: pb.Empty) -> pb.Blob:
+        return pb.Blob(data=self._objects_info())
+
     async def exit(self, empty: pb.Empty) -> pb.Empty:
+        if self._flush_events is not None:  # the last tasks' events would die with the process
+            await self._flush_events()
         asyncio.get_running_loop().call_later(0.05, _exit_process)
         return pb.Empty()
 

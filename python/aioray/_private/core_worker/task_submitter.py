@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aioray._private.common import serialization, task_spec
+from aioray._private.common import task_events as te
 from aioray._private.common.lease_shape import LeaseShape
 from aioray._private.core_worker.dependencies import DependencyResolver
 from aioray._private.core_worker.functions import FunctionManager
@@ -80,6 +81,7 @@ class TaskSubmitter:
         store_result: StoreResult,
         note_node: Callable[[bytes, str], None],
         node_is_dead: Callable[[bytes], bool],
+        events: te.TaskEventBuffer | None = None,
     ) -> None:
         self._runtime = runtime
         self._job_id = job_id
@@ -98,6 +100,10 @@ class TaskSubmitter:
         self.lineage: dict[bytes, PendingTask] = {}
         self._node_is_dead = node_is_dead
         self._rebuilt_from: dict[bytes, set[bytes]] = {}  # generator task -> nodes whose items it rebuilt
+        self.events = events if events is not None else te.TaskEventBuffer(enabled=False)
+        # Returns of tasks with events that live in a store: object id -> (task id, attempt), to
+        # record RESULT_FREED when the owner frees them.
+        self.stored_results: dict[bytes, tuple[bytes, int]] = {}
         self.generators = GeneratorStreams(refs, lambda: runtime.address, store_result, node_is_dead)
 
     # -- submission ----------------------------------------------------------------------------
@@ -140,6 +146,8 @@ class TaskSubmitter:
             failure = self.dependencies.failure_of(p.spec.name, failed)
             self.complete(p, [ObjectValue(failure)] * p.spec.num_returns, ())
         elif not p.cancelled:
+            if p.spec.events:
+                self.events.record(p.spec.task_id, p.spec.attempt, te.ARGS_RESOLVED)
             self._queue(p)
 
     def _pool(self, p: PendingTask) -> LeasePool | None:
@@ -178,6 +186,9 @@ class TaskSubmitter:
         if retryable and self._retryable(p, returns[0]):
             p.retries_left -= 1
             RETRIED_BY_KIND[bool(p.spec.actor_id)].inc()
+            if p.spec.events:
+                fields = te.error_fields(returns[0][1])
+                self.note_retry(p, fields["error_type"], fields["error_message"])
             self.retry(p)
             return
         decoded = [self._decode_return(ret) for ret in returns]
@@ -216,6 +227,7 @@ class TaskSubmitter:
         assert p.original is not None
         args, deps = p.original
         p.worker = None
+        self.note_retry(p, "OBJECT_LOST", "an argument was lost with its node; it runs again once rebuilt")
         await self.dependencies.await_lost_copies(deps, NODE_DEATH_WAIT_S)
         if p.cancelled:  # cancel() failed it meanwhile
             return
@@ -243,6 +255,7 @@ class TaskSubmitter:
         p: PendingTask,
         values: list[ObjectValue],
         inner: list[tuple[tuple[bytes, str], ...]] | tuple[()],
+        end_recorded: bool = False,
     ) -> None:
         if self.tasks.pop(p.spec.task_id, None) is None:
             return  # completed already (e.g. cancelled while its result was on the way)
@@ -250,6 +263,8 @@ class TaskSubmitter:
         first = values[0].inline if values else None
         failed = first is not None and serialization.peek_flags(first)[1]
         (FAILED_BY_KIND if failed else FINISHED_BY_KIND)[bool(p.spec.actor_id)].inc()
+        if p.spec.events and not end_recorded:
+            self._record_end(p, values)
         if p.spec.streaming:
             # Its items were recorded as they came: its result only says how the stream ended.
             error = first if failed else None
@@ -261,6 +276,10 @@ class TaskSubmitter:
             return
         if not p.spec.actor_id and any(v.inline is None for v in values):
             self.lineage[p.spec.task_id] = p
+        if p.spec.events:
+            for oid, value in zip(p.spec.return_ids, values, strict=True):
+                if value.inline is None:
+                    self.stored_results[oid] = (p.spec.task_id, p.spec.attempt)
         for i, (oid, value) in enumerate(zip(p.spec.return_ids, values, strict=True)):
             self._store_result(oid, value, inner[i] if inner else ())
         if p.arg_refs:
@@ -268,7 +287,43 @@ class TaskSubmitter:
 
     def fail_task(self, p: PendingTask, err: BaseException) -> None:
         frame = serialization.serialize(err, is_error=True).to_bytes()
-        self.complete(p, [ObjectValue(frame)] * p.spec.num_returns, ())
+        recorded = p.spec.num_returns == 0 and p.spec.events and p.spec.task_id in self.tasks
+        if recorded:  # no return carries the error: record it from the exception itself
+            fields = {"error_type": te.error_type_of(err), "error_message": str(err)[:2000]}
+            kind = te.CANCELLED if fields["error_type"] == "TASK_CANCELLED" else te.FAILED
+            self.events.record(p.spec.task_id, p.spec.attempt, kind, fields)
+        self.complete(p, [ObjectValue(frame)] * p.spec.num_returns, (), end_recorded=recorded)
+
+    # -- task events ---------------------------------------------------------------------------
+    def _record_end(self, p: PendingTask, values: list[ObjectValue]) -> None:
+        """A failure ends the attempt here; a success was recorded (FINISHED) by its worker."""
+        first = values[0].inline if values else None
+        if first is not None and serialization.peek_flags(first)[1]:
+            fields = te.error_fields(first)
+            kind = te.CANCELLED if fields["error_type"] == "TASK_CANCELLED" else te.FAILED
+            self.events.record(p.spec.task_id, p.spec.attempt, kind, fields)
+
+    def note_retry(self, p: PendingTask, error_type: str, message: str) -> None:
+        """This attempt failed and the task runs again: RETRIED ends it, the next attempt begins."""
+        spec = p.spec
+        if spec.events:
+            fields = {"error_type": error_type, "error_message": message[:2000]}
+            self.events.record(spec.task_id, spec.attempt, te.RETRIED, fields)
+        self.note_resubmit(p)
+
+    def note_resubmit(self, p: PendingTask) -> None:
+        spec = p.spec
+        spec.attempt += 1
+        if spec.events:
+            self.events.record(spec.task_id, spec.attempt, te.SUBMITTED, p.info)
+
+    def note_freed(self, oid: bytes, node_id: bytes | None) -> None:
+        """On the loop: the owner freed a stored return of a task with events."""
+        task = self.stored_results.pop(oid, None)
+        if task is not None:
+            self.events.record(
+                task[0], task[1], te.RESULT_FREED, {"object_id": oid, "node_id": node_id or b""}
+            )
 
     # -- lineage -------------------------------------------------------------------------------
     async def reconstruct(self, oid: bytes) -> None:
@@ -307,6 +362,7 @@ class TaskSubmitter:
             args, deps = p.original
             p.spec.args, p.deps = list(args), list(deps)
             p.worker, p.cancelled = None, False
+            self.note_resubmit(p)  # a re-run from lineage is a new attempt
             self._refs.add_submitted([(dep_oid, owner) for _, dep_oid, owner in deps])
             p.arg_refs = [dep_oid for _, dep_oid, _ in deps]
             self.submit(p)

@@ -18,17 +18,19 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from grpclib.client import Channel
 
-from aioray._private.common import rpc, task_spec
+from aioray._private.common import rpc, serialization, task_spec
+from aioray._private.common import task_events as te
 from aioray._private.common.config import INLINE_LIMIT
 from aioray._private.common.ids import IdGenerator, object_id
 from aioray._private.common.lease_shape import ACTOR_CALL_SHAPE, Placement
+from aioray._private.core_worker import memory, task_channel, task_metrics
 from aioray._private.core_worker import object_ref as object_ref_mod
-from aioray._private.core_worker import task_channel, task_metrics
 from aioray._private.core_worker.actor_submitter import ActorClient, death_error
 from aioray._private.core_worker.borrowing import BorrowProtocol
 from aioray._private.core_worker.dependencies import Dependency, DependencyResolver
@@ -79,6 +81,9 @@ class CoreWorker:
         self.channels = runtime.channels
         self.store = ObjectStore.attach(node.store_name)
         self.nodes = NodeDirectory(runtime, node.node_id, node.address)
+        # Task events (common.task_events): recorded here, sent to the GCS by `event_flusher`.
+        self.task_events = te.TaskEventBuffer()
+        self.event_flusher = te.EventFlusher(self.task_events, self._event_source, self._send_events)
         self.refs = OwnershipTable("", self._on_release)
         self.borrows = BorrowProtocol(runtime, self.refs, self.store, node.node_id, self._on_freed)
         self.functions = FunctionManager(runtime)
@@ -115,6 +120,7 @@ class CoreWorker:
             self._store_result,
             self.nodes.note,
             lambda node_id: node_id in self.nodes.dead,
+            self.task_events,
         )
         self.actors = ActorClient(runtime, self.submitter, self.functions, self.nodes.address_of)
         self.submitter.actors = self.actors
@@ -130,7 +136,10 @@ class CoreWorker:
                 self.submitter.cancel,
                 node.node_id,
                 INLINE_LIMIT,
+                self.task_events,
             )
+        if self.executor is not None:
+            self.executor.flush_events = self.flush_events
         self._server: Any = None
         self._task_server: asyncio.Server | None = None
         self._task_port = 0
@@ -161,6 +170,28 @@ class CoreWorker:
     def actor_tasks(self) -> set[bytes]:
         return self.submitter.actor_tasks
 
+    def _event_source(self) -> te.Source:
+        return (self.node_id, self.worker_id, os.getpid(), "driver" if self.is_driver else "worker")
+
+    async def _send_events(self, payload: bytes) -> None:
+        stub = self.runtime.gcs(pb.TaskInfoGcsServiceStub, reconnect_timeout_s=te.SEND_TIMEOUT_S)
+        await stub.add_task_events(pb.Blob(data=payload), timeout=te.SEND_TIMEOUT_S)
+
+    async def flush_events(self, timeout: float = 2.0) -> None:
+        """Sends the recorded task events now (before this process exits)."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.event_flusher.flush(), timeout)
+
+    def objects_info(self) -> bytes:
+        """The GetObjectsInfo answer: this process's objects (see `core_worker.memory`)."""
+        process = {
+            "type": "DRIVER" if self.is_driver else "WORKER",
+            "pid": os.getpid(),
+            "ip": rpc.split_address(self.address)[0] if self.address else "",
+        }
+        rows = memory.rows(self.refs.snapshot(), self.submitter.tasks, self.actor_lifetimes, process)
+        return serialization.dumps_plain(rows)
+
     def note_nodes(self, nodes: Sequence[pb.NodeInfo]) -> None:
         for n in nodes:
             self.nodes.addresses[n.node_id] = n.address
@@ -176,6 +207,8 @@ class CoreWorker:
             self.nodes.is_gone,
             lambda: self.runtime.address,
             lambda: self._task_port,
+            self.objects_info,
+            self.flush_events,
         )
         if self.executor is not None:
             self._task_server, self._task_port = await task_channel.serve(self.executor, self.token, host)
@@ -186,6 +219,7 @@ class CoreWorker:
         self.runtime.spawn(self.nodes.follow())
         if self.metrics.enabled:
             self.runtime.spawn(self.metrics.run())
+        self.event_flusher.start()
 
     async def print_worker_logs(self) -> None:
         """A driver prints its job's worker output from every node (`log_printer`); returns once
@@ -210,6 +244,7 @@ class CoreWorker:
             # Its last counts (a script that ends right after its tasks did) reach its node.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.metrics.send(), 1.0)
+        await self.event_flusher.close()  # while the channels are open: the last events go out
         self.runtime.closed = True
         self.submitter.close()
         self.actors.close()
@@ -247,6 +282,7 @@ class CoreWorker:
         function_id: bytes,
         actor_id: bytes = b"",
         method: str = "",
+        events: bool = True,
     ) -> tuple[task_spec.TaskSpec, list[Dependency], list[bytes], list[ObjectRef]]:
         """A new task's spec, its dependencies, the refs it keeps alive and the refs of its returns."""
         task_id = self.ids.task_id()
@@ -260,7 +296,19 @@ class CoreWorker:
             task_id, function_id, name, packed.args, tuple(kwargs), num_returns, self.address, job_id,
             return_ids, actor_id, method,
         )  # fmt: skip
+        spec.events = events and self.task_events.enabled
         return spec, packed.deps, [oid for oid, _ in packed.kept_alive], refs
+
+    def _submitted(self, p: PendingTask, func_name: str, kind: str, placement: Placement | None) -> None:
+        """Records a new task's SUBMITTED event (on the submitting thread: one tuple, one append)."""
+        spec = p.spec
+        parent = self.executor.context.task_id if self.executor is not None else None
+        group = placement.placement_group[0] if placement is not None and placement.placement_group else b""
+        p.info = (
+            spec.name, func_name, kind, spec.job_id, spec.actor_id, parent or b"",
+            te.plain_resources(p.shape.resources), group, bool(p.deps),
+        )  # fmt: skip
+        self.task_events.record(spec.task_id, 0, te.SUBMITTED, p.info)
 
     def submit_task(
         self,
@@ -273,11 +321,16 @@ class CoreWorker:
         placement: Placement,
         max_retries: int,
         retry_exceptions: bool | tuple[type[BaseException], ...],
+        enable_task_events: bool = True,
     ) -> list[ObjectRef]:
         fid, pickled = self.functions.function_id(fn)
-        spec, deps, kept, refs = self._new_call(name, args, kwargs, num_returns, fid)
+        spec, deps, kept, refs = self._new_call(
+            name, args, kwargs, num_returns, fid, events=enable_task_events
+        )
         spec.num_cpus, spec.placement_group = placement.num_cpus, placement.placement_group
         pending = PendingTask(spec, placement.shape, max_retries, retry_exceptions, kept, deps)
+        if spec.events:
+            self._submitted(pending, getattr(fn, "__qualname__", name), te.NORMAL_TASK, placement)
         self.runtime.call_soon(self.submitter.submit_new, pending, fid, pickled)
         return refs
 
@@ -293,17 +346,20 @@ class CoreWorker:
         retry_exceptions: bool | tuple[type[BaseException], ...],
         backpressure: int = 0,
         dynamic: bool = False,
+        enable_task_events: bool = True,
     ) -> tuple[ObjectRefGenerator, ObjectRef]:
         """Submits a generator task: the generator of its items' refs (a retried attempt or a re-run
         yields them again; the owner keeps the first of each), and the ref of its end. With
         `dynamic` (Ray's ``num_returns="dynamic"``) that ref's value is, once the task ended, a
         DynamicObjectRefGenerator of all the items' refs."""
         fid, pickled = self.functions.function_id(fn)
-        spec, deps, kept, (end,) = self._new_call(name, args, kwargs, 1, fid)
+        spec, deps, kept, (end,) = self._new_call(name, args, kwargs, 1, fid, events=enable_task_events)
         spec.streaming = True
         spec.num_cpus, spec.placement_group = placement.num_cpus, placement.placement_group
         spec.backpressure = backpressure
         pending = PendingTask(spec, placement.shape, max_retries, retry_exceptions, kept, deps)
+        if spec.events:
+            self._submitted(pending, getattr(fn, "__qualname__", name), te.NORMAL_TASK, placement)
         self.runtime.call_soon(self._open_stream, pending, backpressure, fid, pickled, dynamic)
         return ObjectRefGenerator(spec.task_id, self), end
 
@@ -334,10 +390,12 @@ class CoreWorker:
         num_returns: int,
         max_task_retries: int,
         concurrency_group: str = "",
+        enable_task_events: bool = True,
     ) -> list[ObjectRef]:
         pending, refs = self._actor_call(
-            actor_id, method, name, args, kwargs, num_returns, max_task_retries, concurrency_group
-        )
+            actor_id, method, name, args, kwargs, num_returns, max_task_retries, concurrency_group,
+            enable_task_events,
+        )  # fmt: skip
         self.runtime.call_soon(self.actors.submit, pending)
         return refs
 
@@ -351,11 +409,17 @@ class CoreWorker:
         num_returns: int,
         max_task_retries: int,
         concurrency_group: str,
+        enable_task_events: bool = True,
     ) -> tuple[PendingTask, list[ObjectRef]]:
-        spec, deps, kept, refs = self._new_call(name, args, kwargs, num_returns, b"", actor_id, method)
+        spec, deps, kept, refs = self._new_call(
+            name, args, kwargs, num_returns, b"", actor_id, method, events=enable_task_events
+        )
         spec.concurrency_group = concurrency_group
         self.submitter.actor_tasks.add(spec.task_id)
-        return PendingTask(spec, ACTOR_CALL_SHAPE, max_task_retries, False, kept, deps), refs
+        pending = PendingTask(spec, ACTOR_CALL_SHAPE, max_task_retries, False, kept, deps)
+        if spec.events:
+            self._submitted(pending, name, te.ACTOR_TASK, None)
+        return pending, refs
 
     def submit_actor_generator_task(
         self,
@@ -368,10 +432,11 @@ class CoreWorker:
         max_task_retries: int,
         concurrency_group: str = "",
         backpressure: int = 0,
+        enable_task_events: bool = True,
     ) -> ObjectRefGenerator:
         """An actor method that yields: the generator of its items' refs."""
         pending, _ = self._actor_call(
-            actor_id, method, name, args, kwargs, 1, max_task_retries, concurrency_group
+            actor_id, method, name, args, kwargs, 1, max_task_retries, concurrency_group, enable_task_events
         )
         pending.spec.streaming = True
         pending.spec.backpressure = backpressure
@@ -391,6 +456,7 @@ class CoreWorker:
         concurrency_groups: dict[str, int] | None = None,
         method_groups: dict[str, str] | None = None,
         placement_group: tuple[bytes, int, bool] | None = None,
+        enable_task_events: bool = True,
     ) -> tuple[bytes, ObjectRef | None, concurrent.futures.Future[pb.ActorInfo]]:
         """Registers an actor with the GCS; returns its id, its lifetime ref and the GCS's answer."""
         fid, pickled = self.functions.function_id(cls)
@@ -399,7 +465,16 @@ class CoreWorker:
             request.actor_id, fid, cls.__name__, packed.args, tuple(kwargs), max_concurrency, is_async,
             self.address, self.job_id or (self.executor.current_job_id() if self.executor is not None else b""),
             concurrency_groups or {}, method_groups or {}, placement_group,
+            enable_task_events and self.task_events.enabled,
         )  # fmt: skip
+        if spec.events:  # the creation task's id is the actor's (its worker records how it ends)
+            parent = self.executor.context.task_id if self.executor is not None else None
+            info: te.TaskInfo = (
+                f"{cls.__name__}.__init__", f"{cls.__name__}.__init__", te.ACTOR_CREATION_TASK, self.job_id,
+                request.actor_id, parent or b"", dict(request.resources.amounts),
+                placement_group[0] if placement_group else b"", bool(packed.deps),
+            )  # fmt: skip
+            self.task_events.record(request.actor_id, 0, te.SUBMITTED, info)
         request.owner_address = self.address
         request.job_id = self.job_id
         # The actor lives while this object is referenced: by its handles here and wherever they are passed.
@@ -544,7 +619,10 @@ class CoreWorker:
         """On the loop, for released objects: forget what only mattered while they lived."""
         self.reader.forget(oid for oid, *_ in released)
         lineage, lifetimes = self.submitter.lineage, self.actor_lifetimes
+        stored = self.submitter.stored_results
         for oid, _, value, owned, _ in released:
+            if stored and oid in stored:
+                self.submitter.note_freed(oid, value.node_id if value is not None else None)
             if owned and value is not None and not value.accessed and is_error(value):
                 report_unhandled_error(value)
             if owned and lineage:

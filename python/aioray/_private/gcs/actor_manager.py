@@ -120,7 +120,12 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
         return pb.Empty()
 
     async def list_actors(self, empty: pb.Empty) -> pb.ActorList:
-        return pb.ActorList(actors=[a.info for a in self.actors.values()])
+        out = []
+        for a in self.actors.values():
+            info = pb.ActorInfo().parse(bytes(a.info))
+            info.job_id, info.required_resources = a.request.job_id, a.request.resources
+            out.append(info)
+        return pb.ActorList(actors=out)
 
     # -- creation and scheduling ---------------------------------------------------------------
     async def create(self, request: pb.CreateActorRequest) -> pb.ActorInfo:

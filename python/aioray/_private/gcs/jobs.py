@@ -6,6 +6,8 @@ job's driver."""
 
 from __future__ import annotations
 
+import collections
+import time
 from collections.abc import Callable
 
 from aioray._private.common import rpc, versions
@@ -15,6 +17,7 @@ from aioray._proto.aioray import v1 as pb
 TABLE = "jobs"
 META_TABLE = "meta"
 COUNTER_KEY = b"job_counter"
+MAX_FINISHED_JOBS = 1000  # finished jobs listed by ListJobs (in memory: a restarted GCS forgets them)
 
 
 class JobTable(pb.JobInfoGcsServiceBase):
@@ -28,6 +31,8 @@ class JobTable(pb.JobInfoGcsServiceBase):
         self._on_job_id_finished = on_job_id_finished  # for what a job owns by id (placement groups)
         self._tables = tables if tables is not None else Tables()
         self.jobs: dict[bytes, pb.RegisterJobRequest] = {}
+        self.start_times: dict[bytes, float] = {}
+        self.finished: collections.OrderedDict[bytes, pb.JobInfo] = collections.OrderedDict()
         self._counter = 0
 
     async def recover(self) -> int:
@@ -49,6 +54,7 @@ class JobTable(pb.JobInfoGcsServiceBase):
         self._counter += 1
         job_id = self._counter.to_bytes(4, "little")
         self.jobs[job_id] = register_job_request
+        self.start_times[job_id] = time.time()
         self._tables.put(META_TABLE, COUNTER_KEY, self._counter.to_bytes(8, "little"))
         self._tables.put(TABLE, job_id, bytes(register_job_request))
         await self._tables.flush()
@@ -57,6 +63,12 @@ class JobTable(pb.JobInfoGcsServiceBase):
     async def mark_job_finished(self, job_id: pb.JobId) -> pb.Empty:
         job = self.jobs.pop(job_id.job_id, None)
         if job is not None:
+            info = self._info(job_id.job_id, job)
+            info.end_time, info.is_dead = time.time(), True
+            self.start_times.pop(job_id.job_id, None)
+            self.finished[job_id.job_id] = info
+            while len(self.finished) > MAX_FINISHED_JOBS:
+                self.finished.popitem(last=False)
             self._tables.delete(TABLE, job_id.job_id)
             if job.driver_address:
                 self._on_job_finished(job.driver_address)
@@ -64,3 +76,16 @@ class JobTable(pb.JobInfoGcsServiceBase):
                 self._on_job_id_finished(job_id.job_id)
             await self._tables.flush()
         return pb.Empty()
+
+    def _info(self, job_id: bytes, job: pb.RegisterJobRequest) -> pb.JobInfo:
+        return pb.JobInfo(
+            job_id=job_id,
+            driver_address=job.driver_address,
+            driver_pid=job.driver_pid,
+            namespace=job.namespace,
+            start_time=self.start_times.get(job_id, 0.0),
+        )
+
+    async def list_jobs(self, empty: pb.Empty) -> pb.JobList:
+        running = [self._info(job_id, job) for job_id, job in self.jobs.items()]
+        return pb.JobList(jobs=[*self.finished.values(), *running])

@@ -2,14 +2,14 @@
 
 It serves one gRPC service per table (see `proto/aioray/v1/gcs.proto`): the
 node table, jobs, actors, workers, the KV store (also the function table), the
-object directory, the event log and pub/sub. The tables reach each other only
+object directory, the event log, the task table and pub/sub. The tables reach each other only
 through the few callables wired here. Run as ``python -m aioray._private.gcs
 --port N [--storage URL]`` (the auth token comes from the environment).
 
 With a durable ``--storage`` (see `storage`), the tables are stored as they
 change and a GCS restarted on the same port reloads them before it serves:
 raylets re-register, and actors, jobs, names and functions are all still there.
-The event log and pub/sub subscriptions are not kept. Placement groups are kept too, and the
+The event log, the task table and pub/sub subscriptions are not kept. Placement groups are kept too, and the
 raylets' bundles are reconciled with them (see `placement_groups`).
 
 On the head it also keeps the Prometheus service discovery file of the nodes' ``/metrics``
@@ -39,6 +39,7 @@ from aioray._private.gcs.placement_groups import PlacementGroupManager
 from aioray._private.gcs.pubsub import Publisher
 from aioray._private.gcs.service_discovery import ServiceDiscoveryFile
 from aioray._private.gcs.storage import StorageError, Tables, open_storage
+from aioray._private.gcs.task_table import TaskTable
 from aioray._proto.aioray import v1 as pb
 
 log = process.setup_logging("gcs")
@@ -76,6 +77,7 @@ class Gcs:
         self.workers = WorkerTable(self.actors.on_worker_death, self.tables)
         self.kv = InternalKv(self.tables)
         self.objects = ObjectDirectory(self.tables)
+        self.tasks = TaskTable()
         self.stopped = asyncio.Event()
         self._register_metrics()
 
@@ -138,6 +140,7 @@ class Gcs:
             self.kv,
             self.objects,
             self.events,
+            self.tasks,
             self.pubsub,
             metrics.MetricsSource(),
         ]

@@ -132,6 +132,13 @@ class ClusterView:
                 return rpc.split_address(node.object_manager_address)
         return None
 
+    def node_id_of(self, raylet_address: str) -> bytes:
+        """The id of the node whose raylet serves at `raylet_address` (b"" if unknown)."""
+        for node in self.nodes:
+            if node.address == raylet_address:
+                return node.node_id
+        return b""
+
     def raylet_addresses(self) -> dict[bytes, str]:
         """Node id -> raylet address of every live node."""
         return {n.node_id: n.address for n in self.nodes if n.alive}

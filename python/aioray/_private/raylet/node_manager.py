@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aioray._private.common import metrics, proto_enums, rpc
+from aioray._private.common import task_events as te
 from aioray._private.common.ids import random_id
 from aioray._private.common.resources import ResourceSet
 from aioray._private.raylet import policy, scheduling
@@ -83,8 +84,10 @@ class NodeManager(pb.NodeManagerBase):
         on_shutdown: Callable[[], None],
         gpu_ids: list[int] | None = None,
         labels: dict[str, str] | None = None,
+        events: te.TaskEventBuffer | None = None,
     ) -> None:
         self.node_id = node_id
+        self.events = events if events is not None else te.TaskEventBuffer(enabled=False)
         self.labels = labels or {}
         self.gpus = GpuAllocator(gpu_ids or [])
         self.spread = policy.SpreadCursor()
@@ -110,6 +113,8 @@ class NodeManager(pb.NodeManagerBase):
         if self.stopping:
             return pb.LeaseReply(status=proto_enums.LEASE_REJECTED, message="the raylet is shutting down")
         shape = ResourceSet(lease_request.resources.amounts)
+        if lease_request.task_id:
+            self.events.record(lease_request.task_id, lease_request.attempt, te.LEASE_REQUESTED)
         # Work for a placement group that is not placed yet waits for it (as in Ray); for one that
         # was removed, it can never run.
         gone = await self.bundles.wait_for_group(shape)
@@ -129,6 +134,7 @@ class NodeManager(pb.NodeManagerBase):
         if decision.action == policy.SPILL:
             LEASES_SPILLED_BACK.inc()
             self.view.debit(decision.address, shape)
+            self._record_spillback(lease_request, decision.address)
             return pb.LeaseReply(status=proto_enums.LEASE_SPILLBACK, retry_address=decision.address)
         if lease_request.runtime_env.hash:
             # Set up here, once per node, before it queues: its workers start in it.
@@ -150,6 +156,11 @@ class NodeManager(pb.NodeManagerBase):
                 if lease is not None:
                     self._return(lease, failed=False)
             raise
+
+    def _record_spillback(self, request: pb.LeaseRequest, address: str) -> None:
+        if request.task_id:
+            fields = {"from_node_id": self.node_id, "to_node_id": self.view.node_id_of(address)}
+            self.events.record(request.task_id, request.attempt, te.SPILLBACK, fields)
 
     def _nodes(self) -> list[policy.Node]:
         # Requests queued here count as used: a burst must not all pick this node before its
@@ -197,6 +208,13 @@ class NodeManager(pb.NodeManagerBase):
             worker.lease_id = lease.lease_id
             self.leases[lease.lease_id] = lease
             LEASES_GRANTED.inc()
+            if waiter.request.task_id:
+                self.events.record(
+                    waiter.request.task_id,
+                    waiter.request.attempt,
+                    te.LEASE_GRANTED,
+                    {"worker_id": worker.worker_id, "lease_id": lease.lease_id},
+                )
             self.available = self.available - waiter.resources
             waiter.future.set_result(
                 pb.LeaseReply(
@@ -267,6 +285,7 @@ class NodeManager(pb.NodeManagerBase):
         for i, target in moves.items():
             LEASES_SPILLED_BACK.inc()
             self.view.debit(target.address, queued[i].resources)
+            self._record_spillback(queued[i].request, target.address)
             queued[i].future.set_result(
                 pb.LeaseReply(status=proto_enums.LEASE_SPILLBACK, retry_address=target.address)
             )
@@ -421,6 +440,28 @@ class NodeManager(pb.NodeManagerBase):
 
     async def get_bundles(self, empty: pb.Empty) -> pb.BundleRequest:
         return self.bundles.bundles()
+
+    async def get_workers(self, empty: pb.Empty) -> pb.WorkerList:
+        workers = []
+        for worker in self.pool.workers.values():
+            lease = self.leases.get(worker.lease_id) if worker.lease_id is not None else None
+            if lease is not None:
+                state = proto_enums.WORKER_LEASED
+            elif worker.address:
+                state = proto_enums.WORKER_IDLE
+            else:
+                state = proto_enums.WORKER_STARTING
+            workers.append(
+                pb.WorkerInfo(
+                    worker_id=worker.worker_id,
+                    address=worker.address,
+                    pid=worker.proc.pid,
+                    state=state,
+                    lease_owner=lease.owner if lease is not None else "",
+                    start_time=worker.started,
+                )
+            )
+        return pb.WorkerList(node_id=self.node_id, workers=workers)
 
     # -- node ------------------------------------------------------------------------------------
     async def get_node_info(self, empty: pb.Empty) -> pb.NodeInfo:

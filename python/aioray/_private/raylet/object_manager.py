@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from aioray._private.common import rpc
+from aioray._private.common import task_events as te
 from aioray._private.common.config import GCS_RECONNECT_TIMEOUT_S
 from aioray._private.common.spill_files import map_spilled
 from aioray._private.raylet import data_port
@@ -48,8 +49,10 @@ class ObjectManager(pb.ObjectManagerBase):
         token: str,
         spawn: Callable[[Coroutine[Any, Any, None]], None],
         store_changed: Callable[[], None],
+        events: te.TaskEventBuffer | None = None,
     ) -> None:
         self.node_id = node_id
+        self.events = events if events is not None else te.TaskEventBuffer(enabled=False)
         self.store = store
         self.spill = spill
         self.view = view
@@ -130,22 +133,32 @@ class ObjectManager(pb.ObjectManagerBase):
     async def fetch_object(self, fetch_request: pb.FetchRequest) -> pb.FetchReply:
         req = fetch_request
         try:
-            await self.fetch(req.object_id, req.source_address, req.size)
+            pulled = await self.fetch(req.object_id, req.source_address, req.size)
         except Exception as e:
             return pb.FetchReply(ok=False, message=f"{type(e).__name__}: {e}")
+        if pulled and req.task_id:
+            fields = {
+                "object_id": req.object_id,
+                "from_node_id": req.source_node_id or self.view.node_id_of(req.source_address),
+                "to_node_id": self.node_id,
+                "bytes": req.size,
+            }
+            self.events.record(req.task_id, req.attempt, te.ARGS_PULLED, fields)
         self._store_changed()
         return pb.FetchReply(ok=True)
 
-    async def fetch(self, oid: bytes, source: str, size: int) -> None:
-        """Pulls `oid` from the raylet at `source` unless a copy is here already."""
+    async def fetch(self, oid: bytes, source: str, size: int) -> bool:
+        """Pulls `oid` from the raylet at `source` unless a copy is here already; True if this call
+        started the transfer (others that wait for the same pull get False)."""
         if self.store.contains(oid):
-            return
+            return False
         fut = self._pulls.get(oid)
         if fut is None:
             fut = self._pulls[oid] = asyncio.get_running_loop().create_future()
             try:
                 await self._pull(oid, source, size)
                 fut.set_result(None)
+                return True
             except BaseException as e:
                 fut.set_exception(e)
                 raise
@@ -153,8 +166,8 @@ class ObjectManager(pb.ObjectManagerBase):
                 del self._pulls[oid]
                 if fut.done() and not fut.cancelled():
                     fut.exception()  # retrieved by the waiters, if any
-        else:
-            await asyncio.shield(fut)
+        await asyncio.shield(fut)
+        return False
 
     async def _pull(self, oid: bytes, source: str, size: int) -> None:
         store = self.store
@@ -253,6 +266,13 @@ class ObjectManager(pb.ObjectManagerBase):
         finally:
             view.release()
             data_port.release(buf)
+
+    async def get_object_status(self, object_ids: pb.ObjectIds) -> pb.ObjectStatus:
+        ids = list(object_ids.ids)
+        return pb.ObjectStatus(
+            in_store=[oid for oid in ids if self.store.contains(oid)],
+            spilled=[oid for oid in ids if oid in self.spill.objects],
+        )
 
     def close(self) -> None:
         self.data_port.close()

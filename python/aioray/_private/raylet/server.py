@@ -22,6 +22,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from aioray._private.common import metrics, process, rpc, segments
+from aioray._private.common import task_events as te
 from aioray._private.common.config import GCS_RECONNECT_TIMEOUT_S
 from aioray._private.common.ids import random_id
 from aioray._private.common.node_resources import NODE_ID_LABEL, gpu_ids_for
@@ -70,6 +71,11 @@ class Raylet:
         )
         self.pool.logs = self.logs
         self.metrics = MetricsAgent(metrics.REGISTRY, self._gcs_metrics if self.is_head else None)
+        # Scheduling and transfer events of tasks (common.task_events), sent to the GCS in batches.
+        self.task_events = te.TaskEventBuffer()
+        self.event_flusher = te.EventFlusher(
+            self.task_events, lambda: (self.node_id, b"", os.getpid(), "raylet"), self._send_events
+        )
         total = ResourceSet(json.loads(args.resources))
         self.labels = {**json.loads(args.labels), NODE_ID_LABEL: self.node_id.hex()}
         self.nodes = NodeManager(
@@ -83,6 +89,7 @@ class Raylet:
             lambda: self.stopped.set(),
             gpu_ids=gpu_ids_for(total.get("GPU")),
             labels=self.labels,
+            events=self.task_events,
         )
         # Kills leased workers while the node's memory is above the threshold (memory_monitor).
         self.memory = MemoryMonitor(
@@ -109,6 +116,7 @@ class Raylet:
             token,
             self._spawn,
             self.schedule_report,
+            self.task_events,
         )
         # Workers start on demand (a lease that finds none idle starts one), so an idle node is three
         # processes; --prestart-workers starts one per CPU at once for the first tasks' latency.
@@ -237,6 +245,10 @@ class Raylet:
             "AIORAY_STORE_NAME": self.store_name,
         }
 
+    async def _send_events(self, payload: bytes) -> None:
+        stub = self.channels.gcs_stub(self.gcs_address, pb.TaskInfoGcsServiceStub, te.SEND_TIMEOUT_S)
+        await stub.add_task_events(pb.Blob(data=payload), timeout=te.SEND_TIMEOUT_S)
+
     async def _kv_get(self, key: str) -> bytes | None:
         """A value of the GCS key-value store (runtime env packages), None if it has none."""
         stub = self.channels.gcs_stub(self.gcs_address, pb.InternalKvGcsServiceStub, GCS_RECONNECT_TIMEOUT_S)
@@ -311,6 +323,7 @@ class Raylet:
     async def stop(self) -> None:
         self.stopping = self.view.stopping = self.pool.stopping = True
         await self.memory.stop()
+        await self.event_flusher.close()
         self.nodes.stop()
         await self.pool.stop()
         await self.runtime_envs.stop()
@@ -347,6 +360,7 @@ async def serve(args: argparse.Namespace, token: str) -> None:
     raylet.logs.start()
     raylet.pool.start(raylet.min_workers)
     raylet.memory.start()
+    raylet.event_flusher.start()
     process.announce_ready(
         json.dumps(
             {

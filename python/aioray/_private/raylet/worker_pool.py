@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -63,6 +64,7 @@ class WorkerProc:
     lifeline: int = -1  # write end of the worker's lifeline pipe
     killed: bool = False  # we killed it on purpose: its exit is no news
     env_hash: str = ""  # its runtime environment ("": the node's own)
+    started: float = field(default_factory=time.time)
 
 
 class WorkerPool:

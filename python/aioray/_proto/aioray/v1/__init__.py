@@ -79,6 +79,12 @@ class WorkerFailureCauseKind(betterproto.Enum):
     OUT_OF_MEMORY = 3
 
 
+class WorkerInfoState(betterproto.Enum):
+    STARTING = 0
+    IDLE = 1
+    LEASED = 2
+
+
 @dataclass(eq=False, repr=False)
 class Empty(betterproto.Message):
     pass
@@ -307,6 +313,22 @@ class JobId(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class JobInfo(betterproto.Message):
+    job_id: bytes = betterproto.bytes_field(1)
+    driver_address: str = betterproto.string_field(2)
+    driver_pid: int = betterproto.int32_field(3)
+    namespace: str = betterproto.string_field(4)
+    start_time: float = betterproto.double_field(5)
+    end_time: float = betterproto.double_field(6)
+    is_dead: bool = betterproto.bool_field(7)
+
+
+@dataclass(eq=False, repr=False)
+class JobList(betterproto.Message):
+    jobs: List["JobInfo"] = betterproto.message_field(1)
+
+
+@dataclass(eq=False, repr=False)
 class KvPutRequest(betterproto.Message):
     key: str = betterproto.string_field(1)
     value: bytes = betterproto.bytes_field(2)
@@ -416,6 +438,12 @@ class ActorInfo(betterproto.Message):
     detached: bool = betterproto.bool_field(10)
     owner_address: str = betterproto.string_field(11)
     worker_id: bytes = betterproto.bytes_field(12)
+    job_id: bytes = betterproto.bytes_field(13)
+    """
+    Filled in by ListActors (the state API): the creating job and the resources the actor holds.
+    """
+
+    required_resources: "ResourceMap" = betterproto.message_field(14)
 
 
 @dataclass(eq=False, repr=False)
@@ -592,6 +620,14 @@ class LeaseRequest(betterproto.Message):
     Prefer these nodes (where most of the task's large arguments are), when they can run it.
     """
 
+    task_id: bytes = betterproto.bytes_field(9)
+    """
+    The task this lease is asked for (the head of its owner's queue) and its attempt: the raylet
+     records LEASE_REQUESTED, SPILLBACK and LEASE_GRANTED events for it. Empty: no events.
+    """
+
+    attempt: int = betterproto.int32_field(10)
+
 
 @dataclass(eq=False, repr=False)
 class LeaseReply(betterproto.Message):
@@ -656,6 +692,28 @@ class WorkerFailureCause(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class WorkerInfo(betterproto.Message):
+    worker_id: bytes = betterproto.bytes_field(1)
+    address: str = betterproto.string_field(2)
+    pid: int = betterproto.int32_field(3)
+    state: "WorkerInfoState" = betterproto.enum_field(4)
+    lease_owner: str = betterproto.string_field(5)
+    start_time: float = betterproto.double_field(6)
+
+
+@dataclass(eq=False, repr=False)
+class WorkerList(betterproto.Message):
+    node_id: bytes = betterproto.bytes_field(1)
+    workers: List["WorkerInfo"] = betterproto.message_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class ObjectStatus(betterproto.Message):
+    in_store: List[bytes] = betterproto.bytes_field(1)
+    spilled: List[bytes] = betterproto.bytes_field(2)
+
+
+@dataclass(eq=False, repr=False)
 class SpillRequest(betterproto.Message):
     nbytes: int = betterproto.uint64_field(1)
 
@@ -692,6 +750,13 @@ class FetchRequest(betterproto.Message):
     object_id: bytes = betterproto.bytes_field(1)
     source_address: str = betterproto.string_field(2)
     size: int = betterproto.uint64_field(3)
+    task_id: bytes = betterproto.bytes_field(4)
+    """
+    The task whose argument this is, if any: the pull is recorded as its ARGS_PULLED event.
+    """
+
+    attempt: int = betterproto.int32_field(5)
+    source_node_id: bytes = betterproto.bytes_field(6)
 
 
 @dataclass(eq=False, repr=False)
@@ -843,6 +908,23 @@ class CoreWorkerStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def get_objects_info(
+        self,
+        empty: "Empty",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Blob":
+        return await self._unary_unary(
+            "/aioray.v1.CoreWorker/GetObjectsInfo",
+            empty,
+            Blob,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class NodeInfoGcsServiceStub(betterproto.ServiceStub):
     async def register_node(
@@ -927,6 +1009,23 @@ class JobInfoGcsServiceStub(betterproto.ServiceStub):
             "/aioray.v1.JobInfoGcsService/MarkJobFinished",
             job_id,
             Empty,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_jobs(
+        self,
+        empty: "Empty",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "JobList":
+        return await self._unary_unary(
+            "/aioray.v1.JobInfoGcsService/ListJobs",
+            empty,
+            JobList,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -1192,6 +1291,42 @@ class EventGcsServiceStub(betterproto.ServiceStub):
             "/aioray.v1.EventGcsService/GetEvents",
             empty,
             EventList,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+
+class TaskInfoGcsServiceStub(betterproto.ServiceStub):
+    async def add_task_events(
+        self,
+        blob: "Blob",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Empty":
+        return await self._unary_unary(
+            "/aioray.v1.TaskInfoGcsService/AddTaskEvents",
+            blob,
+            Empty,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_tasks(
+        self,
+        blob: "Blob",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Blob":
+        return await self._unary_unary(
+            "/aioray.v1.TaskInfoGcsService/GetTasks",
+            blob,
+            Blob,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -1529,6 +1664,23 @@ class NodeManagerStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def get_workers(
+        self,
+        empty: "Empty",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "WorkerList":
+        return await self._unary_unary(
+            "/aioray.v1.NodeManager/GetWorkers",
+            empty,
+            WorkerList,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class MetricsAgentStub(betterproto.ServiceStub):
     async def report_metrics(
@@ -1707,6 +1859,23 @@ class ObjectManagerStub(betterproto.ServiceStub):
         ):
             yield response
 
+    async def get_object_status(
+        self,
+        object_ids: "ObjectIds",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "ObjectStatus":
+        return await self._unary_unary(
+            "/aioray.v1.ObjectManager/GetObjectStatus",
+            object_ids,
+            ObjectStatus,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class CoreWorkerBase(ServiceBase):
 
@@ -1734,6 +1903,9 @@ class CoreWorkerBase(ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def report_generator_item(self, blob: "Blob") -> "Empty":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_objects_info(self, empty: "Empty") -> "Blob":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def __rpc_get_task_port(
@@ -1790,6 +1962,13 @@ class CoreWorkerBase(ServiceBase):
         response = await self.report_generator_item(request)
         await stream.send_message(response)
 
+    async def __rpc_get_objects_info(
+        self, stream: "grpclib.server.Stream[Empty, Blob]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.get_objects_info(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/aioray.v1.CoreWorker/GetTaskPort": grpclib.const.Handler(
@@ -1839,6 +2018,12 @@ class CoreWorkerBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 Blob,
                 Empty,
+            ),
+            "/aioray.v1.CoreWorker/GetObjectsInfo": grpclib.const.Handler(
+                self.__rpc_get_objects_info,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                Empty,
+                Blob,
             ),
         }
 
@@ -1908,6 +2093,9 @@ class JobInfoGcsServiceBase(ServiceBase):
     async def mark_job_finished(self, job_id: "JobId") -> "Empty":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def list_jobs(self, empty: "Empty") -> "JobList":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_register_job(
         self, stream: "grpclib.server.Stream[RegisterJobRequest, RegisterJobReply]"
     ) -> None:
@@ -1920,6 +2108,13 @@ class JobInfoGcsServiceBase(ServiceBase):
     ) -> None:
         request = await stream.recv_message()
         response = await self.mark_job_finished(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_jobs(
+        self, stream: "grpclib.server.Stream[Empty, JobList]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.list_jobs(request)
         await stream.send_message(response)
 
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
@@ -1935,6 +2130,12 @@ class JobInfoGcsServiceBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 JobId,
                 Empty,
+            ),
+            "/aioray.v1.JobInfoGcsService/ListJobs": grpclib.const.Handler(
+                self.__rpc_list_jobs,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                Empty,
+                JobList,
             ),
         }
 
@@ -2224,6 +2425,45 @@ class EventGcsServiceBase(ServiceBase):
         }
 
 
+class TaskInfoGcsServiceBase(ServiceBase):
+
+    async def add_task_events(self, blob: "Blob") -> "Empty":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_tasks(self, blob: "Blob") -> "Blob":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def __rpc_add_task_events(
+        self, stream: "grpclib.server.Stream[Blob, Empty]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.add_task_events(request)
+        await stream.send_message(response)
+
+    async def __rpc_get_tasks(
+        self, stream: "grpclib.server.Stream[Blob, Blob]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.get_tasks(request)
+        await stream.send_message(response)
+
+    def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
+        return {
+            "/aioray.v1.TaskInfoGcsService/AddTaskEvents": grpclib.const.Handler(
+                self.__rpc_add_task_events,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                Blob,
+                Empty,
+            ),
+            "/aioray.v1.TaskInfoGcsService/GetTasks": grpclib.const.Handler(
+                self.__rpc_get_tasks,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                Blob,
+                Blob,
+            ),
+        }
+
+
 class PlacementGroupGcsServiceBase(ServiceBase):
 
     async def create_placement_group(
@@ -2435,6 +2675,9 @@ class NodeManagerBase(ServiceBase):
     async def get_bundles(self, empty: "Empty") -> "BundleRequest":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def get_workers(self, empty: "Empty") -> "WorkerList":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_request_worker_lease(
         self, stream: "grpclib.server.Stream[LeaseRequest, LeaseReply]"
     ) -> None:
@@ -2514,6 +2757,13 @@ class NodeManagerBase(ServiceBase):
         response = await self.get_bundles(request)
         await stream.send_message(response)
 
+    async def __rpc_get_workers(
+        self, stream: "grpclib.server.Stream[Empty, WorkerList]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.get_workers(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/aioray.v1.NodeManager/RequestWorkerLease": grpclib.const.Handler(
@@ -2581,6 +2831,12 @@ class NodeManagerBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 Empty,
                 BundleRequest,
+            ),
+            "/aioray.v1.NodeManager/GetWorkers": grpclib.const.Handler(
+                self.__rpc_get_workers,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                Empty,
+                WorkerList,
             ),
         }
 
@@ -2688,6 +2944,9 @@ class ObjectManagerBase(ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield Blob()
 
+    async def get_object_status(self, object_ids: "ObjectIds") -> "ObjectStatus":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_free_objects(
         self, stream: "grpclib.server.Stream[ObjectIds, Empty]"
     ) -> None:
@@ -2733,6 +2992,13 @@ class ObjectManagerBase(ServiceBase):
             request,
         )
 
+    async def __rpc_get_object_status(
+        self, stream: "grpclib.server.Stream[ObjectIds, ObjectStatus]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.get_object_status(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/aioray.v1.ObjectManager/FreeObjects": grpclib.const.Handler(
@@ -2770,5 +3036,11 @@ class ObjectManagerBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_STREAM,
                 ReadRequest,
                 Blob,
+            ),
+            "/aioray.v1.ObjectManager/GetObjectStatus": grpclib.const.Handler(
+                self.__rpc_get_object_status,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ObjectIds,
+                ObjectStatus,
             ),
         }
