@@ -103,5 +103,8 @@ def test_lost_put_object_raises_object_lost(cluster) -> None:
 
     inner = aioray.get(put_there.remote(), timeout=60)[0]
     cluster.kill("b")
+    # The node's worker (the owner) dies with its raylet a moment later; until then it could still
+    # serve the object from its own mapping of the store.
+    eventually(lambda: not all(n["Alive"] for n in aioray.nodes()), 30, "the node being declared dead")
     with pytest.raises((aioray.ObjectLostError, aioray.OwnerDiedError)):
         aioray.get(inner, timeout=60)
