@@ -102,9 +102,14 @@ def test_lost_put_object_raises_object_lost(cluster) -> None:
         return [aioray.put(np.zeros(5 * MiB, dtype=np.uint8))]  # owned by a worker on node b
 
     inner = aioray.get(put_there.remote(), timeout=60)[0]
+    b = node_ids_by_resource()["b"]
     cluster.kill("b")
     # The node's worker (the owner) dies with its raylet a moment later; until then it could still
     # serve the object from its own mapping of the store.
-    eventually(lambda: not all(n["Alive"] for n in aioray.nodes()), 30, "the node being declared dead")
+    eventually(
+        lambda: not any(n["Alive"] for n in aioray.nodes() if n["NodeID"] == b),
+        30,
+        "node b being declared dead",
+    )
     with pytest.raises((aioray.ObjectLostError, aioray.OwnerDiedError)):
         aioray.get(inner, timeout=60)
