@@ -144,6 +144,17 @@ class Outbox:
         return not self._pending
 
 
+def data_raylet(args: list[tuple[Any, ...]]) -> str:
+    """The raylet of the node holding most bytes of a task's store arguments ("" if none). Tasks
+    queue per data node too (as Ray's scheduling keys include the dependencies): a lease near one
+    task's data is not reused for a task whose data is elsewhere."""
+    sizes: dict[str, int] = {}
+    for arg in args:
+        if arg[0] == task_spec.ARG_STORE and arg[4]:
+            sizes[arg[4]] = sizes.get(arg[4], 0) + arg[3]
+    return max(sizes, key=sizes.__getitem__) if sizes else ""
+
+
 class LeasedWorker:
     """One open task channel to a worker: a leased one, or an actor's."""
 
@@ -229,10 +240,12 @@ class LeasePool:
         local_raylet: str,
         own_address: str,
         job_id: bytes,
+        data_raylet: str = "",
     ) -> None:
         self.owner = owner
         self.raylets = raylets
         self.shape = shape
+        self.data_raylet = data_raylet  # where this queue's tasks' store arguments mostly are
         self.local_raylet = local_raylet
         self.own_address = own_address
         self.job_id = job_id
@@ -341,17 +354,11 @@ class LeasePool:
         )
 
     def _preferred_raylet(self) -> str:
-        """Where to ask for a lease: the raylet of the node holding most bytes of the next task's
-        store arguments (Ray's locality-aware leasing, for the DEFAULT strategy), else ours."""
-        if not self.queue or self.shape.strategy:
-            return self.local_raylet
-        sizes: dict[str, int] = {}
-        for arg in self.queue[0].spec.args:
-            if arg[0] == task_spec.ARG_STORE and arg[4]:
-                sizes[arg[4]] = sizes.get(arg[4], 0) + arg[3]
-        if not sizes:
-            return self.local_raylet
-        return max(sizes, key=sizes.__getitem__)
+        """Where to ask for a lease: the raylet of the node holding most bytes of this queue's
+        tasks' store arguments (Ray's locality-aware leasing, for the DEFAULT strategy), else ours."""
+        if self.data_raylet and not self.shape.strategy:
+            return self.data_raylet
+        return self.local_raylet
 
     def _fail_queue(self, err: BaseException) -> None:
         while self.queue:

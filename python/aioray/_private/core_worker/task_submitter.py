@@ -24,6 +24,7 @@ from aioray._private.core_worker.lease_pool import (
     LeasePool,
     PendingTask,
     TaskUnschedulableError,
+    data_raylet,
 )
 from aioray._private.core_worker.ownership import ObjectValue, OwnershipTable
 from aioray._private.core_worker.runtime import Runtime, quietly
@@ -93,7 +94,7 @@ class TaskSubmitter:
         self._note_node = note_node
         self.actors: ActorCalls | None = None  # set by the core worker once its actor client exists
         self.raylets = GrpcRaylets(runtime)
-        self.pools: dict[tuple[LeaseShape, bytes], LeasePool] = {}
+        self.pools: dict[tuple[LeaseShape, bytes, str], LeasePool] = {}
         self.tasks: dict[bytes, PendingTask] = {}  # every unfinished task this process owns
         self.actor_tasks: set[bytes] = set()  # unfinished actor calls (force-cancel refuses them)
         # Finished tasks whose outputs live in a store, kept to re-run them if a node loses them.
@@ -151,19 +152,22 @@ class TaskSubmitter:
             self._queue(p)
 
     def _pool(self, p: PendingTask) -> LeasePool | None:
-        return self.pools.get((p.shape, p.spec.function_id))
+        return self.pools.get((p.shape, p.spec.function_id, data_raylet(p.spec.args)))
 
     def _queue(self, p: PendingTask) -> None:
-        # One queue per (shape, function), as Ray's scheduling keys: run times differ by function.
-        pool = self._pool(p)
+        # One queue per (shape, function, data node), as Ray's scheduling keys: run times differ by
+        # function, and a lease near one task's data should not serve a task whose data is elsewhere.
+        key = (p.shape, p.spec.function_id, data_raylet(p.spec.args))
+        pool = self.pools.get(key)
         if pool is None:
-            pool = self.pools[(p.shape, p.spec.function_id)] = LeasePool(
+            pool = self.pools[key] = LeasePool(
                 self,
                 self.raylets,
                 p.shape,
                 self._runtime.raylet_address,
                 self._runtime.address,
                 self._job_id(),
+                key[2],
             )
         pool.queue.append(p)
         pool.pump()
