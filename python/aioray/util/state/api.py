@@ -219,6 +219,30 @@ def _finish(
     return [schema(state_query.shape(r, columns)) for r in kept]
 
 
+def _list(
+    schema: type[StateSchema],
+    what: str,
+    address: str | None,
+    timeout: float,
+    query: Callable[[_sources.Sources], Coroutine[Any, Any, list[dict[str, Any]]]],
+    filters: Filters,
+    limit: int,
+    detail: bool,
+    raise_on_missing_output: bool,
+    explain: bool,
+) -> list[Any]:
+    """One `list_*` call: ask the sources, then filter, cut and shape the rows (`_explain` says how many)."""
+    rows, failures = _query(address, timeout, query)
+    out = _finish(
+        schema, what, rows, filters, state_query.check_limit(limit), detail, failures, raise_on_missing_output
+    )
+    if explain:
+        print(
+            f"list_{what.replace(' ', '_')}: {len(out)} of {len(rows)} shown ({len(failures)} source(s) missing)"
+        )
+    return out
+
+
 def _missing(what: str, failures: list[str], raise_on_missing_output: bool) -> None:
     if not failures:
         return
@@ -280,16 +304,17 @@ def list_actors(
         pids = {w.worker_id: w.pid for wl in await s.workers(nodes) for w in wl.workers}
         return [_actor_row(a, pids) for a in actors]
 
-    rows, failures = _query(address, timeout, query)
-    return _finish(
+    return _list(
         ActorState,
         "actors",
-        rows,
+        address,
+        timeout,
+        query,
         filters,
-        state_query.check_limit(limit),
+        limit,
         detail,
-        failures,
         raise_on_missing_output,
+        _explain,
     )
 
 
@@ -305,16 +330,8 @@ def list_nodes(
     async def query(s: _sources.Sources) -> list[dict[str, Any]]:
         return [_node_row(n) for n in await s.nodes()]
 
-    rows, failures = _query(address, timeout, query)
-    return _finish(
-        NodeState,
-        "nodes",
-        rows,
-        filters,
-        state_query.check_limit(limit),
-        detail,
-        failures,
-        raise_on_missing_output,
+    return _list(
+        NodeState, "nodes", address, timeout, query, filters, limit, detail, raise_on_missing_output, _explain
     )
 
 
@@ -330,16 +347,8 @@ def list_jobs(
     async def query(s: _sources.Sources) -> list[dict[str, Any]]:
         return [_job_row(j) for j in await s.jobs()]
 
-    rows, failures = _query(address, timeout, query)
-    return _finish(
-        JobState,
-        "jobs",
-        rows,
-        filters,
-        state_query.check_limit(limit),
-        detail,
-        failures,
-        raise_on_missing_output,
+    return _list(
+        JobState, "jobs", address, timeout, query, filters, limit, detail, raise_on_missing_output, _explain
     )
 
 
@@ -355,10 +364,9 @@ def list_placement_groups(
     async def query(s: _sources.Sources) -> list[dict[str, Any]]:
         return [_pg_row(g) for g in await s.placement_groups()]
 
-    rows, failures = _query(address, timeout, query)
-    return _finish(
-        PlacementGroupState, "placement groups", rows, filters, state_query.check_limit(limit), detail,
-        failures, raise_on_missing_output,
+    return _list(
+        PlacementGroupState, "placement groups", address, timeout, query, filters, limit, detail,
+        raise_on_missing_output, _explain,
     )  # fmt: skip
 
 
@@ -378,16 +386,17 @@ def list_workers(
         lists, jobs = await s.workers(nodes), await s.jobs()
         return _worker_rows(lists, jobs, nodes)
 
-    rows, failures = _query(address, timeout, query)
-    return _finish(
+    return _list(
         WorkerState,
         "workers",
-        rows,
+        address,
+        timeout,
+        query,
         filters,
-        state_query.check_limit(limit),
+        limit,
         detail,
-        failures,
         raise_on_missing_output,
+        _explain,
     )
 
 
@@ -405,16 +414,17 @@ def list_objects(
     async def query(s: _sources.Sources) -> list[dict[str, Any]]:
         return await s.objects()
 
-    rows, failures = _query(address, timeout, query)
-    return _finish(
+    return _list(
         ObjectState,
         "objects",
-        rows,
+        address,
+        timeout,
+        query,
         filters,
-        state_query.check_limit(limit),
+        limit,
         detail,
-        failures,
         raise_on_missing_output,
+        _explain,
     )
 
 
