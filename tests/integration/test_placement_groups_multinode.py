@@ -7,8 +7,6 @@ import os
 import signal
 import time
 
-import pytest
-
 import aioray
 from aioray.util import get_placement_group, placement_group, placement_group_table, remove_placement_group
 from aioray.util.placement_group import PlacementGroup
@@ -130,8 +128,15 @@ def test_groups_outlive_a_gcs_restart() -> None:
         cluster.add_node("late", {"late": 1})
         assert waiting.wait(60)
         remove_placement_group(pg)
-        with pytest.raises(aioray.exceptions.RayActorError):
-            aioray.get(resident.node.remote(), timeout=60)
+
+        def resident_dead() -> bool:  # killed right after the removal returns, as in Ray
+            try:
+                aioray.get(resident.node.remote(), timeout=60)
+            except aioray.exceptions.RayActorError:
+                return True
+            return False
+
+        eventually(resident_dead, 30, "the resident actor being killed")
         remove_placement_group(waiting)
 
 

@@ -22,7 +22,9 @@ from grpclib.events import RecvRequest, SendRequest, SendTrailingMetadata, liste
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.server import Server
 
-from aioray._private.common import metrics
+from aioray._private.common import metrics, wire_codecs
+
+wire_codecs.install()  # before any message is coded in this process
 
 __all__ = ["CONNECTION_ERRORS", "ChannelPool", "GRPCError", "GcsUnreachableError", "Status", "start_server"]
 

@@ -53,6 +53,7 @@ class NodeTable(pb.NodeInfoGcsServiceBase):
         self._health_task: asyncio.Task[None] | None = None
         # Called when a node joins or reports: pending placement groups may fit now.
         self.on_resources: Callable[[], None] = lambda: None
+        self._totals_changed: set[bytes] = set()  # nodes whose new totals are not published yet
 
     def view(self) -> pb.ClusterView:
         return pb.ClusterView(nodes=list(self.nodes.values()))
@@ -117,8 +118,20 @@ class NodeTable(pb.NodeInfoGcsServiceBase):
             return
         node.total = fresh.total
         node.available = fresh.available
-        self._tables.put(TABLE, node.node_id, bytes(node))
-        self._publish(NODE_CHANNEL, bytes(node))
+        # Stored and published once per loop step: placing ten groups at once changes a node ten
+        # times, and each NodeInfo costs its writer and every subscriber a parse.
+        if not self._totals_changed:
+            asyncio.get_running_loop().call_soon(self._publish_totals)
+        self._totals_changed.add(node.node_id)
+
+    def _publish_totals(self) -> None:
+        changed, self._totals_changed = self._totals_changed, set()
+        for node_id in changed:
+            node = self.nodes.get(node_id)
+            if node is not None and node.alive:
+                data = bytes(node)
+                self._tables.put(TABLE, node_id, data)
+                self._publish(NODE_CHANNEL, data)
 
     async def get_cluster_view(self, empty: pb.Empty) -> pb.ClusterView:
         return self.view()

@@ -25,8 +25,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aioray._private.common import bundles, proto_enums, rpc
 from aioray._private.common.resources import ResourceSet
@@ -54,6 +55,7 @@ class Group:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one round or removal at a time
     retry_delay: float = 0.0
     next_try: float = 0.0  # monotonic time before which no round starts (backoff)
+    unfit_at: int = -1  # the manager's view version when it last did not fit
 
     @property
     def pg_id(self) -> bytes:
@@ -65,6 +67,20 @@ class Group:
     def announce(self) -> None:
         self.changed.set()
         self.changed = asyncio.Event()
+
+
+def _debited(
+    candidates: list[policy.Candidate], group: Group, assignment: dict[int, bytes]
+) -> list[policy.Candidate]:
+    taken: dict[bytes, ResourceSet] = {}
+    for index, node_id in assignment.items():
+        taken[node_id] = taken.get(node_id, ResourceSet()) + group.shapes[index]
+    return [
+        policy.Candidate(c.node_id, c.available - taken[c.node_id], c.total, c.labels)
+        if c.node_id in taken
+        else c
+        for c in candidates
+    ]
 
 
 class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
@@ -85,16 +101,18 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._reconciled: asyncio.Event | None = None
-        self._removals: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        # Bumped whenever room may have been made; a group that did not fit is planned again
+        # only after that, so creating a group does not re-plan every pending one.
+        self._view_version = 0
 
     # -- the PlacementGroupGcsService --------------------------------------------------------------
     async def create_placement_group(
         self, create_placement_group_request: pb.CreatePlacementGroupRequest
-    ) -> pb.PlacementGroupInfo:
+    ) -> pb.Empty:
         req = create_placement_group_request
-        known = self.groups.get(req.placement_group_id)
-        if known is not None:
-            return known.info  # the creator retried: the same group
+        if req.placement_group_id in self.groups:
+            return pb.Empty()  # the creator retried: the same group
         if not req.bundles or any(not ResourceSet(b.amounts).to_dict() for b in req.bundles):
             raise rpc.GRPCError(rpc.Status.INVALID_ARGUMENT, "a placement group needs non-empty bundles")
         if req.name:
@@ -127,8 +145,8 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
             self.named[(req.namespace, req.name)] = group.pg_id
         self._save(group)
         await self._tables.flush()  # stored before any raylet hears of it
-        self.kick()
-        return info
+        self._wake_up()  # only this group is new: those that did not fit still do not
+        return pb.Empty()
 
     async def remove_placement_group(self, placement_group_id: pb.PlacementGroupId) -> pb.Empty:
         group = self.groups.get(placement_group_id.placement_group_id)
@@ -153,7 +171,7 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
 
     async def wait_placement_group_ready(
         self, wait_placement_group_request: pb.WaitPlacementGroupRequest
-    ) -> pb.PlacementGroupInfo:
+    ) -> pb.PlacementGroupStateReply:
         req = wait_placement_group_request
         group = self.groups.get(req.placement_group_id)
         if group is None:
@@ -168,7 +186,7 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(group.changed.wait(), remaining)
-        return group.info
+        return pb.PlacementGroupStateReply(state=group.info.state)
 
     async def list_placement_groups(self, empty: pb.Empty) -> pb.PlacementGroupList:
         return pb.PlacementGroupList(groups=[g.info for g in self.groups.values()])
@@ -216,12 +234,14 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
         """A job's groups that are not detached go with it."""
         for group in list(self.groups.values()):
             if group.info.job_id == job_id and not group.info.detached and group.info.state != State.REMOVED:
-                task = asyncio.get_running_loop().create_task(self.remove(group))
-                self._removals.add(task)
-                task.add_done_callback(self._removals.discard)
+                self._track(self.remove(group))
 
     def kick(self) -> None:
         """Something may have made room (a node joined, resources freed): look at pending groups."""
+        self._view_version += 1
+        self._wake_up()
+
+    def _wake_up(self) -> None:
         if self._wake is None:
             self._wake = asyncio.Event()
         self._wake.set()
@@ -230,6 +250,8 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
 
     # -- removal ---------------------------------------------------------------------------------
     async def remove(self, group: Group) -> None:
+        """Marks the group REMOVED (stored before this returns); its bundles are released on their
+        raylets after, as Ray does: the resources come back a moment later."""
         async with group.lock:  # waits out a round in flight, so its bundles are known
             if group.info.state == State.REMOVED:
                 return
@@ -246,8 +268,17 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
             self._forget_old_removed()
             await self._tables.flush()
             group.announce()
-            await asyncio.gather(*(self._bundle_call(n, "cancel", bs) for n, bs in self._by_node(held)))
+        if held:
+            self._track(self._release(held))
+
+    async def _release(self, held: list[pb.Bundle]) -> None:
+        await asyncio.gather(*(self._bundle_call(n, "cancel", bs) for n, bs in self._by_node(held)))
         self.kick()  # what it held may let another group fit
+
+    def _track(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _forget_old_removed(self) -> None:
         removed = [g for g in self.groups.values() if g.info.state == State.REMOVED]
@@ -265,13 +296,10 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
             waiting = sorted(
                 (g for g in self.groups.values() if g.info.state in WAITING), key=lambda g: g.info.create_time
             )
-            for group in waiting:
-                try:
-                    await self._round(group)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("placing placement group %s failed", group.pg_id.hex())
+            rounds = self._plan(waiting, loop.time())
+            for outcome in await asyncio.gather(*rounds, return_exceptions=True):
+                if isinstance(outcome, Exception):
+                    log.error("placing a placement group failed", exc_info=outcome)
             now = loop.time()
             sleep = min([max(0.0, g.next_try - now) for g in waiting if g.next_try > now] + [IDLE_ROUND_S])
             if not waiting:
@@ -279,6 +307,31 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), sleep)
             self._wake.clear()
+
+    def _plan(self, waiting: list[Group], now: float) -> list[Coroutine[Any, Any, None]]:
+        """Assigns nodes to as many waiting groups as fit, oldest first, against one view of the
+        nodes that each assignment debits; returns the rounds that reserve them (run together:
+        the raylets' calls overlap)."""
+        candidates, live = self._candidates()
+        rounds = []
+        for group in waiting:
+            info = group.info
+            if group.lock.locked() or now < group.next_try:
+                continue  # a round or a removal is under way, or it backs off
+            if group.unfit_at == self._view_version:
+                continue  # it did not fit, and no room was made since
+            selectors = [s.constraints for s in info.bundle_label_selector]
+            outcome = policy.place(group.shapes, info.strategy, candidates, group.placed(), selectors)
+            if outcome.assignment is None:
+                group.unfit_at = self._view_version
+                state = "INFEASIBLE" if outcome.infeasible else "NO_RESOURCES"
+                if info.message != outcome.reason or info.stats.scheduling_state != state:
+                    info.message, info.stats.scheduling_state = outcome.reason, state
+                    self._save(group)
+                continue
+            candidates = _debited(candidates, group, outcome.assignment)
+            rounds.append(self._round(group, outcome.assignment, live))
+        return rounds
 
     def _candidates(self) -> tuple[list[policy.Candidate], dict[bytes, pb.NodeInfo]]:
         live = {n.node_id: n for n in self._nodes() if n.alive}
@@ -293,27 +346,18 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
         ]
         return candidates, live
 
-    async def _round(self, group: Group) -> None:
-        """Tries once to place the group's unplaced bundles."""
+    async def _round(
+        self, group: Group, assignment: dict[int, bytes], live: dict[bytes, pb.NodeInfo]
+    ) -> None:
+        """Reserves the group's bundles where `_plan` assigned them."""
         async with group.lock:
             info = group.info
             if info.state not in WAITING:
                 return
-            candidates, live = self._candidates()
-            selectors = [s.constraints for s in info.bundle_label_selector]
-            outcome = policy.place(group.shapes, info.strategy, candidates, group.placed(), selectors)
-            if outcome.assignment is None:
-                state = "INFEASIBLE" if outcome.infeasible else "NO_RESOURCES"
-                if info.message != outcome.reason or info.stats.scheduling_state != state:
-                    info.message, info.stats.scheduling_state = outcome.reason, state
-                    self._save(group)
-                return
             loop = asyncio.get_running_loop()
-            if loop.time() < group.next_try:
-                return
             started = time.time()
             info.stats.scheduling_attempts += 1
-            placed_now, problem = await self._two_phase(group, outcome.assignment, live)
+            placed_now, problem = await self._two_phase(group, assignment, live)
             if problem:
                 group.retry_delay = min(RETRY_MAX_S, max(RETRY_MIN_S, group.retry_delay * 2))
                 group.next_try = loop.time() + group.retry_delay
@@ -321,6 +365,7 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
                 info.stats.scheduling_state = "FAILED_TO_COMMIT_RESOURCES"
                 info.message = f"reserving the bundles failed, retrying: {problem}"
                 self._save(group)
+                self._view_version += 1  # what was cancelled is free again
                 return
             for b in info.bundles:
                 if b.bundle_index in placed_now:
@@ -350,15 +395,21 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
                 )
             )
         nodes = {node_id: live[node_id] for node_id in by_node}
-        prepared = await asyncio.gather(
-            *(self._bundle_call(nodes[n], "prepare", bs) for n, bs in by_node.items())
-        )
-        problems = [r.message for r in prepared if not r.success]
-        if not problems:
-            committed = await asyncio.gather(
-                *(self._bundle_call(nodes[n], "commit", bs) for n, bs in by_node.items())
+        if len(by_node) == 1:
+            # One raylet reserves all of them or none: the two phases are one call.
+            [(node_id, bundle_list)] = by_node.items()
+            reply = await self._bundle_call(nodes[node_id], "prepare", bundle_list, commit=True)
+            problems = [] if reply.success else [reply.message]
+        else:
+            prepared = await asyncio.gather(
+                *(self._bundle_call(nodes[n], "prepare", bs) for n, bs in by_node.items())
             )
-            problems = [r.message for r in committed if not r.success]
+            problems = [r.message for r in prepared if not r.success]
+            if not problems:
+                committed = await asyncio.gather(
+                    *(self._bundle_call(nodes[n], "commit", bs) for n, bs in by_node.items())
+                )
+                problems = [r.message for r in committed if not r.success]
         if problems:
             # Everywhere, even where the call failed: it may have arrived, only its answer got lost.
             await asyncio.gather(*(self._bundle_call(nodes[n], "cancel", bs) for n, bs in by_node.items()))
@@ -376,28 +427,27 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
         return [(nodes[n], bs) for n, bs in out.items()]
 
     async def _bundle_call(
-        self, node: pb.NodeInfo, call: str, bundle_list: list[pb.Bundle]
+        self, node: pb.NodeInfo, call: str, bundle_list: list[pb.Bundle], commit: bool = False
     ) -> pb.BundleReply:
-        """One bundle RPC to a raylet; after a commit or cancel, the raylet's new totals go into the
-        node table (one call per node at a time, so the last totals stored are the newest)."""
-        request = pb.BundleRequest(bundles=bundle_list)
+        """One bundle RPC to a raylet; the node's totals in its reply go into the node table (one
+        call per node at a time, so the last totals stored are the newest)."""
+        request = pb.BundleRequest(bundles=bundle_list, commit=commit)
         lock = self._node_locks.setdefault(node.node_id, asyncio.Lock())
         async with lock:
             stub = self.channels.stub(node.address, pb.NodeManagerStub)
             try:
                 if call == "prepare":
-                    return await stub.prepare_bundle_resources(request, timeout=BUNDLE_RPC_TIMEOUT_S)
-                if call == "commit":
+                    reply = await stub.prepare_bundle_resources(request, timeout=BUNDLE_RPC_TIMEOUT_S)
+                elif call == "commit":
                     reply = await stub.commit_bundle_resources(request, timeout=BUNDLE_RPC_TIMEOUT_S)
                 else:
-                    await stub.cancel_resource_reserve(request, timeout=BUNDLE_RPC_TIMEOUT_S)
-                    reply = pb.BundleReply(success=True)
-                self._update_node(await stub.get_node_info(pb.Empty(), timeout=BUNDLE_RPC_TIMEOUT_S))
-                return reply
+                    reply = await stub.cancel_resource_reserve(request, timeout=BUNDLE_RPC_TIMEOUT_S)
             except Exception as e:  # the node is gone or stuck: its health check will tell
                 return pb.BundleReply(
                     success=False, message=f"the raylet at {node.address} did not answer {call}: {e!r}"
                 )
+            self._update_node(pb.NodeInfo(node_id=node.node_id, total=reply.total, available=reply.available))
+            return reply
 
     # -- storage ---------------------------------------------------------------------------------
     def _save(self, group: Group) -> None:
@@ -413,9 +463,7 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
                 self.named[(info.namespace, info.name)] = key
         if self.groups:
             self._reconciled = asyncio.Event()
-            task = asyncio.get_running_loop().create_task(self._reconcile(self._reconciled))
-            self._removals.add(task)
-            task.add_done_callback(self._removals.discard)
+            self._track(self._reconcile(self._reconciled))
             self.kick()
         return sum(g.info.state != State.REMOVED for g in self.groups.values())
 
@@ -456,7 +504,7 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
         )
 
     def close(self) -> None:
-        for task in [self._task, *self._removals]:
+        for task in [self._task, *self._background]:
             if task is not None:
                 task.cancel()
 

@@ -429,14 +429,22 @@ class NodeManager(pb.NodeManagerBase):
 
     # -- placement group bundles -----------------------------------------------------------------
     async def prepare_bundle_resources(self, bundle_request: pb.BundleRequest) -> pb.BundleReply:
-        return self.bundles.prepare(bundle_request.bundles)
+        reply = self.bundles.prepare(bundle_request.bundles)
+        if reply.success and bundle_request.commit:
+            reply = self.bundles.commit(bundle_request.bundles)
+        return self._with_totals(reply)
 
     async def commit_bundle_resources(self, bundle_request: pb.BundleRequest) -> pb.BundleReply:
-        return self.bundles.commit(bundle_request.bundles)
+        return self._with_totals(self.bundles.commit(bundle_request.bundles))
 
-    async def cancel_resource_reserve(self, bundle_request: pb.BundleRequest) -> pb.Empty:
+    async def cancel_resource_reserve(self, bundle_request: pb.BundleRequest) -> pb.BundleReply:
         self.bundles.cancel(bundle_request.bundles)
-        return pb.Empty()
+        return self._with_totals(pb.BundleReply(success=True))
+
+    def _with_totals(self, reply: pb.BundleReply) -> pb.BundleReply:
+        reply.total = pb.ResourceMap(amounts=self.total.to_dict())
+        reply.available = pb.ResourceMap(amounts=self.available.to_dict())
+        return reply
 
     async def get_bundles(self, empty: pb.Empty) -> pb.BundleRequest:
         return self.bundles.bundles()

@@ -567,6 +567,11 @@ class WaitPlacementGroupRequest(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class PlacementGroupStateReply(betterproto.Message):
+    state: "PlacementGroupInfoState" = betterproto.enum_field(1)
+
+
+@dataclass(eq=False, repr=False)
 class PlacementGroupList(betterproto.Message):
     groups: List["PlacementGroupInfo"] = betterproto.message_field(1)
 
@@ -644,12 +649,19 @@ class LeaseReply(betterproto.Message):
 @dataclass(eq=False, repr=False)
 class BundleRequest(betterproto.Message):
     bundles: List["Bundle"] = betterproto.message_field(1)
+    commit: bool = betterproto.bool_field(2)
 
 
 @dataclass(eq=False, repr=False)
 class BundleReply(betterproto.Message):
+    """
+    The node's totals after the call ride along, so the GCS needs no GetNodeInfo to learn them.
+    """
+
     success: bool = betterproto.bool_field(1)
     message: str = betterproto.string_field(2)
+    total: "ResourceMap" = betterproto.message_field(3)
+    available: "ResourceMap" = betterproto.message_field(4)
 
 
 @dataclass(eq=False, repr=False)
@@ -1341,11 +1353,11 @@ class PlacementGroupGcsServiceStub(betterproto.ServiceStub):
         timeout: Optional[float] = None,
         deadline: Optional["Deadline"] = None,
         metadata: Optional["MetadataLike"] = None
-    ) -> "PlacementGroupInfo":
+    ) -> "Empty":
         return await self._unary_unary(
             "/aioray.v1.PlacementGroupGcsService/CreatePlacementGroup",
             create_placement_group_request,
-            PlacementGroupInfo,
+            Empty,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -1392,11 +1404,11 @@ class PlacementGroupGcsServiceStub(betterproto.ServiceStub):
         timeout: Optional[float] = None,
         deadline: Optional["Deadline"] = None,
         metadata: Optional["MetadataLike"] = None
-    ) -> "PlacementGroupInfo":
+    ) -> "PlacementGroupStateReply":
         return await self._unary_unary(
             "/aioray.v1.PlacementGroupGcsService/WaitPlacementGroupReady",
             wait_placement_group_request,
-            PlacementGroupInfo,
+            PlacementGroupStateReply,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -1637,11 +1649,11 @@ class NodeManagerStub(betterproto.ServiceStub):
         timeout: Optional[float] = None,
         deadline: Optional["Deadline"] = None,
         metadata: Optional["MetadataLike"] = None
-    ) -> "Empty":
+    ) -> "BundleReply":
         return await self._unary_unary(
             "/aioray.v1.NodeManager/CancelResourceReserve",
             bundle_request,
-            Empty,
+            BundleReply,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -2468,7 +2480,7 @@ class PlacementGroupGcsServiceBase(ServiceBase):
 
     async def create_placement_group(
         self, create_placement_group_request: "CreatePlacementGroupRequest"
-    ) -> "PlacementGroupInfo":
+    ) -> "Empty":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def remove_placement_group(
@@ -2483,15 +2495,14 @@ class PlacementGroupGcsServiceBase(ServiceBase):
 
     async def wait_placement_group_ready(
         self, wait_placement_group_request: "WaitPlacementGroupRequest"
-    ) -> "PlacementGroupInfo":
+    ) -> "PlacementGroupStateReply":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def list_placement_groups(self, empty: "Empty") -> "PlacementGroupList":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def __rpc_create_placement_group(
-        self,
-        stream: "grpclib.server.Stream[CreatePlacementGroupRequest, PlacementGroupInfo]",
+        self, stream: "grpclib.server.Stream[CreatePlacementGroupRequest, Empty]"
     ) -> None:
         request = await stream.recv_message()
         response = await self.create_placement_group(request)
@@ -2514,7 +2525,7 @@ class PlacementGroupGcsServiceBase(ServiceBase):
 
     async def __rpc_wait_placement_group_ready(
         self,
-        stream: "grpclib.server.Stream[WaitPlacementGroupRequest, PlacementGroupInfo]",
+        stream: "grpclib.server.Stream[WaitPlacementGroupRequest, PlacementGroupStateReply]",
     ) -> None:
         request = await stream.recv_message()
         response = await self.wait_placement_group_ready(request)
@@ -2533,7 +2544,7 @@ class PlacementGroupGcsServiceBase(ServiceBase):
                 self.__rpc_create_placement_group,
                 grpclib.const.Cardinality.UNARY_UNARY,
                 CreatePlacementGroupRequest,
-                PlacementGroupInfo,
+                Empty,
             ),
             "/aioray.v1.PlacementGroupGcsService/RemovePlacementGroup": grpclib.const.Handler(
                 self.__rpc_remove_placement_group,
@@ -2551,7 +2562,7 @@ class PlacementGroupGcsServiceBase(ServiceBase):
                 self.__rpc_wait_placement_group_ready,
                 grpclib.const.Cardinality.UNARY_UNARY,
                 WaitPlacementGroupRequest,
-                PlacementGroupInfo,
+                PlacementGroupStateReply,
             ),
             "/aioray.v1.PlacementGroupGcsService/ListPlacementGroups": grpclib.const.Handler(
                 self.__rpc_list_placement_groups,
@@ -2669,7 +2680,9 @@ class NodeManagerBase(ServiceBase):
     ) -> "BundleReply":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def cancel_resource_reserve(self, bundle_request: "BundleRequest") -> "Empty":
+    async def cancel_resource_reserve(
+        self, bundle_request: "BundleRequest"
+    ) -> "BundleReply":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def get_bundles(self, empty: "Empty") -> "BundleRequest":
@@ -2744,7 +2757,7 @@ class NodeManagerBase(ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_cancel_resource_reserve(
-        self, stream: "grpclib.server.Stream[BundleRequest, Empty]"
+        self, stream: "grpclib.server.Stream[BundleRequest, BundleReply]"
     ) -> None:
         request = await stream.recv_message()
         response = await self.cancel_resource_reserve(request)
@@ -2824,7 +2837,7 @@ class NodeManagerBase(ServiceBase):
                 self.__rpc_cancel_resource_reserve,
                 grpclib.const.Cardinality.UNARY_UNARY,
                 BundleRequest,
-                Empty,
+                BundleReply,
             ),
             "/aioray.v1.NodeManager/GetBundles": grpclib.const.Handler(
                 self.__rpc_get_bundles,
