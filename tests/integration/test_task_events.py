@@ -159,7 +159,7 @@ def test_the_timeline_has_each_execution_on_its_node_and_worker(cluster) -> None
     }
 
 
-def test_state_api_lists_the_cluster(cluster, tmp_path) -> None:
+def test_state_api_lists_the_cluster(cluster, tmp_path, capsys) -> None:
     ids = node_ids_by_resource()
     nodes = state.list_nodes(filters=[("state", "=", "alive")])
     assert {n["node_id"] for n in nodes} == set(ids.values())
@@ -183,6 +183,14 @@ def test_state_api_lists_the_cluster(cluster, tmp_path) -> None:
     assert actor["class_name"] == "Keeper" and actor["state"] == "ALIVE" and actor["node_id"] == ids["b"]
     assert state.get_actor(actor["actor_id"])["pid"] == actor["pid"]
     assert state.summarize_actors()["cluster"]["summary"]["Keeper"]["state_counts"] == {"ALIVE": 1}
+    # `_explain` says how many rows each call saw, the get_/summarize_ calls included.
+    capsys.readouterr()
+    state.get_actor(actor["actor_id"], _explain=True)
+    state.get_node(ids["b"], _explain=True)
+    state.summarize_actors(_explain=True)
+    explained = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in explained] == ["list_actors", "list_nodes", "list_actors"]
+    assert all(" shown " in line for line in explained)
 
     workers = state.list_workers()
     assert {w["node_id"] for w in workers if w["worker_type"] == "WORKER"} == set(ids.values())

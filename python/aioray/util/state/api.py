@@ -446,6 +446,7 @@ def get_task(
         timeout,
         detail=True,
         raise_on_missing_output=False,
+        _explain=_explain,
     )
     if not found:
         return None
@@ -456,7 +457,13 @@ def get_actor(
     id: str, address: str | None = None, timeout: int = DEFAULT_RPC_TIMEOUT, _explain: bool = False
 ) -> ActorState | None:
     found = list_actors(
-        address, [("actor_id", "=", id)], 1, timeout, detail=True, raise_on_missing_output=False
+        address,
+        [("actor_id", "=", id)],
+        1,
+        timeout,
+        detail=True,
+        raise_on_missing_output=False,
+        _explain=_explain,
     )
     return found[0] if found else None
 
@@ -465,7 +472,13 @@ def get_node(
     id: str, address: str | None = None, timeout: int = DEFAULT_RPC_TIMEOUT, _explain: bool = False
 ) -> NodeState | None:
     found = list_nodes(
-        address, [("node_id", "=", id)], 1, timeout, detail=True, raise_on_missing_output=False
+        address,
+        [("node_id", "=", id)],
+        1,
+        timeout,
+        detail=True,
+        raise_on_missing_output=False,
+        _explain=_explain,
     )
     return found[0] if found else None
 
@@ -481,7 +494,12 @@ def summarize_tasks(
 ) -> dict[str, Any]:
     """Task attempts by name and state (Ray's TaskSummaries, under the key "cluster")."""
     tasks = list_tasks(
-        address, None, state_query.MAX_LIMIT, timeout, raise_on_missing_output=raise_on_missing_output
+        address,
+        None,
+        state_query.MAX_LIMIT,
+        timeout,
+        raise_on_missing_output=raise_on_missing_output,
+        _explain=_explain,
     )
     summary: dict[str, dict[str, Any]] = {}
     totals = {te.NORMAL_TASK: 0, te.ACTOR_TASK: 0, te.ACTOR_CREATION_TASK: 0}
@@ -509,7 +527,12 @@ def summarize_actors(
 ) -> dict[str, Any]:
     """Actors by class and state (Ray's ActorSummaries, under the key "cluster")."""
     actors = list_actors(
-        address, None, state_query.MAX_LIMIT, timeout, raise_on_missing_output=raise_on_missing_output
+        address,
+        None,
+        state_query.MAX_LIMIT,
+        timeout,
+        raise_on_missing_output=raise_on_missing_output,
+        _explain=_explain,
     )
     summary: dict[str, dict[str, Any]] = {}
     for a in actors:
@@ -526,7 +549,12 @@ def summarize_objects(
 ) -> dict[str, Any]:
     """Objects by call site (aioray records none: one group, "disabled"), as Ray's ObjectSummaries."""
     objects = list_objects(
-        address, None, state_query.MAX_LIMIT, timeout, raise_on_missing_output=raise_on_missing_output
+        address,
+        None,
+        state_query.MAX_LIMIT,
+        timeout,
+        raise_on_missing_output=raise_on_missing_output,
+        _explain=_explain,
     )
     summary: dict[str, dict[str, Any]] = {}
     workers: dict[str, set[Any]] = {}
