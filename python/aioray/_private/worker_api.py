@@ -14,10 +14,11 @@ from typing import Any
 
 from aioray._private import node as node_mod
 from aioray._private import runtime_env as runtime_env_mod
-from aioray._private.common import process, rpc, versions
+from aioray._private.common import jobs, process, rpc, versions
 from aioray._private.common.ids import random_id
 from aioray._private.core_worker import object_ref
 from aioray._private.core_worker.worker import CoreWorker, connect
+from aioray._private.runtime_env.resolver import merge as merge_runtime_env
 from aioray._proto.aioray import v1 as pb
 
 CONNECT_RETRY_S = 30.0
@@ -105,6 +106,14 @@ def init(
             raise RuntimeError(
                 "aioray.init() was called twice: call aioray.shutdown() first, or pass ignore_reinit_error=True"
             )
+        if address is None:
+            # A submitted job's entrypoint (or any process told so) joins its cluster, as RAY_ADDRESS does.
+            address = os.environ.get(jobs.ADDRESS_ENV) or None
+        injected = os.environ.get(jobs.JOB_RUNTIME_ENV_ENV)
+        if injected and address not in (None, "local"):
+            # The submitted job's runtime_env (packages uploaded already) is the driver's job-level
+            # one; what init() itself is given wins field by field, as Ray merges them.
+            runtime_env = merge_runtime_env(json.loads(injected), runtime_env)
         job_env = runtime_env_mod.parse_runtime_env(runtime_env)  # refused before anything starts
         node = None
         if address is None or address == "local":
@@ -236,6 +245,7 @@ async def _start_core(
             driver_pid=os.getpid(),
             namespace=namespace,
             version=versions.build_version(),
+            submission_id=os.environ.get(jobs.SUBMISSION_ID_ENV, ""),
         )
         try:
             reply = await channels.stub(gcs_address, pb.JobInfoGcsServiceStub).register_job(
