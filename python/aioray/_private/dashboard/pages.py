@@ -77,10 +77,6 @@ async def logout(req: Request) -> Response:
     return resp
 
 
-async def whoami(req: Request) -> Response:
-    return Response.json({"authorized": req.authorized()})
-
-
 def _file(name: str) -> Response:
     root = os.path.realpath(static_dir())
     path = os.path.realpath(os.path.join(root, name))
@@ -120,6 +116,12 @@ def setup(router: Router, ctx: DashboardContext) -> None:
     router.get("/login", login_page, auth=False)
     router.post("/login", login_form, auth=False, max_body=8 << 10)
     router.post("/logout", logout, auth=False)
+
+    async def whoami(req: Request) -> Response:
+        # The routes tell the pages which optional parts (job submission) this dashboard serves.
+        routes = [f"{r.method} {r.pattern}" for r in router.routes]
+        return Response.json({"authorized": req.authorized(), "routes": routes})
+
     router.get("/api/auth", whoami, auth=False)
 
 
