@@ -71,6 +71,9 @@ def cmd_start(args: argparse.Namespace) -> int:
         "discard_storage_on_stop": args.head and args.storage is None,
         "log_files": not args.block,  # with --block the daemons' output goes to the terminal
         "metrics_export_port": args.metrics_export_port,
+        "include_dashboard": args.include_dashboard if args.head else False,
+        "dashboard_host": args.dashboard_host,
+        "dashboard_port": args.dashboard_port,
     }
     session_file = worker_api.cluster_file() if args.head else os.path.join(sessions, "node-{node_id}.json")
     env = dict(os.environ)
@@ -104,6 +107,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         print(f"  add a node:         aioray start --address={node['gcs_address']}")
         print(f"  auth token (for other machines, set {process.TOKEN_ENV}): {token}")
         print(f"  Prometheus targets (file_sd_configs): {node['metrics_service_discovery_file']}")
+        if node.get("dashboard_url"):
+            print(f"  dashboard:          {node['dashboard_url']}   (log in: {node['dashboard_url']}/login)")
     if not args.block:
         return 0
     sys.stdout.flush()
@@ -172,7 +177,7 @@ def _describe(pids: dict[int, str]) -> str:
     for pid, kind in pids.items():
         by_kind.setdefault(kind, []).append(pid)
     parts = []
-    for kind in ("supervisor", "gcs", "raylet", "worker"):
+    for kind in ("supervisor", "gcs", "dashboard", "raylet", "worker"):
         if kind in by_kind:
             ids = sorted(by_kind[kind])
             label = "pid" if len(ids) == 1 else "pids"
@@ -318,6 +323,15 @@ def cmd_microbenchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bool_flag(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aioray", description="aioray cluster management")
     parser.add_argument("--version", action="version", version=_version())
@@ -356,6 +370,25 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="port of the node's Prometheus /metrics, on --node-ip-address (default: a free one)",
+    )
+    start.add_argument(
+        "--include-dashboard",
+        type=_bool_flag,
+        default=True,
+        metavar="true|false",
+        help="run the dashboard on a head (default: true)",
+    )
+    start.add_argument(
+        "--dashboard-host",
+        default="127.0.0.1",
+        help="the dashboard's address (default: loopback only; 0.0.0.0 for every interface)",
+    )
+    start.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=None,
+        help=f"the dashboard's port (default: {node_mod.DEFAULT_DASHBOARD_PORT}, or the next free one; "
+        "an explicit port must be free)",
     )
     start.add_argument("--block", action="store_true", help="stay in the foreground; Ctrl-C stops the node")
     start.set_defaults(func=cmd_start)
