@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-from typing import Any
+from typing import Any, Self
 
 from aioray._proto.aioray import v1 as pb
 
@@ -28,7 +28,7 @@ def info_key(submission_id: str) -> str:
     return INFO_KEY_PREFIX + submission_id
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     PENDING = "PENDING"  # not started: its runtime environment is being set up
     RUNNING = "RUNNING"
     STOPPED = "STOPPED"  # stopped by a user
@@ -42,7 +42,7 @@ class JobStatus(str, enum.Enum):
         return self in (JobStatus.STOPPED, JobStatus.SUCCEEDED, JobStatus.FAILED)
 
 
-class JobType(str, enum.Enum):
+class JobType(enum.StrEnum):
     SUBMISSION = "SUBMISSION"
     DRIVER = "DRIVER"
 
@@ -90,7 +90,7 @@ class JobInfo:
         return out
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> JobInfo:
+    def from_json(cls, data: dict[str, Any]) -> Self:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -98,7 +98,7 @@ class JobInfo:
         return json.dumps(self.to_json()).encode()
 
     @classmethod
-    def load(cls, raw: bytes) -> JobInfo:
+    def load(cls, raw: bytes) -> Self:
         return cls.from_json(json.loads(raw))
 
 

@@ -28,6 +28,7 @@ CLOSE_TIMEOUT_S = 10.0
 ROUTE_MODULES = [
     "aioray._private.dashboard.pages",
     "aioray._private.dashboard.cluster_routes",
+    "aioray._private.dashboard.job.routes",
 ]
 
 

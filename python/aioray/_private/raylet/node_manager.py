@@ -463,7 +463,9 @@ class NodeManager(pb.NodeManagerBase):
             )
         return pb.WorkerList(node_id=self.node_id, workers=workers)
 
-    async def setup_runtime_env(self, runtime_env_setup_request: pb.RuntimeEnvSetupRequest) -> pb.RuntimeEnvSetup:
+    async def setup_runtime_env(
+        self, runtime_env_setup_request: pb.RuntimeEnvSetupRequest
+    ) -> pb.RuntimeEnvSetup:
         """The environment set up as for a worker, for a process started elsewhere (a job's
         entrypoint): same cache, same packages, same virtual environments."""
         req = runtime_env_setup_request

@@ -9,7 +9,7 @@ from aioray._private.common import proto_enums, rpc
 from aioray._private.common.config import GCS_RECONNECT_TIMEOUT_S
 from aioray._private.common.ids import random_id
 from aioray._private.common.node_resources import NODE_ID_LABEL
-from aioray._private.dashboard.job.manager import RPC_TIMEOUT_S, JobManager
+from aioray._private.dashboard.job.manager import RPC_TIMEOUT_S
 from aioray._proto.aioray import v1 as pb
 
 RESERVE_POLL_S = 5.0
@@ -87,20 +87,4 @@ def reserver(
     return reserve
 
 
-def connect(gcs_address: str, token: str, log_dir: str) -> tuple[JobManager, rpc.ChannelPool]:
-    """A job manager of the cluster at `gcs_address`, and the channels to close after it."""
-    channels = rpc.ChannelPool(token)
-    head = HeadNode(channels, gcs_address)
-    manager = JobManager(
-        kv=channels.gcs_stub(gcs_address, pb.InternalKvGcsServiceStub, GCS_RECONNECT_TIMEOUT_S),
-        jobs=channels.gcs_stub(gcs_address, pb.JobInfoGcsServiceStub, GCS_RECONNECT_TIMEOUT_S),
-        setup_runtime_env=head.setup_runtime_env,
-        gcs_address=gcs_address,
-        token=token,
-        log_dir=log_dir,
-        reserve=reserver(channels, gcs_address, head),
-    )
-    return manager, channels
-
-
-__all__ = ["HeadNode", "connect", "reserver"]
+__all__ = ["HeadNode", "reserver"]

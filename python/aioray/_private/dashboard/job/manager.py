@@ -30,7 +30,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, BinaryIO
 
 from aioray._private.common import process
 from aioray._private.common.jobs import (
@@ -123,7 +123,9 @@ class SubmitRequest:
             raise BadJobRequestError("'metadata' must map strings to strings")
         for name in ("entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory"):
             value = getattr(req, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or value < 0
+            ):
                 raise BadJobRequestError(f"'{name}' must be a number >= 0, got {value!r}")
         res = req.entrypoint_resources
         if res is not None and (
@@ -361,7 +363,7 @@ class JobManager:
                     return
                 env, cwd = dict(setup.env), setup.cwd or None
             run.starting = True  # from here a stop waits for the process, to signal it
-            with open(self.log_path(sid), "ab") as out:
+            with _open_log(self.log_path(sid)) as out:
                 run.proc = await asyncio.create_subprocess_shell(
                     req.entrypoint,
                     stdin=asyncio.subprocess.DEVNULL,
@@ -371,9 +373,7 @@ class JobManager:
                     env=env,
                     start_new_session=True,  # its own process group: stop signals the whole job
                 )
-            with contextlib.suppress(OSError):
-                with open(self._pid_path(sid), "w") as f:
-                    f.write(str(run.proc.pid))  # for a restarted manager (`recover`)
+            _write(self._pid_path(sid), str(run.proc.pid))  # for a restarted manager (`recover`)
             await self._update(sid, JobStatus.RUNNING, driver_node_id=self.node_id or None)
             if run.stopping:  # asked while it started
                 _signal_group(run.proc.pid, signal.SIGTERM)
@@ -407,6 +407,8 @@ class JobManager:
             )
         finally:
             run.done.set()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._pid_path(sid))
             if release is not None:
                 with contextlib.suppress(Exception):
                     await release()
@@ -459,11 +461,7 @@ class JobManager:
 
     async def get_logs(self, job_or_submission_id: str) -> str:
         sid, _ = await self._submission(job_or_submission_id, "get logs of")
-        try:
-            with open(self.log_path(sid), "rb") as f:
-                return f.read().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return _read(self.log_path(sid)).decode(errors="replace")
 
     async def tail_logs(self, job_or_submission_id: str) -> AsyncIterator[str]:
         """The job's output as it is written, until the job has ended and all of it was sent."""
@@ -475,11 +473,7 @@ class JobManager:
         offset = 0
         last_check = 0.0
         while True:
-            chunk = b""
-            with contextlib.suppress(FileNotFoundError):
-                with open(self.log_path(sid), "rb") as f:
-                    f.seek(offset)
-                    chunk = f.read(1 << 20)
+            chunk = _read(self.log_path(sid), offset, 1 << 20)
             if chunk:
                 offset += len(chunk)
                 text = decoder.decode(chunk)
@@ -501,11 +495,7 @@ class JobManager:
                     break
             await asyncio.sleep(TAIL_POLL_S)
         # What was written between the last read and the end.
-        rest = b""
-        with contextlib.suppress(FileNotFoundError):
-            with open(self.log_path(sid), "rb") as f:
-                f.seek(offset)
-                rest = f.read()
+        rest = _read(self.log_path(sid), offset)
         text = decoder.decode(rest, final=True)
         if text:
             yield text
@@ -525,9 +515,9 @@ class JobManager:
                 continue
             if info.status.is_terminal():
                 continue
-            with contextlib.suppress(OSError, ValueError):
-                with open(self._pid_path(s.submission_id)) as f:
-                    _signal_group(int(f.read()), signal.SIGKILL)
+            pid = _read(self._pid_path(s.submission_id)).decode()
+            if pid.isdigit():
+                _signal_group(int(pid), signal.SIGKILL)
             info = dataclasses.replace(
                 info,
                 status=JobStatus.FAILED,
@@ -549,6 +539,24 @@ class JobManager:
         if waits:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*waits), self.stop_grace_s + 5)
+
+
+def _open_log(path: str) -> BinaryIO:
+    return open(path, "ab")
+
+
+def _read(path: str, offset: int = 0, limit: int = -1) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(limit)
+    except OSError:
+        return b""
+
+
+def _write(path: str, text: str) -> None:
+    with contextlib.suppress(OSError), open(path, "w") as f:
+        f.write(text)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
