@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from aioray._private import log_cli, state_cli, worker_api
+from aioray._private import job_cli, log_cli, state_cli, worker_api
 from aioray._private import node as node_mod
 from aioray._private.common import process, rpc, segments
 from aioray._private.common.node_resources import parse_labels
@@ -419,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--address", default=None)
     status.set_defaults(func=cmd_status)
     log_cli.add_parser(sub)
+    job_cli.add_parser(sub)
     bench = sub.add_parser("microbenchmark", help="the cases of `ray microbenchmark`, on an embedded cluster")
     bench.add_argument("filter", nargs="?", default="", help="run only cases whose name contains this")
     bench.add_argument("--duration", type=float, default=2.0, help="seconds per timed run")
