@@ -310,6 +310,11 @@ class JobManager:
             _signal_group(run.proc.pid, signal.SIGTERM)
         elif not run.starting and run.task is not None:
             run.task.cancel()  # still setting up: it never starts
+            with contextlib.suppress(asyncio.CancelledError):
+                await run.task
+            # A task cancelled before its first step ran none of its handlers.
+            await self._update(sid, JobStatus.STOPPED)
+            run.done.set()
         return True
 
     async def delete_job(self, job_or_submission_id: str) -> bool:
