@@ -271,3 +271,16 @@ def test_the_cli_submits_waits_and_prints_the_output(head: Head, tmp_path: Path)
     assert failed.returncode == 1 and "failed" in failed.stdout and "exit code 2" in failed.stdout
     refused = head.cli("job", "list", "--address", head.url, **{process.TOKEN_ENV: "wrong"})
     assert refused.returncode == 1 and "401" in refused.stderr
+
+
+def test_entrypoint_resources_are_reserved_on_the_head(head: Head) -> None:
+    client = head.client()
+    job = client.submit_job(entrypoint="echo reserved", entrypoint_num_cpus=1)
+    assert wait_ended(client, job) == JobStatus.SUCCEEDED
+    assert client.get_job_info(job).entrypoint_num_cpus == 1
+    # What the head does not have keeps the job PENDING, until it is stopped.
+    waiting = client.submit_job(entrypoint="echo never", entrypoint_resources={"unobtainium": 1})
+    assert client.get_job_status(waiting) == JobStatus.PENDING
+    assert client.stop_job(waiting) is True
+    assert wait_ended(client, waiting) == JobStatus.STOPPED
+    assert client.get_job_logs(waiting) == ""
