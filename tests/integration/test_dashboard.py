@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -180,6 +181,10 @@ def test_logged_in_the_pages_show_the_actor_and_its_log(tab: Tab, token: str) ->
     tab.wait_text(f"-{pid}.out")
     tab.page.click(f"a.log-file:has-text('-{pid}.out')")
     tab.wait_text("hello from the dashboard probe", selector="#log-content")
+    tab.page.check("#follow")  # reads the file again, then what is appended, as it comes
+    tab.wait_text("hello from the dashboard probe", selector="#log-content")
+    aioray.get(probe.say.remote("and a line written while followed"), timeout=DEADLINE_S)
+    tab.wait_text("and a line written while followed", selector="#log-content")
     aioray.kill(probe)
 
 
@@ -244,13 +249,18 @@ def test_the_timeline_downloads_as_a_chrome_trace(url: str, token: str) -> None:
         assert time.monotonic() < deadline, events
 
 
+def cmdline(pid: int) -> bytes:
+    """The process's command line, NUL-separated (empty once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
 def dashboard_pid(cluster: Nodes) -> int:
     pids = [p for p, kind in process.find_daemons().items() if kind == "dashboard"]
-    ours = [
-        p
-        for p in pids
-        if f"--gcs-address\0{cluster.address}".encode() in open(f"/proc/{p}/cmdline", "rb").read()
-    ]
+    ours = [p for p in pids if f"--gcs-address\0{cluster.address}".encode() in cmdline(p)]
     assert len(ours) == 1, pids
     return ours[0]
 
@@ -258,8 +268,6 @@ def dashboard_pid(cluster: Nodes) -> int:
 def test_the_supervisor_restarts_a_dead_dashboard_and_it_survives_a_gcs_restart(
     cluster: Nodes, url: str
 ) -> None:
-    import signal
-
     old = dashboard_pid(cluster)
     os.kill(old, signal.SIGKILL)
     deadline = time.monotonic() + DEADLINE_S
@@ -274,7 +282,7 @@ def test_the_supervisor_restarts_a_dead_dashboard_and_it_survives_a_gcs_restart(
     gcs = [
         p
         for p, kind in process.find_daemons().items()
-        if kind == "gcs" and f"--port\0{cluster.port}\0".encode() in open(f"/proc/{p}/cmdline", "rb").read()
+        if kind == "gcs" and f"--port\0{cluster.port}\0".encode() in cmdline(p)
     ]
     assert len(gcs) == 1
     os.kill(gcs[0], signal.SIGKILL)

@@ -10,13 +10,25 @@ import urllib.request
 import pytest
 
 import aioray
+from aioray._private import worker_api
 from aioray._private.common import process, rpc, segments
+
+from .multinode import Nodes
 
 
 def status_of(url: str) -> dict[str, object]:
     with urllib.request.urlopen(f"{url}/api/cluster_status", timeout=30) as resp:
         data: dict[str, object] = json.loads(resp.read())
         return data
+
+
+def cmdline(pid: int) -> bytes:
+    """The process's command line, NUL-separated (empty once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
 
 
 def dashboards() -> set[int]:
@@ -72,6 +84,17 @@ def test_include_dashboard_false_starts_none() -> None:
         aioray.shutdown()
     with pytest.raises(ValueError, match="dashboard_port must be a port number"):
         aioray.init(num_cpus=1, dashboard_port=-1)
+
+
+def test_the_cli_leaves_it_out_when_told() -> None:
+    nodes = Nodes()
+    try:
+        nodes.start_head({"head": 1}, extra=("--include-dashboard=false",))
+        info = worker_api.read_cluster_file(nodes.address)
+        assert info is not None and info["dashboard_url"] is None
+        assert not [p for p in dashboards() if f"{nodes.address}".encode() in cmdline(p)]
+    finally:
+        nodes.stop()
 
 
 async def test_the_async_cluster_has_a_dashboard_too() -> None:
