@@ -296,6 +296,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         return 1
     print(f"cluster at {address}: {sum(n.alive for n in view.nodes)} live node(s)")
+    if info is not None and info.get("gcs_address") == address and info.get("dashboard_url"):
+        print(f"  dashboard: {info['dashboard_url']}")
     for n in view.nodes:
         state = "alive" if n.alive else "DEAD"
         print(f"  node {n.node_id.hex()[:12]} {n.address} {state}{' (head)' if n.is_head else ''}")
@@ -374,9 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--include-dashboard",
         type=_bool_flag,
-        default=True,
+        default=None,
         metavar="true|false",
-        help="run the dashboard on a head (default: true)",
+        help="run the dashboard on a head (default: yes, going on without it if it cannot start)",
     )
     start.add_argument(
         "--dashboard-host",

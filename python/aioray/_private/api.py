@@ -134,7 +134,7 @@ def init(
     A new cluster runs the dashboard, as Ray's does: on ``dashboard_host`` (default 127.0.0.1, this
     machine only) and ``dashboard_port`` (default 8265, or the next free port when another cluster
     has it; an explicit port must be free). ``include_dashboard=False`` leaves it out, True fails
-    the call if it cannot start (None: a warning). The URL is printed and is the returned
+    the call if it cannot start (None: a warning, unless a port was given). The URL is printed and is the returned
     context's ``dashboard_url``.
 
     Ray's other arguments are accepted where aioray does what they ask (``logging_level`` sets the

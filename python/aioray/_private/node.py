@@ -208,8 +208,8 @@ def start_node(
 
     A head with `include_dashboard` also runs the dashboard process on `dashboard_host`:
     `dashboard_port` None is Ray's 8265, or the next free port when it is taken; an explicit port
-    must be free (0: any free one). True fails the start if the dashboard cannot serve; None only
-    warns (Ray's default).
+    must be free (0: any free one). The start fails if the dashboard cannot serve, unless neither
+    `include_dashboard` (None: Ray's default) nor a port was asked for: then it only warns.
     """
     token = token if token is not None else secrets.token_hex(16)
     store_memory = object_store_memory or default_object_store_memory()
@@ -293,7 +293,7 @@ def start_node(
             except RuntimeError as e:
                 children.remove(dashboard)
                 dashboard = None
-                if include_dashboard:
+                if include_dashboard or dashboard_port is not None:  # asked for, or for that port
                     raise RuntimeError(f"the dashboard did not start: {e}") from None
                 log.warning("the dashboard did not start: %s; the cluster runs without it", e)
             else:

@@ -48,7 +48,7 @@ def _login_form(message: str, next_url: str, status: int = 200) -> Response:
 
 def _logged_in(req: Request, token: str, next_url: str) -> Response:
     if not check_token(token, req.token):
-        return _login_form("That is not this cluster's token.", next_url, 401)
+        return _login_form("That is not the token of this cluster.", next_url, 401)
     resp = Response.redirect(next_url)
     resp.set_cookie(TOKEN_COOKIE, token, max_age=COOKIE_MAX_AGE_S)
     return resp

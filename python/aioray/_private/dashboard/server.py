@@ -49,7 +49,10 @@ class DashboardContext:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        host = self.host
+        if host in ("", "0.0.0.0", "::"):  # every interface: the head's own address is one of them
+            host = self.gcs_address.rpartition(":")[0].strip("[]") or "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}"
 
     def on_close(self, close: Callable[[], Awaitable[None]]) -> None:
