@@ -34,10 +34,11 @@ rust-test:  ## Rust unit and property tests, and the criterion build
 	cargo test
 	cargo bench --no-run
 
-deps:  ## system packages the tests need, from apt when missing: redis-server (GCS storage), prometheus (metrics)
+deps:  ## system packages the tests need, from apt when missing: redis-server (GCS storage), prometheus (metrics), chromium (dashboard)
 	@missing=; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then sudo=; \
 	  elif command -v sudo >/dev/null; then sudo=sudo; \
@@ -46,7 +47,7 @@ deps:  ## system packages the tests need, from apt when missing: redis-server (G
 	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
 	fi
 
-py-test: deps  ## pytest (unit and integration; needs redis-server and prometheus: `deps` installs them)
+py-test: deps  ## pytest (unit and integration; needs redis-server, prometheus and chromium: `deps` installs them)
 	$(PYTHON) -m pytest
 
 test: deps proto-check lint rust-test py-test  ## everything CI runs (installs `deps` first)

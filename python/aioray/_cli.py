@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from aioray._private import log_cli, state_cli, worker_api
+from aioray._private import job_cli, log_cli, state_cli, worker_api
 from aioray._private import node as node_mod
 from aioray._private.common import process, rpc, segments
 from aioray._private.common.node_resources import parse_labels
@@ -71,6 +71,9 @@ def cmd_start(args: argparse.Namespace) -> int:
         "discard_storage_on_stop": args.head and args.storage is None,
         "log_files": not args.block,  # with --block the daemons' output goes to the terminal
         "metrics_export_port": args.metrics_export_port,
+        "include_dashboard": args.include_dashboard if args.head else False,
+        "dashboard_host": args.dashboard_host,
+        "dashboard_port": args.dashboard_port,
     }
     session_file = worker_api.cluster_file() if args.head else os.path.join(sessions, "node-{node_id}.json")
     env = dict(os.environ)
@@ -104,6 +107,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         print(f"  add a node:         aioray start --address={node['gcs_address']}")
         print(f"  auth token (for other machines, set {process.TOKEN_ENV}): {token}")
         print(f"  Prometheus targets (file_sd_configs): {node['metrics_service_discovery_file']}")
+        if node.get("dashboard_url"):
+            print(f"  dashboard:          {node['dashboard_url']}   (log in: {node['dashboard_url']}/login)")
     if not args.block:
         return 0
     sys.stdout.flush()
@@ -172,7 +177,7 @@ def _describe(pids: dict[int, str]) -> str:
     for pid, kind in pids.items():
         by_kind.setdefault(kind, []).append(pid)
     parts = []
-    for kind in ("supervisor", "gcs", "raylet", "worker"):
+    for kind in ("supervisor", "gcs", "dashboard", "raylet", "worker"):
         if kind in by_kind:
             ids = sorted(by_kind[kind])
             label = "pid" if len(ids) == 1 else "pids"
@@ -291,6 +296,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         return 1
     print(f"cluster at {address}: {sum(n.alive for n in view.nodes)} live node(s)")
+    if info is not None and info.get("gcs_address") == address and info.get("dashboard_url"):
+        print(f"  dashboard: {info['dashboard_url']}")
     for n in view.nodes:
         state = "alive" if n.alive else "DEAD"
         print(f"  node {n.node_id.hex()[:12]} {n.address} {state}{' (head)' if n.is_head else ''}")
@@ -316,6 +323,15 @@ def cmd_microbenchmark(args: argparse.Namespace) -> int:
     events = None if args.task_events is None else args.task_events == "on"
     microbenchmark.run(args.filter, args.duration, args.runs, args.num_cpus, events)
     return 0
+
+
+def _bool_flag(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -357,6 +373,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="port of the node's Prometheus /metrics, on --node-ip-address (default: a free one)",
     )
+    start.add_argument(
+        "--include-dashboard",
+        type=_bool_flag,
+        default=None,
+        metavar="true|false",
+        help="run the dashboard on a head (default: yes, going on without it if it cannot start)",
+    )
+    start.add_argument(
+        "--dashboard-host",
+        default="127.0.0.1",
+        help="the dashboard's address (default: loopback only; 0.0.0.0 for every interface)",
+    )
+    start.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=None,
+        help=f"the dashboard's port (default: {node_mod.DEFAULT_DASHBOARD_PORT}, or the next free one; "
+        "an explicit port must be free)",
+    )
     start.add_argument("--block", action="store_true", help="stay in the foreground; Ctrl-C stops the node")
     start.set_defaults(func=cmd_start)
     stop = sub.add_parser(
@@ -386,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--address", default=None)
     status.set_defaults(func=cmd_status)
     log_cli.add_parser(sub)
+    job_cli.add_parser(sub)
     bench = sub.add_parser("microbenchmark", help="the cases of `ray microbenchmark`, on an embedded cluster")
     bench.add_argument("filter", nargs="?", default="", help="run only cases whose name contains this")
     bench.add_argument("--duration", type=float, default=2.0, help="seconds per timed run")

@@ -124,13 +124,15 @@ def test_stop_finds_everything_whatever_the_session_files_say(cli: Cli) -> None:
     Path(segments.SHM_DIR, orphan).write_bytes(b"\0" * 4096)
     (cli.sessions / f"spill-{'e' * 16}").mkdir()
     running = cli.daemons()
-    assert sorted(running.values()) == ["gcs", "raylet", "raylet", "supervisor", "supervisor", "worker"]
+    assert sorted(running.values()) == [
+        "dashboard", "gcs", "raylet", "raylet", "supervisor", "supervisor", "worker"
+    ]  # fmt: skip
 
     r = cli.run("stop")
 
     assert r.returncode == 0, r.stderr
     assert f"stopped {len(running)} aioray process(es)" in r.stdout
-    for kind in ("2 supervisor", "1 gcs", "2 raylet", "1 worker"):
+    for kind in ("2 supervisor", "1 gcs", "1 dashboard", "2 raylet", "1 worker"):
         assert kind in r.stdout
     # The garbled file went with its supervisor, or as stale.
     assert orphan in r.stdout and f"node-{'f' * 32}.json" in r.stdout
@@ -222,7 +224,7 @@ def test_block_runs_the_node_until_the_cli_goes(cli: Cli, sig: signal.Signals) -
     try:
         eventually(lambda: (cli.sessions / "cluster.json").exists(), 30, "the cluster file")
         info = cli.cluster()
-        assert sorted(cli.daemons().values()) == ["gcs", "raylet", "supervisor"]
+        assert sorted(cli.daemons().values()) == ["dashboard", "gcs", "raylet", "supervisor"]
         assert cli.run("status").returncode == 0
         proc.send_signal(sig)
         assert proc.wait(30) == (0 if sig == signal.SIGTERM else -signal.SIGKILL)

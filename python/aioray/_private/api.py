@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
@@ -61,7 +62,9 @@ class InitContext:
             "gcs_address": conn.gcs_address,
             "node_id": conn.core.node_id.hex(),
             "metrics_export_port": conn.core.metrics_export_port,
+            "webui_url": conn.dashboard_url,
         }
+        self.dashboard_url = conn.dashboard_url  # Ray's RayContext.dashboard_url (None: no dashboard)
 
     def __getitem__(self, key: str) -> Any:
         return self.address_info[key]
@@ -73,13 +76,10 @@ class InitContext:
         shutdown()
 
 
-# Ray's other init() arguments, with the values aioray honours as they are (it has no dashboard
-# yet): any other value, and any argument Ray does not have, is refused by name rather than ignored.
+# Ray's other init() arguments, with the values aioray honours as they are: any other value, and
+# any argument Ray does not have, is refused by name rather than ignored.
 _INIT_DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
     "local_mode": (False,),
-    "include_dashboard": (None, False),
-    "dashboard_host": (None, "127.0.0.1", "localhost"),
-    "dashboard_port": (None,),
     "job_config": (None,),
     "configure_logging": (True, False),
     "logging_format": (None,),
@@ -116,6 +116,9 @@ def init(
     runtime_env: dict[str, Any] | None = None,
     log_to_driver: bool | None = True,
     _metrics_export_port: int | None = None,
+    include_dashboard: bool | None = None,
+    dashboard_host: str | None = None,
+    dashboard_port: int | None = None,
     **others: Any,
 ) -> InitContext:
     """Starts an embedded local cluster (no `address`) or connects to one ("HOST:PORT" or "auto").
@@ -128,9 +131,15 @@ def init(
     worker log files (``aioray logs``). ``_metrics_export_port`` is the port of a new cluster's
     ``/metrics`` endpoint (default: a free one; ``aioray.nodes()`` lists it as ``MetricsExportPort``).
 
+    A new cluster runs the dashboard, as Ray's does: on ``dashboard_host`` (default 127.0.0.1, this
+    machine only) and ``dashboard_port`` (default 8265, or the next free port when another cluster
+    has it; an explicit port must be free). ``include_dashboard=False`` leaves it out, True fails
+    the call if it cannot start (None: a warning, unless a port was given). The URL is printed and is the returned
+    context's ``dashboard_url``.
+
     Ray's other arguments are accepted where aioray does what they ask (``logging_level`` sets the
-    level of aioray's loggers in this process; ``include_dashboard=False`` and the other defaults
-    describe aioray as it is); other values raise ValueError naming them
+    level of aioray's loggers in this process; the defaults of the others describe aioray as it
+    is); other values raise ValueError naming them
     (docs/ray-compatibility.md).
     """
     _check_init_arguments(others)
@@ -138,8 +147,19 @@ def init(
         not isinstance(_metrics_export_port, int) or not 0 <= _metrics_export_port < 65536
     ):
         raise ValueError(f"_metrics_export_port must be a port number, got {_metrics_export_port!r}")
+    if dashboard_port is not None and (
+        not isinstance(dashboard_port, int)
+        or isinstance(dashboard_port, bool)
+        or not 0 <= dashboard_port < 65536
+    ):
+        raise ValueError(f"dashboard_port must be a port number, got {dashboard_port!r}")
+    if include_dashboard is not None and not isinstance(include_dashboard, bool):
+        raise ValueError(f"include_dashboard must be None, True or False, got {include_dashboard!r}")
+    if dashboard_host is not None and (not isinstance(dashboard_host, str) or not dashboard_host):
+        raise ValueError(f"dashboard_host must be a host name or address, got {dashboard_host!r}")
     if "logging_level" in others:
         logging.getLogger("aioray").setLevel(others["logging_level"])
+    before = worker_api.current()
     conn = worker_api.init(
         address,
         num_cpus=num_cpus,
@@ -152,7 +172,13 @@ def init(
         runtime_env=runtime_env,
         log_to_driver=log_to_driver is None or bool(log_to_driver),
         metrics_export_port=_metrics_export_port,
+        include_dashboard=include_dashboard,
+        dashboard_host=dashboard_host,
+        dashboard_port=dashboard_port,
     )
+    if conn is not before and conn.node is not None and conn.dashboard_url:
+        # As Ray's: said once, when this call started the cluster.
+        print(f"Started a local aioray cluster. View the dashboard at {conn.dashboard_url}", file=sys.stderr)
     return InitContext(conn)
 
 

@@ -30,12 +30,19 @@ class Cluster:
         labels: dict[str, str] | None = None,
         log_to_driver: bool = True,
         metrics_export_port: int | None = None,
+        include_dashboard: bool | None = None,
+        dashboard_host: str | None = None,
+        dashboard_port: int | None = None,
     ) -> None:
         """`log_to_driver` and `metrics_export_port` as `aioray.init`'s `log_to_driver` and
-        `_metrics_export_port`."""
+        `_metrics_export_port`; the dashboard's arguments as `aioray.init`'s (`dashboard_url` is
+        its URL once started)."""
         self._kwargs = {
             "log_to_driver": log_to_driver,
             "metrics_export_port": metrics_export_port,
+            "include_dashboard": include_dashboard,
+            "dashboard_host": dashboard_host,
+            "dashboard_port": dashboard_port,
             "labels": labels,
             "num_cpus": num_cpus,
             "num_gpus": num_gpus,
@@ -64,6 +71,11 @@ class Cluster:
     @property
     def address(self) -> str:
         return self._require().gcs_address
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """The dashboard's URL (None: the cluster runs none)."""
+        return self._require().dashboard_url
 
     def _require(self) -> worker_api.Connection:
         if self._conn is None or worker_api.current() is not self._conn:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import logging
 import os
 import secrets
 import tempfile
@@ -17,6 +19,10 @@ from aioray._private.common.process import Child
 
 START_TIMEOUT_S = 60.0
 DEFAULT_STORE_CAP = 4 << 30
+DEFAULT_DASHBOARD_PORT = 8265  # Ray's
+DASHBOARD_PORT_RETRIES = 50  # the default port taken (another cluster's): the next free one, as Ray
+
+log = logging.getLogger("aioray.node")
 
 
 def default_object_store_memory() -> int:
@@ -61,13 +67,21 @@ class NodeProcesses:
     gcs: Child | None = None
     metrics_export_port: int = 0
     service_discovery_file: str | None = None  # the head's Prometheus targets
+    dashboard: Child | None = None
+    dashboard_url: str | None = None
     # Starts the GCS again, with the same arguments and port (head only; see `restart_gcs`).
     _spawn_gcs: Callable[[], Child] | None = field(default=None, repr=False)
+    _spawn_dashboard: Callable[[], Child] | None = field(default=None, repr=False)
 
     @property
     def children(self) -> list[Child]:
-        """The raylet first (stopped first: it stops its workers), then the GCS."""
-        return [self.raylet] + ([self.gcs] if self.gcs is not None else [])
+        """The raylet first (stopped first: it stops its workers), the dashboard, then the GCS."""
+        rest = [c for c in (self.dashboard, self.gcs) if c is not None]
+        return [self.raylet, *rest]
+
+    @property
+    def runs_dashboard(self) -> bool:
+        return self._spawn_dashboard is not None
 
     @property
     def runs_gcs(self) -> bool:
@@ -99,6 +113,18 @@ class NodeProcesses:
         self.gcs = gcs
         return gcs
 
+    def restart_dashboard(self, timeout: float = START_TIMEOUT_S) -> Child:
+        """Starts a new dashboard process on the same host:port (the old one must have exited)."""
+        if self._spawn_dashboard is None:
+            raise RuntimeError("this node runs no dashboard")
+        if self.dashboard is not None:
+            self.dashboard.close_lifeline()
+        self.dashboard = None
+        dashboard = self._spawn_dashboard()
+        _dashboard_ready(dashboard, timeout)
+        self.dashboard = dashboard
+        return dashboard
+
     def info(self) -> dict[str, Any]:
         return {
             "gcs_address": self.gcs_address,
@@ -108,7 +134,33 @@ class NodeProcesses:
             "pids": [c.proc.pid for c in self.children],
             "metrics_export_port": self.metrics_export_port,
             "metrics_service_discovery_file": self.service_discovery_file,
+            "dashboard_url": self.dashboard_url,
         }
+
+
+def dashboard_argv(host: str, port: int, retries: int, gcs_address: str, session: str) -> list[str]:
+    return [
+        "-m",
+        "aioray._private.dashboard",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--port-retries",
+        str(retries),
+        "--gcs-address",
+        gcs_address,
+        "--session-dir",
+        session,
+    ]
+
+
+def _dashboard_ready(child: Child, timeout: float) -> dict[str, Any]:
+    info: dict[str, Any] = json.loads(child.wait_ready(timeout))
+    if "error" in info:
+        child.stop()
+        raise RuntimeError(str(info["error"]))
+    return info
 
 
 def gcs_argv(host: str, port: int, storage: str | None = None, sd_file: str | None = None) -> list[str]:
@@ -141,6 +193,9 @@ def start_node(
     prestart_workers: bool = False,
     storage: str | None = None,
     metrics_export_port: int | None = None,
+    include_dashboard: bool | None = False,
+    dashboard_host: str = "127.0.0.1",
+    dashboard_port: int | None = None,
 ) -> NodeProcesses:
     """Starts a node's processes; on the head also the GCS. Returns once both serve.
 
@@ -150,6 +205,11 @@ def start_node(
     `metrics_export_port` is the port of the node's ``/metrics`` (None or 0: a free one); the head's
     GCS lists every node's in `service_discovery_file` (in `log_dir`) for Prometheus.
     Segments and spill folders that raylets killed earlier left behind are reclaimed first.
+
+    A head with `include_dashboard` also runs the dashboard process on `dashboard_host`:
+    `dashboard_port` None is Ray's 8265, or the next free port when it is taken; an explicit port
+    must be free (0: any free one). The start fails if the dashboard cannot serve, unless neither
+    `include_dashboard` (None: Ray's default) nor a port was asked for: then it only warns.
     """
     token = token if token is not None else secrets.token_hex(16)
     store_memory = object_store_memory or default_object_store_memory()
@@ -169,6 +229,9 @@ def start_node(
 
     spawn_gcs: Callable[[], Child] | None = None
     sd_file = None
+    dashboard: Child | None = None
+    dashboard_url: str | None = None
+    spawn_dashboard: Callable[[], Child] | None = None
     try:
         gcs = None
         if head:
@@ -190,6 +253,11 @@ def start_node(
             spawn_gcs = spawn
             gcs = spawn()
             children.append(gcs)
+            if include_dashboard is not False:
+                dashboard = _spawn_dashboard_child(
+                    dashboard_host, dashboard_port, gcs_address, logs, env, lifeline, detach, log_path
+                )
+                children.append(dashboard)
         if gcs_address is None:
             raise ValueError("a worker node needs the head's address")
         argv = [
@@ -218,6 +286,30 @@ def start_node(
         if gcs is not None:
             gcs.wait_ready(START_TIMEOUT_S)
         info = json.loads(raylet.wait_ready(START_TIMEOUT_S))
+        if dashboard is not None:
+            assert gcs_address is not None
+            try:
+                served = _dashboard_ready(dashboard, START_TIMEOUT_S)
+            except RuntimeError as e:
+                children.remove(dashboard)
+                dashboard = None
+                if include_dashboard or dashboard_port is not None:  # asked for, or for that port
+                    raise RuntimeError(f"the dashboard did not start: {e}") from None
+                log.warning("the dashboard did not start: %s; the cluster runs without it", e)
+            else:
+                dashboard_url = served["url"]
+                spawn_dashboard = functools.partial(
+                    _spawn_dashboard_child,
+                    dashboard_host,
+                    int(served["port"]),
+                    gcs_address,
+                    logs,
+                    env,
+                    lifeline,
+                    detach,
+                    log_path,
+                    retries=0,
+                )
     except BaseException:
         for child in children:
             child.kill()
@@ -236,4 +328,31 @@ def start_node(
         _spawn_gcs=spawn_gcs,
         metrics_export_port=info["metrics_export_port"],
         service_discovery_file=sd_file,
+        dashboard=dashboard,
+        dashboard_url=dashboard_url,
+        _spawn_dashboard=spawn_dashboard,
+    )
+
+
+def _spawn_dashboard_child(
+    host: str,
+    port: int | None,
+    gcs_address: str,
+    logs: str,
+    env: dict[str, str],
+    lifeline: bool,
+    detach: bool,
+    log_path: Callable[[str], str | None],
+    retries: int | None = None,
+) -> Child:
+    if retries is None:
+        retries = DASHBOARD_PORT_RETRIES if port is None else 0
+    argv = dashboard_argv(host, DEFAULT_DASHBOARD_PORT if port is None else port, retries, gcs_address, logs)
+    return Child.spawn(
+        "dashboard",
+        argv,
+        env,
+        lifeline=lifeline,
+        detach=detach,
+        log_path=log_path(f"dashboard-{gcs_address.rpartition(':')[2]}"),
     )

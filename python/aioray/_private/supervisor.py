@@ -73,6 +73,9 @@ class Supervisor:
         self.stop_reason: str | None = None
         self.asked_to_stop = False  # by a signal (`aioray stop`, Ctrl-C), not by a crash
         self.restarts: deque[float] = deque()
+        self.dashboard_restarts: deque[float] = deque()
+        self.dashboard_next_start = 0.0
+        self.dashboard_gave_up = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -150,6 +153,9 @@ class Supervisor:
             prestart_workers=bool(cfg.get("prestart_workers")),
             storage=cfg.get("storage"),
             metrics_export_port=cfg.get("metrics_export_port"),
+            include_dashboard=cfg.get("include_dashboard", False),
+            dashboard_host=cfg.get("dashboard_host") or "127.0.0.1",
+            dashboard_port=cfg.get("dashboard_port"),
         )
         if self.session_file_template is not None:
             self.session_file = self.session_file_template.replace("{node_id}", self.node.node_id)
@@ -202,6 +208,7 @@ class Supervisor:
                     if not self.restart_gcs(gcs, gcs_code):
                         return 1
                     continue
+            self.check_dashboard()
             self._wait(1.0)
 
     def on_raylet_exit(self, code: int) -> None:
@@ -257,6 +264,43 @@ class Supervisor:
         log.warning("the GCS at %s is back (pid %d)", node.gcs_address, gcs.proc.pid)
         self.write_session_file()
         return True
+
+    def check_dashboard(self) -> None:
+        """Restarts the dashboard once it exited, after a backoff; past `MAX_GCS_RESTARTS` a minute
+        it stays down (the cluster works without it)."""
+        node = self.node
+        assert node is not None
+        if not node.runs_dashboard or self.dashboard_gave_up:
+            return
+        old = node.dashboard
+        if old is not None and old.proc.poll() is None:
+            return
+        now = time.monotonic()
+        if old is not None:
+            log.warning("the dashboard (pid %d) exited with code %s", old.proc.pid, old.proc.returncode)
+            old.close_lifeline()
+            node.dashboard = None
+            while self.dashboard_restarts and now - self.dashboard_restarts[0] > RESTART_WINDOW_S:
+                self.dashboard_restarts.popleft()
+            if len(self.dashboard_restarts) >= MAX_GCS_RESTARTS:
+                log.error("the dashboard died again after %d restarts; leaving it down", MAX_GCS_RESTARTS)
+                self.dashboard_gave_up = True
+                return
+            self.dashboard_next_start = now + min(
+                BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** len(self.dashboard_restarts)
+            )
+        if now < self.dashboard_next_start:
+            return
+        self.dashboard_restarts.append(now)
+        try:
+            dashboard = node.restart_dashboard(GCS_RESTART_TIMEOUT_S)
+        except (OSError, RuntimeError) as e:
+            log.error("the dashboard did not restart: %s", e)
+            self.dashboard_next_start = time.monotonic() + BACKOFF_MAX_S
+            self.dashboard_gave_up = len(self.dashboard_restarts) >= MAX_GCS_RESTARTS
+            return
+        log.warning("the dashboard is back at %s (pid %d)", node.dashboard_url, dashboard.proc.pid)
+        self.write_session_file()
 
     def shutdown(self) -> None:
         """Stops the daemons (the raylet first), removes the segment if left and the session file."""

@@ -14,10 +14,11 @@ from typing import Any
 
 from aioray._private import node as node_mod
 from aioray._private import runtime_env as runtime_env_mod
-from aioray._private.common import process, rpc, versions
+from aioray._private.common import jobs, process, rpc, versions
 from aioray._private.common.ids import random_id
 from aioray._private.core_worker import object_ref
 from aioray._private.core_worker.worker import CoreWorker, connect
+from aioray._private.runtime_env.resolver import merge as merge_runtime_env
 from aioray._proto.aioray import v1 as pb
 
 CONNECT_RETRY_S = 30.0
@@ -34,6 +35,7 @@ class Connection:
     node: node_mod.NodeProcesses | None
     gcs_address: str
     namespace: str
+    dashboard_url: str | None = None
 
 
 _lock = threading.RLock()
@@ -93,10 +95,14 @@ def init(
     runtime_env: Mapping[str, Any] | None = None,
     log_to_driver: bool = True,
     metrics_export_port: int | None = None,
+    include_dashboard: bool | None = None,
+    dashboard_host: str | None = None,
+    dashboard_port: int | None = None,
     _token: str | None = None,
 ) -> Connection:
     """`log_to_driver`: print the job's worker output from every node here (`core_worker.log_printer`);
-    `metrics_export_port`: the port of a new cluster's node's /metrics (None: a free one)."""
+    `metrics_export_port`: the port of a new cluster's node's /metrics (None: a free one);
+    `include_dashboard`, `dashboard_host`, `dashboard_port`: a new cluster's dashboard (`start_node`)."""
     global _connection
     with _lock:
         if _connection is not None:
@@ -105,6 +111,14 @@ def init(
             raise RuntimeError(
                 "aioray.init() was called twice: call aioray.shutdown() first, or pass ignore_reinit_error=True"
             )
+        if address is None:
+            # A submitted job's entrypoint (or any process told so) joins its cluster, as RAY_ADDRESS does.
+            address = os.environ.get(jobs.ADDRESS_ENV) or None
+        injected = os.environ.get(jobs.JOB_RUNTIME_ENV_ENV)
+        if injected and address not in (None, "local"):
+            # The submitted job's runtime_env (packages uploaded already) is the driver's job-level
+            # one; what init() itself is given wins field by field, as Ray merges them.
+            runtime_env = merge_runtime_env(json.loads(injected), runtime_env)
         job_env = runtime_env_mod.parse_runtime_env(runtime_env)  # refused before anything starts
         node = None
         if address is None or address == "local":
@@ -116,16 +130,29 @@ def init(
                 object_store_memory=object_store_memory,
                 labels=labels,
                 metrics_export_port=metrics_export_port,
+                include_dashboard=include_dashboard,
+                dashboard_host=dashboard_host or "127.0.0.1",
+                dashboard_port=dashboard_port,
             )
             gcs_address, token = node.gcs_address, node.token
+            dashboard_url = node.dashboard_url
         else:
             if any(
                 v is not None
-                for v in (num_cpus, num_gpus, resources, object_store_memory, labels, metrics_export_port)
+                for v in (
+                    num_cpus,
+                    num_gpus,
+                    resources,
+                    object_store_memory,
+                    labels,
+                    metrics_export_port,
+                    dashboard_host,
+                    dashboard_port,
+                )
             ):
                 raise ValueError(
-                    "num_cpus, num_gpus, resources, object_store_memory, labels and the metrics export port "
-                    "only apply to a new cluster"
+                    "num_cpus, num_gpus, resources, object_store_memory, labels, the metrics export port "
+                    "and the dashboard's host and port only apply to a new cluster"
                 )
             info = read_cluster_file(address)
             if address == "auto":
@@ -136,8 +163,10 @@ def init(
                 address = info["gcs_address"]
             token = _token or os.environ.get(process.TOKEN_ENV) or (info or {}).get("token", "")
             gcs_address = address
+            dashboard_url = (info or {}).get("dashboard_url")
         try:
             _connection = _connect(gcs_address, token, node, namespace or "", log_to_driver)
+            _connection.dashboard_url = dashboard_url
         except BaseException:
             if node is not None:
                 node.stop()
@@ -236,6 +265,7 @@ async def _start_core(
             driver_pid=os.getpid(),
             namespace=namespace,
             version=versions.build_version(),
+            submission_id=os.environ.get(jobs.SUBMISSION_ID_ENV, ""),
         )
         try:
             reply = await channels.stub(gcs_address, pb.JobInfoGcsServiceStub).register_job(

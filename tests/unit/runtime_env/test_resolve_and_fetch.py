@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from aioray._private.common import packages
 from aioray._private.raylet import runtime_env_agent as agent_mod
 from aioray._private.runtime_env import packaging, resolver, upload
 from aioray._proto.aioray import v1 as pb
@@ -67,7 +68,7 @@ class FakeKv:
 async def test_a_package_goes_up_in_chunks_and_comes_down_unpacked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(upload, "CHUNK_BYTES", 1000)
+    monkeypatch.setattr(packages, "CHUNK_BYTES", 1000)  # where the upload format lives
     src = tmp_path / "src"
     src.mkdir()
     (src / "mod.py").write_text("VALUE = 7\n" + f"NOISE = {os.urandom(3000).hex()!r}\n")

@@ -31,6 +31,7 @@ TAG_ENV = "AIORAY_SESSION_TAG"
 DAEMON_MODULES = {
     "aioray._private.supervisor": "supervisor",
     "aioray._private.gcs": "gcs",
+    "aioray._private.dashboard": "dashboard",
     "aioray._private.raylet": "raylet",
     "aioray._private.core_worker": "worker",
 }

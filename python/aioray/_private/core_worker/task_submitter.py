@@ -407,6 +407,21 @@ class TaskSubmitter:
         request = pb.CancelRequest(task_id=task_id, force=force, recursive=recursive)
         self._runtime.spawn(quietly(stub.cancel_task(request, timeout=10)))
 
+    async def return_leases(self, timeout: float) -> None:
+        """Hands every lease back at once (a driver leaving a long-lived cluster): raylets learn of
+        their own workers' deaths, not of a driver's, so its leases would stay held. A worker still
+        running one of our tasks is not reused."""
+        calls = [
+            self._runtime.channels.stub(lw.raylet_address, pb.NodeManagerStub).return_worker_lease(
+                pb.ReturnLeaseRequest(lease_id=lw.lease_id, worker_failed=bool(lw.in_flight)), timeout=timeout
+            )
+            for pool in self.pools.values()
+            for lw in pool.leases
+            if lw.raylet_address and lw.lease_id and not lw.dead
+        ]
+        if calls:
+            await asyncio.gather(*calls, return_exceptions=True)
+
     def close(self) -> None:
         for pool in self.pools.values():
             pool.close()

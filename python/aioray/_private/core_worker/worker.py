@@ -245,6 +245,9 @@ class CoreWorker:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.metrics.send(), 1.0)
         await self.event_flusher.close()  # while the channels are open: the last events go out
+        if self.is_driver:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.submitter.return_leases(1.0), 1.5)
         self.runtime.closed = True
         self.submitter.close()
         self.actors.close()

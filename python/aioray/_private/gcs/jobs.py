@@ -10,6 +10,7 @@ import collections
 import time
 from collections.abc import Callable
 
+from aioray._private.common import jobs as job_records
 from aioray._private.common import rpc, versions
 from aioray._private.gcs.storage import Tables
 from aioray._proto.aioray import v1 as pb
@@ -26,10 +27,12 @@ class JobTable(pb.JobInfoGcsServiceBase):
         on_job_finished: Callable[[str], None],
         tables: Tables | None = None,
         on_job_id_finished: Callable[[bytes], None] | None = None,
+        kv: Callable[[], dict[str, bytes]] | None = None,
     ) -> None:
         self._on_job_finished = on_job_finished
         self._on_job_id_finished = on_job_id_finished  # for what a job owns by id (placement groups)
         self._tables = tables if tables is not None else Tables()
+        self._kv = kv  # where the job manager keeps submitted jobs' records (common/jobs.py)
         self.jobs: dict[bytes, pb.RegisterJobRequest] = {}
         self.start_times: dict[bytes, float] = {}
         self.finished: collections.OrderedDict[bytes, pb.JobInfo] = collections.OrderedDict()
@@ -84,8 +87,15 @@ class JobTable(pb.JobInfoGcsServiceBase):
             driver_pid=job.driver_pid,
             namespace=job.namespace,
             start_time=self.start_times.get(job_id, 0.0),
+            submission_id=job.submission_id,
         )
 
     async def list_jobs(self, empty: pb.Empty) -> pb.JobList:
         running = [self._info(job_id, job) for job_id, job in self.jobs.items()]
-        return pb.JobList(jobs=[*self.finished.values(), *running])
+        prefix = job_records.INFO_KEY_PREFIX
+        submissions = [
+            pb.SubmissionJob(submission_id=key[len(prefix) :], info=value)
+            for key, value in (self._kv() if self._kv is not None else {}).items()
+            if key.startswith(prefix)
+        ]
+        return pb.JobList(jobs=[*self.finished.values(), *running], submissions=submissions)

@@ -73,7 +73,12 @@ class Gcs:
             self.tables,
         )
         self.nodes.on_resources = self.placement_groups.kick
-        self.jobs = JobTable(self.actors.on_job_finished, self.tables, self.placement_groups.on_job_finished)
+        self.jobs = JobTable(
+            self.actors.on_job_finished,
+            self.tables,
+            self.placement_groups.on_job_finished,
+            kv=lambda: self.kv.kv,
+        )
         self.workers = WorkerTable(self.actors.on_worker_death, self.tables)
         self.kv = InternalKv(self.tables)
         self.objects = ObjectDirectory(self.tables)

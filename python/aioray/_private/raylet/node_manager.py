@@ -471,6 +471,20 @@ class NodeManager(pb.NodeManagerBase):
             )
         return pb.WorkerList(node_id=self.node_id, workers=workers)
 
+    async def setup_runtime_env(
+        self, runtime_env_setup_request: pb.RuntimeEnvSetupRequest
+    ) -> pb.RuntimeEnvSetup:
+        """The environment set up as for a worker, for a process started elsewhere (a job's
+        entrypoint): same cache, same packages, same virtual environments."""
+        req = runtime_env_setup_request
+        if self.runtime_envs is None:
+            return pb.RuntimeEnvSetup(error="this node has no runtime env agent")
+        try:
+            env = await self.runtime_envs.ensure(req.runtime_env)
+        except RuntimeEnvSetupFailed as e:
+            return pb.RuntimeEnvSetup(error=str(e))
+        return pb.RuntimeEnvSetup(python=env.python, cwd=env.cwd or "", env=env.environ(req.base_env))
+
     # -- node ------------------------------------------------------------------------------------
     async def get_node_info(self, empty: pb.Empty) -> pb.NodeInfo:
         return self._node_info()

@@ -74,8 +74,14 @@ class Sources:
         return list(reply.actors)
 
     async def jobs(self) -> list[pb.JobInfo]:
-        reply = await self.gcs(pb.JobInfoGcsServiceStub).list_jobs(pb.Empty(), timeout=self.timeout)
-        return list(reply.jobs)
+        return list((await self.job_list()).jobs)
+
+    async def job_list(self) -> pb.JobList:
+        """The drivers' jobs and the submitted jobs' records."""
+        reply: pb.JobList = await self.gcs(pb.JobInfoGcsServiceStub).list_jobs(
+            pb.Empty(), timeout=self.timeout
+        )
+        return reply
 
     async def placement_groups(self) -> list[pb.PlacementGroupInfo]:
         stub = self.gcs(pb.PlacementGroupGcsServiceStub)

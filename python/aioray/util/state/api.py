@@ -18,6 +18,7 @@ import cloudpickle
 
 from aioray._private.common import serialization, state_query
 from aioray._private.common import task_events as te
+from aioray._private.common.jobs import JobDetails, job_details
 from aioray._private.core_worker.object_ref import ObjectRef
 from aioray._proto.aioray import v1 as pb
 from aioray.util.state import _sources
@@ -103,29 +104,11 @@ def _actor_row(a: pb.ActorInfo, pids: dict[bytes, int]) -> dict[str, Any]:
     }
 
 
-def _job_row(j: pb.JobInfo) -> dict[str, Any]:
-    return {
-        "job_id": j.job_id.hex(),
-        "submission_id": None,
-        "entrypoint": "",
-        "type": "DRIVER",
-        # A driver's job, as Ray reports one: it runs until its driver disconnects.
-        "status": "SUCCEEDED" if j.is_dead else "RUNNING",
-        "message": None,
-        "error_type": None,
-        "driver_info": {
-            "id": j.job_id.hex(),
-            "node_ip_address": _host(j.driver_address),
-            "pid": str(j.driver_pid),
-        },
-        "start_time": _ms(j.start_time),
-        "end_time": _ms(j.end_time),
-        "metadata": {},
-        "runtime_env": {},
-        "driver_agent_http_address": None,
-        "driver_node_id": None,
-        "driver_exit_code": None,
-    }
+def _job_row(job: JobDetails) -> dict[str, Any]:
+    """A submitted job (its status from the job manager, its driver linked by submission id) or a
+    driver that connected by itself: Ray's rows for both (common/jobs.py)."""
+    row = job.to_json()
+    return {key: row.get(key) for key in JobState.DETAIL}
 
 
 def _pg_row(g: pb.PlacementGroupInfo) -> dict[str, Any]:
@@ -345,7 +328,7 @@ def list_jobs(
     _explain: bool = False,
 ) -> list[JobState]:
     async def query(s: _sources.Sources) -> list[dict[str, Any]]:
-        return [_job_row(j) for j in await s.jobs()]
+        return [_job_row(j) for j in job_details(await s.job_list())]
 
     return _list(
         JobState, "jobs", address, timeout, query, filters, limit, detail, raise_on_missing_output, _explain

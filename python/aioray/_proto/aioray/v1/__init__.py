@@ -301,6 +301,11 @@ class RegisterJobRequest(betterproto.Message):
     The driver's aioray and Python versions (common/versions.py): the GCS refuses a mismatch.
     """
 
+    submission_id: str = betterproto.string_field(5)
+    """
+    The submitted job whose entrypoint this driver is (job submission), "" for any other driver.
+    """
+
 
 @dataclass(eq=False, repr=False)
 class RegisterJobReply(betterproto.Message):
@@ -321,11 +326,23 @@ class JobInfo(betterproto.Message):
     start_time: float = betterproto.double_field(5)
     end_time: float = betterproto.double_field(6)
     is_dead: bool = betterproto.bool_field(7)
+    submission_id: str = betterproto.string_field(8)
+
+
+@dataclass(eq=False, repr=False)
+class SubmissionJob(betterproto.Message):
+    """
+    A submitted job's record: JSON written by the job manager (common/jobs.py).
+    """
+
+    submission_id: str = betterproto.string_field(1)
+    info: bytes = betterproto.bytes_field(2)
 
 
 @dataclass(eq=False, repr=False)
 class JobList(betterproto.Message):
     jobs: List["JobInfo"] = betterproto.message_field(1)
+    submissions: List["SubmissionJob"] = betterproto.message_field(2)
 
 
 @dataclass(eq=False, repr=False)
@@ -717,6 +734,24 @@ class WorkerInfo(betterproto.Message):
 class WorkerList(betterproto.Message):
     node_id: bytes = betterproto.bytes_field(1)
     workers: List["WorkerInfo"] = betterproto.message_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class RuntimeEnvSetupRequest(betterproto.Message):
+    runtime_env: "RuntimeEnvInfo" = betterproto.message_field(1)
+    base_env: Dict[str, str] = betterproto.map_field(
+        2, betterproto.TYPE_STRING, betterproto.TYPE_STRING
+    )
+
+
+@dataclass(eq=False, repr=False)
+class RuntimeEnvSetup(betterproto.Message):
+    error: str = betterproto.string_field(1)
+    python: str = betterproto.string_field(2)
+    cwd: str = betterproto.string_field(3)
+    env: Dict[str, str] = betterproto.map_field(
+        4, betterproto.TYPE_STRING, betterproto.TYPE_STRING
+    )
 
 
 @dataclass(eq=False, repr=False)
@@ -1688,6 +1723,23 @@ class NodeManagerStub(betterproto.ServiceStub):
             "/aioray.v1.NodeManager/GetWorkers",
             empty,
             WorkerList,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def setup_runtime_env(
+        self,
+        runtime_env_setup_request: "RuntimeEnvSetupRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "RuntimeEnvSetup":
+        return await self._unary_unary(
+            "/aioray.v1.NodeManager/SetupRuntimeEnv",
+            runtime_env_setup_request,
+            RuntimeEnvSetup,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -2691,6 +2743,11 @@ class NodeManagerBase(ServiceBase):
     async def get_workers(self, empty: "Empty") -> "WorkerList":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def setup_runtime_env(
+        self, runtime_env_setup_request: "RuntimeEnvSetupRequest"
+    ) -> "RuntimeEnvSetup":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_request_worker_lease(
         self, stream: "grpclib.server.Stream[LeaseRequest, LeaseReply]"
     ) -> None:
@@ -2777,6 +2834,13 @@ class NodeManagerBase(ServiceBase):
         response = await self.get_workers(request)
         await stream.send_message(response)
 
+    async def __rpc_setup_runtime_env(
+        self, stream: "grpclib.server.Stream[RuntimeEnvSetupRequest, RuntimeEnvSetup]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.setup_runtime_env(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/aioray.v1.NodeManager/RequestWorkerLease": grpclib.const.Handler(
@@ -2850,6 +2914,12 @@ class NodeManagerBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 Empty,
                 WorkerList,
+            ),
+            "/aioray.v1.NodeManager/SetupRuntimeEnv": grpclib.const.Handler(
+                self.__rpc_setup_runtime_env,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                RuntimeEnvSetupRequest,
+                RuntimeEnvSetup,
             ),
         }
 
