@@ -35,6 +35,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     if args.storage and not args.head:
         print("aioray start: --storage is for a head node (it configures the GCS)", file=sys.stderr)
         return 2
+    if not args.head and (args.dashboard_port is not None or args.dashboard_host != "127.0.0.1"):
+        print("aioray start: --dashboard-host/--dashboard-port are for a head node", file=sys.stderr)
+        return 2
     resources = json.loads(args.resources) if args.resources else None
     try:
         labels = parse_labels(args.labels)

@@ -32,17 +32,17 @@ DEADLINE_S = 60.0
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
 
 
+DASHBOARD_PORT = rpc.free_port()
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Nodes]:
     nodes = Nodes()
-    port = rpc.free_port()
     try:
-        nodes.start_head({"head": 1}, num_cpus=2, extra=("--dashboard-port", str(port)))
+        nodes.start_head({"head": 1}, num_cpus=2, extra=("--dashboard-port", str(DASHBOARD_PORT)))
         nodes.add_node("second", {"second": 1}, num_cpus=2)
         aioray.init(address=nodes.address, log_to_driver=False)
         nodes.wait_alive(2)
-        info = worker_api.read_cluster_file(nodes.address)
-        assert info is not None and info["dashboard_url"] == f"http://127.0.0.1:{port}"
         yield nodes
     finally:
         aioray.shutdown()
@@ -51,9 +51,8 @@ def cluster() -> Iterator[Nodes]:
 
 @pytest.fixture(scope="module")
 def url(cluster: Nodes) -> str:
-    info = worker_api.read_cluster_file(cluster.address)
-    assert info is not None
-    return str(info["dashboard_url"])
+    # (Not from the session folder's cluster.json: another head started on the machine replaces it.)
+    return f"http://127.0.0.1:{DASHBOARD_PORT}"
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import urllib.request
 
 import pytest
 
 import aioray
-from aioray._private import worker_api
 from aioray._private.common import process, rpc, segments
 
 from .multinode import Nodes
@@ -90,9 +91,14 @@ def test_the_cli_leaves_it_out_when_told() -> None:
     nodes = Nodes()
     try:
         nodes.start_head({"head": 1}, extra=("--include-dashboard=false",))
-        info = worker_api.read_cluster_file(nodes.address)
-        assert info is not None and info["dashboard_url"] is None
         assert not [p for p in dashboards() if f"{nodes.address}".encode() in cmdline(p)]
+        joining = subprocess.run(
+            [sys.executable, "-m", "aioray", "start", "--address", nodes.address, "--dashboard-port", "9"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert joining.returncode == 2 and "are for a head node" in joining.stderr
     finally:
         nodes.stop()
 

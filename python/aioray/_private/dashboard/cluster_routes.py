@@ -227,16 +227,13 @@ async def timeline(req: Request) -> Response:
     from aioray._private.timeline import trace_events
     from aioray.util import state
 
-    tasks = await _state(
-        state.list_tasks,
-        _ctx(req).gcs_address,
-        None,
-        10_000,
-        STATE_TIMEOUT_S,
-        detail=True,
-        raise_on_missing_output=False,
-    )
-    events = trace_events(tasks)
+    def build() -> list[dict[str, Any]]:  # in the thread too: 10k tasks take a while to lay out
+        tasks = state.list_tasks(
+            _ctx(req).gcs_address, None, 10_000, STATE_TIMEOUT_S, detail=True, raise_on_missing_output=False
+        )
+        return trace_events(tasks)
+
+    events = await _state(build)
     headers = {}
     if req.query.get("download", "") in ("1", "true"):
         stamp = time.strftime("%Y-%m-%d_%H-%M-%S")

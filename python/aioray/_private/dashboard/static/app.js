@@ -7,6 +7,7 @@ const REFRESH_MS = 2000;
 let auth = {authorized: false, routes: []};
 let viewToken = 0; // bumped on navigation: a view's late answers and refresh timers then stop
 let streamAbort = null;
+let lastData = null; // what the current view drew last: a refresh with the same answer redraws nothing
 
 function h(tag, attrs, ...children) {
   const el = document.createElement(tag);
@@ -102,12 +103,28 @@ function drawAuth() {
   }
 }
 
+// Whether `data` is what the view drew last (then it keeps its DOM: selections, focus, scrolling).
+function unchanged(data) {
+  const text = JSON.stringify(data);
+  if (text === lastData) return true;
+  lastData = text;
+  return false;
+}
+
 // Runs `draw` now and every REFRESH_MS while the view is still the current one.
 function refreshing(draw) {
   const mine = viewToken;
   const tick = async () => {
     if (mine !== viewToken) return;
-    try { await draw(); } catch (err) { if (mine === viewToken) showError(err); return; }
+    try {
+      await draw();
+    } catch (err) {
+      if (mine !== viewToken) return;
+      showError(err);
+      lastData = null; // the next answer redraws the view
+      if (err instanceof ApiError && (err.status === 401 || err.status === 404 || err.status === 400)) return;
+      // Others (the GCS restarting: 503) pass: keep asking.
+    }
     if (mine === viewToken) setTimeout(tick, REFRESH_MS);
   };
   tick();
@@ -119,6 +136,8 @@ function overview() {
     const mine = viewToken;
     const s = await api('/api/cluster_status');
     if (mine !== viewToken) return;
+    delete s.time;
+    if (unchanged(s)) return;
     const totals = Object.keys(s.resources_total).sort().map(k =>
       h('li', {}, `${k}: ${amount(k, s.resources_total[k] - (s.resources_available[k] || 0))} / ${amount(k, s.resources_total[k])} used`));
     setMain(
@@ -150,7 +169,7 @@ function actorsView() {
   protectedView(async () => {
     const mine = viewToken;
     const data = await api('/api/v0/actors?limit=1000');
-    if (mine !== viewToken) return;
+    if (mine !== viewToken || unchanged(data)) return;
     setMain(h('h2', {text: 'Actors'}), table([
       ['Actor', a => h('code', {class: 'actor-id', text: a.actor_id})],
       ['Class', a => h('span', {class: 'class-name', text: a.class_name})],
@@ -171,7 +190,7 @@ function tasksView(params) {
     const mine = viewToken;
     const q = state ? `&state=${encodeURIComponent(state)}` : '';
     const data = await api(`/api/v0/tasks?limit=1000${q}`);
-    if (mine !== viewToken) return;
+    if (mine !== viewToken || unchanged(data)) return;
     const states = ['', 'PENDING_ARGS_AVAIL', 'PENDING_NODE_ASSIGNMENT', 'SUBMITTED_TO_WORKER', 'RUNNING', 'FINISHED', 'FAILED'];
     const pick = h('select', {id: 'state-filter', onchange: e => { location.hash = e.target.value ? `#/tasks?state=${e.target.value}` : '#/tasks'; }},
       states.map(s => h('option', {value: s, selected: s === state, text: s || 'any state'})));
@@ -198,7 +217,7 @@ function taskView(taskId) {
   protectedView(async () => {
     const mine = viewToken;
     const data = await api(`/api/v0/tasks/${encodeURIComponent(taskId)}`);
-    if (mine !== viewToken) return;
+    if (mine !== viewToken || unchanged(data)) return;
     const parts = [h('h2', {}, 'Task ', h('code', {text: taskId}))];
     for (const a of data.attempts) {
       parts.push(h('h3', {text: `${a.name} · attempt ${a.attempt_number} · ${a.state}`}));
@@ -222,7 +241,7 @@ function jobsView() {
     const data = await api('/api/v0/jobs?limit=1000');
     let submitted = null;
     if (auth.routes.includes('GET /api/jobs/')) submitted = await api('/api/jobs/');
-    if (mine !== viewToken) return;
+    if (mine !== viewToken || unchanged([data, submitted])) return;
     const parts = [h('h2', {text: 'Jobs'}), table([
       ['Job', j => h('code', {class: 'job-id', text: j.job_id})],
       ['Type', j => j.type],
@@ -343,6 +362,7 @@ function timelineView() {
 // -- navigation -------------------------------------------------------------------------------------
 function route() {
   viewToken++;
+  lastData = null;
   if (streamAbort) { streamAbort.abort(); streamAbort = null; }
   const hash = location.hash.replace(/^#/, '') || '/';
   const [path, query] = hash.split('?');
