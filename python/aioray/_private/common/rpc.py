@@ -22,9 +22,7 @@ from grpclib.events import RecvRequest, SendRequest, SendTrailingMetadata, liste
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.server import Server
 
-from aioray._private.common import metrics, wire_codecs
-
-wire_codecs.install()  # before any message is coded in this process
+from aioray._private.common import metrics
 
 __all__ = ["CONNECTION_ERRORS", "ChannelPool", "GRPCError", "GcsUnreachableError", "Status", "start_server"]
 
