@@ -226,6 +226,27 @@ def test_the_bundles_of_a_dead_node_are_placed_again_and_the_rest_stay() -> None
     run(body())
 
 
+def test_groups_created_together_are_placed_together_and_removals_share_cancels() -> None:
+    async def body() -> None:
+        c = Cluster({"a": 8})
+        groups = [await c.create([1]) for _ in range(6)]
+        for pg in groups:
+            assert (await c.wait(pg)).state == State.CREATED
+        raylet = c.raylets["a"]
+        # One call per group placed on one node: a prepare that commits.
+        assert raylet.calls.count("prepare") == 6 and raylet.free == 2
+        raylet.calls.clear()
+        await asyncio.gather(
+            *(c.manager.remove_placement_group(pb.PlacementGroupId(placement_group_id=g)) for g in groups)
+        )
+        await c.settled()
+        assert raylet.free == 8 and not raylet.committed
+        assert 1 <= raylet.calls.count("cancel") < 6  # removals that came together, cancelled together
+        c.manager.close()
+
+    run(body())
+
+
 def test_removal_cancels_the_bundles_and_frees_the_name() -> None:
     async def body() -> None:
         c = Cluster({"a": 2})
