@@ -66,3 +66,21 @@ async def test_a_job_marked_finished_names_its_driver() -> None:
     assert await first == pb.WorkerDeath(address="driver:1")
     await stream.aclose()  # type: ignore[attr-defined]
     gcs.close()
+
+
+async def test_a_raylet_subscribing_later_still_hears_of_earlier_deaths() -> None:
+    # As a raylet resubscribing after a GCS restart, while deaths were reported meanwhile.
+    gcs = Gcs("token")
+    job = await gcs.jobs.register_job(
+        pb.RegisterJobRequest(driver_address="driver:1", version=versions.build_version())
+    )
+    await gcs.jobs.mark_job_finished(pb.JobId(job_id=job.job_id))  # by address only: not kept
+    death = pb.WorkerDeath(worker_id=b"x" * 16, address="worker:7")
+    await gcs.workers.report_worker_death(death)
+    stream = gcs.pubsub.subscribe(pb.SubscribeRequest(channels=[WORKER_DEATH_CHANNEL]))
+    assert await next_death(stream) == death
+    later = pb.WorkerDeath(worker_id=b"y" * 16, address="worker:8")
+    await gcs.workers.report_worker_death(later)
+    assert await next_death(stream) == later
+    await stream.aclose()  # type: ignore[attr-defined]
+    gcs.close()

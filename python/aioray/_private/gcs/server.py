@@ -114,8 +114,9 @@ class Gcs:
 
     def _on_worker_death(self, death: pb.WorkerDeath) -> None:
         # Every raylet releases what the dead process leased there (raylets see only their own
-        # workers exit); the actors it owned die below, which ends their leases.
-        self.pubsub.publish_local(WORKER_DEATH_CHANNEL, bytes(death))
+        # workers exit); the actors it owned die below, which ends their leases. Kept for raylets
+        # that subscribe later (their stream broke); a death heard twice changes nothing.
+        self.pubsub.publish_local(WORKER_DEATH_CHANNEL, bytes(death), keep=bool(death.worker_id))
         self.actors.on_worker_death(death)
         self.jobs.on_driver_death(death.address)
 
