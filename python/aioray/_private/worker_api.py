@@ -272,6 +272,7 @@ async def _start_core(
             namespace=namespace,
             version=versions.build_version(),
             submission_id=os.environ.get(jobs.SUBMISSION_ID_ENV, ""),
+            driver_node_id=local.node_id,
         )
         try:
             reply = await channels.stub(gcs_address, pb.JobInfoGcsServiceStub).register_job(

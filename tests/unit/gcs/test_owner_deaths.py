@@ -84,3 +84,23 @@ async def test_a_raylet_subscribing_later_still_hears_of_earlier_deaths() -> Non
     assert await next_death(stream) == later
     await stream.aclose()  # type: ignore[attr-defined]
     gcs.close()
+
+
+async def test_the_jobs_of_drivers_on_a_dead_node_finish() -> None:
+    gcs = Gcs("token")
+    stream = gcs.pubsub.subscribe(pb.SubscribeRequest(channels=[WORKER_DEATH_CHANNEL]))
+    first = asyncio.ensure_future(next_death(stream))
+    await asyncio.sleep(0)
+    version = versions.build_version()
+    there = await gcs.jobs.register_job(
+        pb.RegisterJobRequest(driver_address="driver:1", version=version, driver_node_id=b"a" * 16)
+    )
+    elsewhere = await gcs.jobs.register_job(
+        pb.RegisterJobRequest(driver_address="driver:2", version=version, driver_node_id=b"b" * 16)
+    )
+    gcs._on_node_death(b"a" * 16)
+    assert await first == pb.WorkerDeath(address="driver:1")
+    assert there.job_id in gcs.jobs.finished
+    assert list(gcs.jobs.jobs) == [elsewhere.job_id]
+    await stream.aclose()  # type: ignore[attr-defined]
+    gcs.close()

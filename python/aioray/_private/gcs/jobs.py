@@ -74,6 +74,12 @@ class JobTable(pb.JobInfoGcsServiceBase):
         for job_id in [j for j, job in self.jobs.items() if address and job.driver_address == address]:
             self._finish(job_id)
 
+    def on_node_death(self, node_id: bytes) -> None:
+        """The driver's node died, and with it the raylet that would have seen the driver die (as
+        in Ray, its jobs end). The caller flushes the tables."""
+        for job_id in [j for j, job in self.jobs.items() if node_id and job.driver_node_id == node_id]:
+            self._finish(job_id)
+
     def _finish(self, job_id: bytes) -> bool:
         job = self.jobs.pop(job_id, None)
         if job is None:

@@ -129,6 +129,7 @@ class Gcs:
     def _on_node_death(self, node_id: bytes) -> None:
         self.placement_groups.on_node_death(node_id)  # first: restarted actors wait for their bundles
         self.actors.on_node_death(node_id)
+        self.jobs.on_node_death(node_id)
 
     async def recover(self) -> None:
         """Loads every stored table (nodes first: rescheduled actors and placement groups need them)."""

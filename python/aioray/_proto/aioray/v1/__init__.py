@@ -306,6 +306,12 @@ class RegisterJobRequest(betterproto.Message):
     The submitted job whose entrypoint this driver is (job submission), "" for any other driver.
     """
 
+    driver_node_id: bytes = betterproto.bytes_field(6)
+    """
+    The node the driver attached to: its raylet watches the driver, and when that node dies the
+     job finishes (nobody would report the driver's death).
+    """
+
 
 @dataclass(eq=False, repr=False)
 class RegisterJobReply(betterproto.Message):
