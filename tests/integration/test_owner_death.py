@@ -21,6 +21,7 @@ import pytest
 
 import aioray
 from aioray.exceptions import RayError
+from aioray.util.state import list_jobs
 
 from .multinode import Nodes
 
@@ -100,6 +101,15 @@ def pids(folder: Path, prefix: str) -> list[int]:
     return [int(p.name.rsplit("-", 1)[1]) for p in folder.iterdir() if p.name.startswith(prefix)]
 
 
+def job_status(driver_pid: int) -> str | None:
+    for job in list_jobs():
+        info = job.driver_info
+        pid = info.get("pid") if isinstance(info, dict) else getattr(info, "pid", None)
+        if str(pid) == str(driver_pid):
+            return str(job.status)
+    return None
+
+
 def test_a_killed_drivers_leases_and_actors_end_on_every_node(cluster: Nodes, tmp_path: Path) -> None:
     wait_for(lambda: free_cpus() == TOTAL_CPUS, "an idle cluster")
     driver = subprocess.Popen(
@@ -114,8 +124,10 @@ def test_a_killed_drivers_leases_and_actors_end_on_every_node(cluster: Nodes, tm
         tasks = wait_for(lambda: len(found := pids(tmp_path, "task-")) == 3 and found, "3 running tasks")
         (actor,) = pids(tmp_path, "actor-")
         wait_for(lambda: free_cpus() == 0.0, "every CPU leased")
+        assert job_status(driver.pid) == "RUNNING"
         driver.send_signal(signal.SIGKILL)
         driver.wait()
+        wait_for(lambda: job_status(driver.pid) == "SUCCEEDED", "the killed driver's job finishing")
         wait_for(lambda: free_cpus() == TOTAL_CPUS, "the killed driver's CPUs coming back")
         for pid in [*tasks, actor]:
             wait_for(lambda pid=pid: not alive(pid), f"worker {pid} of the killed driver exiting")
