@@ -260,12 +260,19 @@ async def _start_core(
     # Serve on the node's address, so workers of other nodes (other machines) reach this driver.
     await core.start(rpc.split_address(local.address)[0])
     try:
+        # Before the job exists: a driver that is SIGKILLed later says nothing, but its raylet,
+        # watching its process, tells the GCS (its job finishes, its leases everywhere end).
+        await channels.stub(local.address, pb.NodeManagerStub).register_driver(
+            pb.RegisterWorkerRequest(worker_id=core.worker_id, address=core.address, pid=os.getpid()),
+            timeout=10,
+        )
         request = pb.RegisterJobRequest(
             driver_address=core.address,
             driver_pid=os.getpid(),
             namespace=namespace,
             version=versions.build_version(),
             submission_id=os.environ.get(jobs.SUBMISSION_ID_ENV, ""),
+            driver_node_id=local.node_id,
         )
         try:
             reply = await channels.stub(gcs_address, pb.JobInfoGcsServiceStub).register_job(
@@ -312,12 +319,15 @@ def shutdown() -> None:
             asyncio.run_coroutine_threadsafe(core.drain_worker_logs(), conn.loop).result(5)
 
         async def finish_job() -> None:
+            # Idle leases first: once the job is finished, raylets kill what it still leases.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(core.submitter.return_leases(1.0), 1.5)
             # Best effort within the wait below: a GCS that is gone is not waited for.
             stub = core.gcs(pb.JobInfoGcsServiceStub, reconnect_timeout_s=2)
             await asyncio.wait_for(stub.mark_job_finished(pb.JobId(job_id=core.job_id), timeout=2), 2.5)
 
         with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(finish_job(), conn.loop).result(3)
+            asyncio.run_coroutine_threadsafe(finish_job(), conn.loop).result(4.5)
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(core.close(), conn.loop).result(5)
         conn.loop.call_soon_threadsafe(conn.loop.stop)

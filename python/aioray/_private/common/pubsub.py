@@ -3,6 +3,9 @@
 NODE_CHANNEL = "nodes"  # a NodeInfo whenever a node joins or dies
 RESOURCE_CHANNEL = "resources"  # every ResourceReport, as raylets send them
 VIEW_CHANNEL = "cluster_view"  # a ClusterView: the first message of a subscription that asks for it
+# A WorkerDeath whenever a process that may own leases dies: a worker or a driver (reported by its
+# raylet), or the driver of a finished job (address only). Raylets release the leases it owned.
+WORKER_DEATH_CHANNEL = "worker_deaths"
 LOG_CHANNEL_PREFIX = "logs:"  # + a job id (hex): a LogBatch of worker output for that job's driver
 
 

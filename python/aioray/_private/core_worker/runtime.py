@@ -37,6 +37,7 @@ class Runtime:
         self.gcs_address = gcs_address
         self.raylet_address = raylet_address
         self.address = ""  # this process's own server, once it is up
+        self.worker_id = b""
         self.channels = rpc.ChannelPool(token)
         self.task_channels = task_channel.TaskChannels(self.channels, token)
         self.loop_thread_id: int | None = None

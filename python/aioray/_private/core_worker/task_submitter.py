@@ -56,6 +56,9 @@ class GrpcRaylets:
         self._runtime = runtime
 
     async def request_lease(self, address: str, request: pb.LeaseRequest) -> pb.LeaseReply:
+        # Raylets release our leases when the GCS says this worker died, and refuse requests
+        # that arrive after the news.
+        request.owner_worker_id = self._runtime.worker_id
         return await self._runtime.channels.stub(address, pb.NodeManagerStub).request_worker_lease(request)
 
     def return_lease(self, address: str, lease_id: bytes) -> None:

@@ -78,6 +78,7 @@ class CoreWorker:
         self.namespace = namespace
         self.loop = loop
         self.runtime = runtime = Runtime(loop, token, gcs_address, node.address)
+        runtime.worker_id = worker_id
         self.channels = runtime.channels
         self.store = ObjectStore.attach(node.store_name)
         self.nodes = NodeDirectory(runtime, node.node_id, node.address)

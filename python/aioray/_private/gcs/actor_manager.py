@@ -490,11 +490,12 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
 
 
 class WorkerTable(pb.WorkerInfoGcsServiceBase):
-    """Raylets report their workers' deaths here; the actor manager restarts or buries their actors.
+    """Raylets report their workers' and drivers' deaths here; the actor manager restarts or buries
+    their actors, a driver's job finishes, and every raylet is told (see `server`).
 
-    It keeps no table of its own: what a death changes is stored (in the actor
-    table) before the raylet hears back. A report of a worker no actor knows of
-    (one from before a GCS restart, or reported twice) changes nothing."""
+    It keeps no table of its own: what a death changes is stored (in the actor and
+    job tables) before the raylet hears back. A report of a worker no actor knows of
+    (one from before a GCS restart, or reported twice) changes no table."""
 
     def __init__(
         self, on_worker_death: Callable[[pb.WorkerDeath], None], tables: Tables | None = None

@@ -64,21 +64,38 @@ class JobTable(pb.JobInfoGcsServiceBase):
         return pb.RegisterJobReply(job_id=job_id)
 
     async def mark_job_finished(self, job_id: pb.JobId) -> pb.Empty:
-        job = self.jobs.pop(job_id.job_id, None)
-        if job is not None:
-            info = self._info(job_id.job_id, job)
-            info.end_time, info.is_dead = time.time(), True
-            self.start_times.pop(job_id.job_id, None)
-            self.finished[job_id.job_id] = info
-            while len(self.finished) > MAX_FINISHED_JOBS:
-                self.finished.popitem(last=False)
-            self._tables.delete(TABLE, job_id.job_id)
-            if job.driver_address:
-                self._on_job_finished(job.driver_address)
-            if self._on_job_id_finished is not None:
-                self._on_job_id_finished(job_id.job_id)
+        if self._finish(job_id.job_id):
             await self._tables.flush()
         return pb.Empty()
+
+    def on_driver_death(self, address: str) -> None:
+        """A driver's raylet saw its process end: a SIGKILLed driver never marks its job finished.
+        The caller flushes the tables."""
+        for job_id in [j for j, job in self.jobs.items() if address and job.driver_address == address]:
+            self._finish(job_id)
+
+    def on_node_death(self, node_id: bytes) -> None:
+        """The driver's node died, and with it the raylet that would have seen the driver die (as
+        in Ray, its jobs end). The caller flushes the tables."""
+        for job_id in [j for j, job in self.jobs.items() if node_id and job.driver_node_id == node_id]:
+            self._finish(job_id)
+
+    def _finish(self, job_id: bytes) -> bool:
+        job = self.jobs.pop(job_id, None)
+        if job is None:
+            return False
+        info = self._info(job_id, job)
+        info.end_time, info.is_dead = time.time(), True
+        self.start_times.pop(job_id, None)
+        self.finished[job_id] = info
+        while len(self.finished) > MAX_FINISHED_JOBS:
+            self.finished.popitem(last=False)
+        self._tables.delete(TABLE, job_id)
+        if job.driver_address:
+            self._on_job_finished(job.driver_address)
+        if self._on_job_id_finished is not None:
+            self._on_job_id_finished(job_id)
+        return True
 
     def _info(self, job_id: bytes, job: pb.RegisterJobRequest) -> pb.JobInfo:
         return pb.JobInfo(

@@ -28,7 +28,7 @@ import signal
 import sys
 
 from aioray._private.common import metrics, process, rpc
-from aioray._private.common.pubsub import NODE_CHANNEL
+from aioray._private.common.pubsub import NODE_CHANNEL, WORKER_DEATH_CHANNEL
 from aioray._private.gcs.actor_manager import ActorManager, WorkerTable
 from aioray._private.gcs.events import EventLog
 from aioray._private.gcs.jobs import JobTable
@@ -74,12 +74,12 @@ class Gcs:
         )
         self.nodes.on_resources = self.placement_groups.kick
         self.jobs = JobTable(
-            self.actors.on_job_finished,
+            self._on_job_finished,
             self.tables,
             self.placement_groups.on_job_finished,
             kv=lambda: self.kv.kv,
         )
-        self.workers = WorkerTable(self.actors.on_worker_death, self.tables)
+        self.workers = WorkerTable(self._on_worker_death, self.tables)
         self.kv = InternalKv(self.tables)
         self.objects = ObjectDirectory(self.tables)
         self.tasks = TaskTable()
@@ -112,9 +112,24 @@ class Gcs:
             "aioray_jobs_running", "Drivers connected to the cluster", collect=lambda: len(self.jobs.jobs)
         )
 
+    def _on_worker_death(self, death: pb.WorkerDeath) -> None:
+        # Every raylet releases what the dead process leased there (raylets see only their own
+        # workers exit); the actors it owned die below, which ends their leases. Kept for raylets
+        # that subscribe later (their stream broke); a death heard twice changes nothing.
+        self.pubsub.publish_local(WORKER_DEATH_CHANNEL, bytes(death), keep=bool(death.worker_id))
+        self.actors.on_worker_death(death)
+        self.jobs.on_driver_death(death.address)
+
+    def _on_job_finished(self, driver_address: str) -> None:
+        self.actors.on_job_finished(driver_address)
+        # A driver of a submitted job whose entrypoint died is marked finished by the job manager:
+        # what it still leases is released as for a driver whose raylet saw it die.
+        self.pubsub.publish_local(WORKER_DEATH_CHANNEL, bytes(pb.WorkerDeath(address=driver_address)))
+
     def _on_node_death(self, node_id: bytes) -> None:
         self.placement_groups.on_node_death(node_id)  # first: restarted actors wait for their bundles
         self.actors.on_node_death(node_id)
+        self.jobs.on_node_death(node_id)
 
     async def recover(self) -> None:
         """Loads every stored table (nodes first: rescheduled actors and placement groups need them)."""

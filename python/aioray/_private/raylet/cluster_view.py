@@ -3,7 +3,8 @@
 The raylet registers its node with the GCS (which answers with the view so
 far), then subscribes to the node and resource channels, receiving a snapshot
 first and every change after it. The view drives spillback and tells the
-object manager where other nodes' raylets and data ports are.
+object manager where other nodes' raylets and data ports are. The same stream
+brings the deaths of lease owners (`on_worker_death`, see `owners`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ import time
 from collections.abc import Callable
 
 from aioray._private.common import rpc
-from aioray._private.common.pubsub import NODE_CHANNEL, RESOURCE_CHANNEL, VIEW_CHANNEL
+from aioray._private.common.pubsub import (
+    NODE_CHANNEL,
+    RESOURCE_CHANNEL,
+    VIEW_CHANNEL,
+    WORKER_DEATH_CHANNEL,
+)
 from aioray._private.common.resources import ResourceSet
 from aioray._private.raylet import policy
 from aioray._proto.aioray import v1 as pb
@@ -37,6 +43,8 @@ class ClusterView:
         self.stopping = False
         # Called when a node joins, leaves or frees resources: queued leases may fit elsewhere now.
         self.on_change: Callable[[], None] = lambda: None
+        # Called when a worker or driver anywhere died: the leases it owned here end.
+        self.on_worker_death: Callable[[pb.WorkerDeath], None] = lambda death: None
 
     async def register(self, node_info: Callable[[], pb.NodeInfo]) -> None:
         """Registers this node with the GCS, retrying while the GCS is still starting."""
@@ -63,7 +71,9 @@ class ClusterView:
         idempotent) and subscribes again, receiving a fresh snapshot of the view.
         """
         stub = self._channels.stub(self._gcs_address, pb.PubSubGcsServiceStub)
-        request = pb.SubscribeRequest(channels=[NODE_CHANNEL, RESOURCE_CHANNEL], with_cluster_view=True)
+        request = pb.SubscribeRequest(
+            channels=[NODE_CHANNEL, RESOURCE_CHANNEL, WORKER_DEATH_CHANNEL], with_cluster_view=True
+        )
         while not self.stopping:
             with contextlib.suppress(*rpc.CONNECTION_ERRORS, rpc.GRPCError):
                 async for msg in stub.subscribe(request):
@@ -102,6 +112,9 @@ class ClusterView:
                 self._index(node)
 
     def apply(self, msg: pb.PubMessage) -> None:
+        if msg.channel == WORKER_DEATH_CHANNEL:
+            self.on_worker_death(pb.WorkerDeath().parse(msg.data))
+            return
         if msg.channel == VIEW_CHANNEL:
             self._set_nodes(list(pb.ClusterView().parse(msg.data).nodes))
         elif msg.channel == NODE_CHANNEL:

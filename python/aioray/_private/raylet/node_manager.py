@@ -5,7 +5,8 @@ scheduling policy (`scheduling`) decides whether the request is infeasible,
 goes on to another node (spillback) or queues here; queued requests are
 granted in order as resources and workers free up, starting workers on
 demand. A lease ends when its owner returns it, its worker dies, or its owner
-dies; a leased worker blocked in get/wait lends its resources back meanwhile.
+dies (`owners`: its worker is killed, and its queued requests are dropped); a
+leased worker blocked in get/wait lends its resources back meanwhile.
 
 Recent worker deaths are kept with their cause (`deaths`): an owner whose
 connection to a worker broke asks why (``GetWorkerFailureCause``), which is
@@ -30,6 +31,7 @@ from aioray._private.raylet.accelerators import GpuAllocator, gpus_in
 from aioray._private.raylet.bundles import BundleTable
 from aioray._private.raylet.cluster_view import ClusterView
 from aioray._private.raylet.memory_monitor import Candidate
+from aioray._private.raylet.owners import DeadOwners, DriverWatch, owned_by
 from aioray._private.raylet.runtime_env_agent import RuntimeEnvAgent, RuntimeEnvSetupFailed, WorkerEnv
 from aioray._private.raylet.worker_pool import WorkerPool, WorkerProc
 from aioray._proto.aioray import v1 as pb
@@ -56,6 +58,7 @@ class Lease:
     worker: WorkerProc
     resources: ResourceSet
     owner: str
+    owner_id: bytes = b""  # the owner's worker id (b"": the GCS, for an actor)
     blocked: bool = False
     retriable: bool = False  # the owner's work has retries left (the memory monitor kills it first)
     granted_at: float = field(default_factory=time.monotonic)
@@ -107,6 +110,10 @@ class NodeManager(pb.NodeManagerBase):
         # Recent worker deaths by worker id, oldest first, with their cause.
         self.deaths: collections.OrderedDict[bytes, pb.WorkerFailureCause] = collections.OrderedDict()
         self._death_keys: dict[bytes, tuple[bytes, str]] = {}  # worker id -> (lease id, address)
+        self.dead_owners = DeadOwners()
+        self.drivers = DriverWatch(node_id, self._driver_exited)
+        # Sends a death of this node's processes to the GCS (set by the raylet).
+        self.report_death: Callable[[pb.WorkerDeath], None] = lambda death: None
 
     # -- leases ----------------------------------------------------------------------------------
     async def request_worker_lease(self, lease_request: pb.LeaseRequest) -> pb.LeaseReply:
@@ -141,6 +148,8 @@ class NodeManager(pb.NodeManagerBase):
             failed = await self._ensure_runtime_env(lease_request.runtime_env)
             if failed is not None:
                 return failed
+        if lease_request.owner_worker_id in self.dead_owners:
+            return self._owner_dead_reply()
         waiter = LeaseWaiter(lease_request, shape, asyncio.get_running_loop().create_future())
         waiter.allowed = policy.allowed_nodes(lease_request.strategy, self._nodes())
         self.waiting.append(waiter)
@@ -179,6 +188,10 @@ class NodeManager(pb.NodeManagerBase):
         """Grants queued requests that fit, to idle workers; starts workers for the rest that fit."""
         if self.stopping:
             return
+        for w in self.waiting:
+            # Its owner died after it queued (the news came while it was being decided on).
+            if w.request.owner_worker_id in self.dead_owners and not w.future.done():
+                w.future.set_result(self._owner_dead_reply())
         queued = [w for w in self.waiting if not w.future.done()]
         # Planned as if each request that fits had an idle worker: it needs one of its own runtime
         # environment, which is taken if idle and otherwise started (below).
@@ -202,6 +215,7 @@ class NodeManager(pb.NodeManagerBase):
                 worker,
                 waiter.resources,
                 waiter.request.owner_address,
+                owner_id=waiter.request.owner_worker_id,
                 retriable=waiter.request.retriable,
                 gpu_ids=gpu_ids,
             )
@@ -342,10 +356,8 @@ class NodeManager(pb.NodeManagerBase):
             lease = self.leases.pop(worker.lease_id, None)
             if lease is not None:
                 self._release(lease)
-        if worker.address:
-            # Leases that the dead worker held as an owner will never be returned.
-            for lease in [ls for ls in self.leases.values() if ls.owner == worker.address]:
-                self._return(lease, failed=False)
+        if worker.address:  # what it leased as an owner, here at once (the GCS tells the others)
+            self.owner_died(pb.WorkerDeath(worker_id=worker.worker_id, address=worker.address))
         if self.stopping:
             return None
         if code not in (0, None) and not worker.killed:
@@ -358,6 +370,46 @@ class NodeManager(pb.NodeManagerBase):
         return pb.WorkerDeath(
             node_id=self.node_id, worker_id=worker.worker_id, address=worker.address, exit_code=code or 0
         )
+
+    # -- owners' deaths --------------------------------------------------------------------------
+    @staticmethod
+    def _owner_dead_reply() -> pb.LeaseReply:
+        return pb.LeaseReply(status=proto_enums.LEASE_REJECTED, message="the lease's owner died")
+
+    def owner_died(self, death: pb.WorkerDeath) -> None:
+        """A worker or driver died (or a job finished): the workers it leased here are killed, as
+        they may be running its tasks, and its queued requests are dropped."""
+        self.dead_owners.add(death.worker_id)
+        dropped = 0
+        for waiter in self.waiting:
+            if not waiter.future.done() and owned_by(
+                waiter.request.owner_worker_id, waiter.request.owner_address, death
+            ):
+                waiter.future.set_result(self._owner_dead_reply())
+                dropped += 1
+        self.waiting = [w for w in self.waiting if not w.future.done()]
+        leases = [ls for ls in self.leases.values() if owned_by(ls.owner_id, ls.owner, death)]
+        for lease in leases:
+            self.leases.pop(lease.lease_id, None)
+            self._release(lease)
+            self.pool.give_back(lease.worker, failed=True)
+        if leases or dropped:
+            log.info(
+                "owner %s died: killed %d leased worker(s), dropped %d queued request(s)",
+                death.worker_id.hex()[:12] or death.address,
+                len(leases),
+                dropped,
+            )
+            self.dispatch()
+
+    async def register_driver(self, register_worker_request: pb.RegisterWorkerRequest) -> pb.Empty:
+        self.drivers.watch(register_worker_request)
+        return pb.Empty()
+
+    def _driver_exited(self, death: pb.WorkerDeath) -> None:
+        self.owner_died(death)
+        if not self.stopping:
+            self.report_death(death)
 
     # -- worker deaths and the memory monitor ----------------------------------------------------
     def _record(self, worker: WorkerProc, cause: pb.WorkerFailureCause) -> None:
@@ -496,6 +548,7 @@ class NodeManager(pb.NodeManagerBase):
     def stop(self) -> None:
         """Refuses new requests and rejects the queued ones."""
         self.stopping = True
+        self.drivers.close()
         for waiter in self.waiting:
             if not waiter.future.done():
                 waiter.future.set_result(

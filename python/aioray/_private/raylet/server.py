@@ -99,6 +99,8 @@ class Raylet:
             MonitorConfig.from_env(os.environ),
         )
         self.view.on_change = self.nodes.replan
+        self.view.on_worker_death = self.nodes.owner_died
+        self.nodes.report_death = lambda death: self._spawn(self._report_death(death))
         # Runtime environments are cached in the spill folder: removed with it when the raylet stops,
         # and reclaimed with it by the next node start if the raylet was killed.
         self.runtime_envs = RuntimeEnvAgent(os.path.join(self.spill.dir, "runtime_env"), self._kv_get)

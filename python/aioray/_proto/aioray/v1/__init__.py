@@ -306,6 +306,12 @@ class RegisterJobRequest(betterproto.Message):
     The submitted job whose entrypoint this driver is (job submission), "" for any other driver.
     """
 
+    driver_node_id: bytes = betterproto.bytes_field(6)
+    """
+    The node the driver attached to: its raylet watches the driver, and when that node dies the
+     job finishes (nobody would report the driver's death).
+    """
+
 
 @dataclass(eq=False, repr=False)
 class RegisterJobReply(betterproto.Message):
@@ -508,6 +514,12 @@ class ActorList(betterproto.Message):
 
 @dataclass(eq=False, repr=False)
 class WorkerDeath(betterproto.Message):
+    """
+    A worker or driver process died (reported by its raylet, which watches both), or a job finished
+     (worker_id empty: its driver's address only). The GCS publishes each on the "worker_deaths"
+     channel: every raylet releases the leases that process owned.
+    """
+
     node_id: bytes = betterproto.bytes_field(1)
     worker_id: bytes = betterproto.bytes_field(2)
     address: str = betterproto.string_field(3)
@@ -649,6 +661,10 @@ class LeaseRequest(betterproto.Message):
     """
 
     attempt: int = betterproto.int32_field(10)
+    owner_worker_id: bytes = betterproto.bytes_field(11)
+    """
+    The owner's worker id: its lease ends when the GCS publishes its death (an address may be reused).
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -1570,6 +1586,23 @@ class NodeManagerStub(betterproto.ServiceStub):
             "/aioray.v1.NodeManager/RegisterWorker",
             register_worker_request,
             RegisterWorkerReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def register_driver(
+        self,
+        register_worker_request: "RegisterWorkerRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Empty":
+        return await self._unary_unary(
+            "/aioray.v1.NodeManager/RegisterDriver",
+            register_worker_request,
+            Empty,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -2708,6 +2741,11 @@ class NodeManagerBase(ServiceBase):
     ) -> "RegisterWorkerReply":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def register_driver(
+        self, register_worker_request: "RegisterWorkerRequest"
+    ) -> "Empty":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def notify_blocked(self, blocked_request: "BlockedRequest") -> "Empty":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -2768,6 +2806,13 @@ class NodeManagerBase(ServiceBase):
     ) -> None:
         request = await stream.recv_message()
         response = await self.register_worker(request)
+        await stream.send_message(response)
+
+    async def __rpc_register_driver(
+        self, stream: "grpclib.server.Stream[RegisterWorkerRequest, Empty]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.register_driver(request)
         await stream.send_message(response)
 
     async def __rpc_notify_blocked(
@@ -2860,6 +2905,12 @@ class NodeManagerBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 RegisterWorkerRequest,
                 RegisterWorkerReply,
+            ),
+            "/aioray.v1.NodeManager/RegisterDriver": grpclib.const.Handler(
+                self.__rpc_register_driver,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                RegisterWorkerRequest,
+                Empty,
             ),
             "/aioray.v1.NodeManager/NotifyBlocked": grpclib.const.Handler(
                 self.__rpc_notify_blocked,
