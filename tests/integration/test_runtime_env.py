@@ -60,6 +60,21 @@ def test_job_env_vars_reach_tasks_and_merge_with_their_own(cluster: None) -> Non
     }
 
 
+def test_the_runtime_context_tells_the_env_and_the_job(cluster: None) -> None:
+    ctx = aioray.get_runtime_context()
+    assert ctx.runtime_env == JOB_ENV and json.loads(ctx.get_runtime_env_string()) == JOB_ENV
+    job = ctx.get_job_id()
+
+    @aioray.remote(runtime_env={"env_vars": {"TASK": "t"}})
+    def inside() -> tuple[dict[str, Any], str]:
+        c = aioray.get_runtime_context()
+        return dict(c.runtime_env), c.get_job_id()
+
+    env, task_job = aioray.get(inside.remote(), timeout=60)
+    assert env == {"env_vars": {**JOB_ENV["env_vars"], "TASK": "t"}}
+    assert task_job == job  # a worker tells the job of the task it runs
+
+
 def test_actors_get_their_env_vars(cluster: None) -> None:
     actor = Reader.options(runtime_env={"env_vars": {"ACTOR": "a", "BOTH": "actor"}}).remote()
     assert aioray.get(actor.env.remote("ACTOR", "BOTH", "JOB_ONLY"), timeout=60) == {

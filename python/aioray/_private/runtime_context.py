@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from aioray._private.core_worker import object_ref
 
 
@@ -9,7 +12,12 @@ class RuntimeContext:
     """Ids of the job, node, worker and (inside a task) task of the caller, as hex strings."""
 
     def get_job_id(self) -> str:
-        return object_ref.global_worker().job_id.hex()
+        """The caller's job: a driver's own, or in a worker the job of the task (or actor) it runs."""
+        core = object_ref.global_worker()
+        job_id: bytes = core.job_id
+        if not job_id and core.executor is not None:
+            job_id = core.executor.current_job_id()
+        return job_id.hex()
 
     def get_node_id(self) -> str:
         return object_ref.global_worker().node_id.hex()
@@ -61,6 +69,19 @@ class RuntimeContext:
         """The hex id of the placement group the running task or actor is in, if any."""
         group = object_ref.global_worker().current_placement_group()
         return None if group is None else group[0].hex()
+
+    @property
+    def runtime_env(self) -> Any:
+        """The runtime_env the caller runs in, as Ray gives it: packages as their ``gcs://`` URIs, the
+        job's fields merged under the task's or actor's own."""
+        from aioray._private.runtime_env import current_runtime_env
+        from aioray.runtime_env import RuntimeEnv
+
+        return RuntimeEnv(**current_runtime_env(object_ref.global_worker()))
+
+    def get_runtime_env_string(self) -> str:
+        """The runtime_env the caller runs in, as JSON."""
+        return json.dumps(dict(self.runtime_env))
 
     @property
     def namespace(self) -> str:

@@ -274,8 +274,15 @@ class Raylet:
             await stub.report_worker_death(death, timeout=10)
 
     # -- node info and resource reports ----------------------------------------------------------
+    def _store_stats(self) -> dict[str, int]:
+        if self.stopping:  # the store may be gone already while a last RPC is answered
+            with contextlib.suppress(RuntimeError):
+                return self.store.stats()
+            return {"capacity": 0, "used_bytes": 0, "num_objects": 0}
+        return self.store.stats()
+
     def node_info(self) -> pb.NodeInfo:
-        stats = self.store.stats()
+        stats = self._store_stats()
         port = self.objects.data_port.port
         return pb.NodeInfo(
             node_id=self.node_id,
@@ -307,6 +314,8 @@ class Raylet:
 
     async def _report(self) -> None:
         self._report_scheduled = False
+        if self.stopping:
+            return
         stats = self.store.stats()
         report = pb.ResourceReport(
             node_id=self.node_id,
