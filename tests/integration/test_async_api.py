@@ -84,3 +84,15 @@ async def test_connect_to_a_running_cluster() -> None:
             await aioray.connect(address)
     finally:
         worker_api.CONNECT_RETRY_S = old
+
+
+async def test_the_cluster_takes_a_job_runtime_env() -> None:
+    @aioray.remote
+    def env_of(name: str) -> str | None:
+        import os
+
+        return os.environ.get(name)
+
+    async with aioray.Cluster(num_cpus=1, runtime_env={"env_vars": {"ASYNC_ENV": "yes"}}) as cluster:
+        assert await cluster.remote(env_of, "ASYNC_ENV") == "yes"
+        assert aioray.get_runtime_context().runtime_env == {"env_vars": {"ASYNC_ENV": "yes"}}

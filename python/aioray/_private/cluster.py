@@ -33,11 +33,13 @@ class Cluster:
         include_dashboard: bool | None = None,
         dashboard_host: str | None = None,
         dashboard_port: int | None = None,
+        runtime_env: dict[str, Any] | None = None,
     ) -> None:
         """`log_to_driver` and `metrics_export_port` as `aioray.init`'s `log_to_driver` and
         `_metrics_export_port`; the dashboard's arguments as `aioray.init`'s (`dashboard_url` is
-        its URL once started)."""
+        its URL once started); `runtime_env` is the job's, as `aioray.init(runtime_env=...)`."""
         self._kwargs = {
+            "runtime_env": runtime_env,
             "log_to_driver": log_to_driver,
             "metrics_export_port": metrics_export_port,
             "include_dashboard": include_dashboard,
@@ -127,6 +129,8 @@ class Cluster:
         return await asyncio.wrap_future(fut)
 
 
-async def connect(address: str, *, namespace: str | None = None) -> Cluster:
+async def connect(
+    address: str, *, namespace: str | None = None, runtime_env: dict[str, Any] | None = None
+) -> Cluster:
     """Connects to a running cluster ("HOST:PORT" or "auto"); `await cluster.shutdown()` disconnects."""
-    return await Cluster(address, namespace=namespace).start()
+    return await Cluster(address, namespace=namespace, runtime_env=runtime_env).start()
