@@ -56,6 +56,7 @@ class Group:
     retry_delay: float = 0.0
     next_try: float = 0.0  # monotonic time before which no round starts (backoff)
     unfit_at: int = -1  # the manager's view version when it last did not fit
+    created: float = 0.0  # info.create_time as a plain float (a message field read costs ~5 us)
 
     @property
     def pg_id(self) -> bytes:
@@ -96,6 +97,10 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
         self._update_node = update_node  # a raylet's fresh totals (with its bundles) into the node table
         self._tables = tables if tables is not None else Tables()
         self.groups: dict[bytes, Group] = {}
+        # The groups PENDING or RESCHEDULING, and the REMOVED ones oldest first: kept apart so that
+        # placing and forgetting look at those only, not at every group ever made.
+        self._waiting: dict[bytes, Group] = {}
+        self._removed: dict[bytes, None] = {}
         self.named: dict[tuple[str, str], bytes] = {}
         self._node_locks: dict[bytes, asyncio.Lock] = {}
         self._wake: asyncio.Event | None = None
@@ -140,8 +145,9 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
             bundle_label_selector=req.bundle_label_selector,
             stats=pb.PlacementGroupStats(scheduling_state="QUEUED"),
         )
-        group = Group(info, [ResourceSet(b.amounts) for b in req.bundles])
+        group = Group(info, [ResourceSet(b.amounts) for b in req.bundles], created=info.create_time)
         self.groups[group.pg_id] = group
+        self._waiting[group.pg_id] = group
         if req.name:
             self.named[(req.namespace, req.name)] = group.pg_id
         self._save(group)
@@ -211,7 +217,7 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
     def on_node_death(self, node_id: bytes) -> None:
         """The bundles on the dead node go back to unplaced; their groups are rescheduled."""
         for group in self.groups.values():
-            if group.info.state == State.REMOVED:
+            if group.pg_id in self._removed:
                 continue
             lost = [b for b in group.info.bundles if b.node_id == node_id]
             if not lost:
@@ -220,6 +226,7 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
                 b.node_id = b""
             if group.info.state == State.CREATED:
                 group.info.state = proto_enums.PG_RESCHEDULING
+                self._waiting[group.pg_id] = group
             group.info.message = (
                 f"rescheduling {len(lost)} bundle(s) of node {node_id.hex()[:12]}, which died"
             )
@@ -234,7 +241,9 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
     def on_job_finished(self, job_id: bytes) -> None:
         """A job's groups that are not detached go with it."""
         for group in list(self.groups.values()):
-            if group.info.job_id == job_id and not group.info.detached and group.info.state != State.REMOVED:
+            if group.pg_id in self._removed:
+                continue
+            if group.info.job_id == job_id and not group.info.detached:
                 self._track(self.remove(group))
 
     def kick(self) -> None:
@@ -259,6 +268,8 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
             # Copies: the group's own bundles lose their node just below.
             held = [pb.Bundle().parse(bytes(b)) for b in group.info.bundles if b.node_id]
             group.info.state = proto_enums.PG_REMOVED
+            self._waiting.pop(group.pg_id, None)
+            self._removed[group.pg_id] = None
             group.info.message = ""
             group.info.stats.scheduling_state = "REMOVED"
             for b in group.info.bundles:
@@ -298,10 +309,11 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
         task.add_done_callback(self._background.discard)
 
     def _forget_old_removed(self) -> None:
-        removed = [g for g in self.groups.values() if g.info.state == State.REMOVED]
-        for g in removed[: max(0, len(removed) - MAX_REMOVED_KEPT)]:
-            del self.groups[g.pg_id]
-            self._tables.delete(TABLE, g.pg_id)
+        while len(self._removed) > MAX_REMOVED_KEPT:
+            oldest = next(iter(self._removed))
+            del self._removed[oldest]
+            self.groups.pop(oldest, None)
+            self._tables.delete(TABLE, oldest)
 
     # -- placing ---------------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -310,9 +322,7 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
         loop = asyncio.get_running_loop()
         assert self._wake is not None
         while True:
-            waiting = sorted(
-                (g for g in self.groups.values() if g.info.state in WAITING), key=lambda g: g.info.create_time
-            )
+            waiting = sorted(self._waiting.values(), key=lambda g: g.created)
             rounds = self._plan(waiting, loop.time())
             for outcome in await asyncio.gather(*rounds, return_exceptions=True):
                 if isinstance(outcome, Exception):
@@ -391,6 +401,7 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
             if len(group.placed()) == len(info.bundles):
                 now = time.time()
                 info.state = proto_enums.PG_CREATED
+                self._waiting.pop(group.pg_id, None)
                 info.message = ""
                 info.stats.scheduling_state = "FINISHED"
                 info.stats.creation_latency_s = now - info.create_time
@@ -474,15 +485,23 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
         """Loads the stored groups; placing waits until the raylets' bundles are reconciled."""
         for key, value in (await self._tables.load(TABLE)).items():
             info = pb.PlacementGroupInfo().parse(value)
-            group = Group(info, [ResourceSet(b.resources.amounts) for b in info.bundles])
+            group = Group(
+                info, [ResourceSet(b.resources.amounts) for b in info.bundles], created=info.create_time
+            )
             self.groups[key] = group
+            if info.state in WAITING:
+                self._waiting[key] = group
             if info.name and info.state != State.REMOVED:
                 self.named[(info.namespace, info.name)] = key
+        for removed in sorted(
+            (g for g in self.groups.values() if g.info.state == State.REMOVED), key=lambda g: g.created
+        ):
+            self._removed[removed.pg_id] = None
         if self.groups:
             self._reconciled = asyncio.Event()
             self._track(self._reconcile(self._reconciled))
             self.kick()
-        return sum(g.info.state != State.REMOVED for g in self.groups.values())
+        return len(self.groups) - len(self._removed)
 
     async def _reconcile(self, done: asyncio.Event) -> None:
         """Cancels the bundles raylets hold that the table does not place on them."""
