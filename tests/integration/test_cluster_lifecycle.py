@@ -263,5 +263,9 @@ def test_a_driver_of_another_version_is_refused_at_connect(monkeypatch: pytest.M
         monkeypatch.undo()
         aioray.init(address=nodes.address)  # the same versions connect
         aioray.shutdown()
+        # A dashboard choice cannot change a running cluster: said, not silently ignored.
+        with pytest.warns(UserWarning, match="include_dashboard=False only applies to a new cluster"):
+            aioray.init(address=nodes.address, include_dashboard=False)
+        aioray.shutdown()
     finally:
         nodes.stop()

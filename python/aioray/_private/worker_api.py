@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import threading
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -153,6 +154,13 @@ def init(
                 raise ValueError(
                     "num_cpus, num_gpus, resources, object_store_memory, labels, the metrics export port "
                     "and the dashboard's host and port only apply to a new cluster"
+                )
+            if include_dashboard is not None:
+                # Ray scripts pass it when they connect too; it cannot change a running cluster.
+                warnings.warn(
+                    f"include_dashboard={include_dashboard} only applies to a new cluster: the cluster at "
+                    f"{address} keeps the dashboard it was started with",
+                    stacklevel=3,
                 )
             info = read_cluster_file(address)
             if address == "auto":

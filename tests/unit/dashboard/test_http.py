@@ -118,8 +118,46 @@ async def test_protected_routes_need_the_token(server: int) -> None:
     assert status == 401
     status, _, _ = await send(server, get("/api/jobs/", f"Authorization: Bearer {TOKEN}"))
     assert status == 200
-    status, _, _ = await send(server, get("/api/jobs/", f"Cookie: a=b; {http.TOKEN_COOKIE}={TOKEN}"))
+    session = http.session_value(TOKEN)
+    status, _, _ = await send(server, get("/api/jobs/", f"Cookie: a=b; {http.TOKEN_COOKIE}={session}"))
     assert status == 200
+    # The cookie holds a value derived from the token; the token itself there is refused.
+    status, _, _ = await send(server, get("/api/jobs/", f"Cookie: {http.TOKEN_COOKIE}={TOKEN}"))
+    assert status == 401
+
+
+def post(path: str, body: bytes, *headers: str) -> bytes:
+    extra = "".join(f"{h}\r\n" for h in headers)
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode() + body
+
+
+async def test_a_cookie_post_must_come_from_the_dashboards_own_pages(server: int) -> None:
+    cookie = f"Cookie: {http.TOKEN_COOKIE}={http.session_value(TOKEN)}"
+    status, _, body = await send(server, post("/echo", b"{}", cookie, "Origin: http://evil.example"))
+    assert status == 403 and "dashboard's pages" in json.loads(body)["error"]
+    status, _, _ = await send(server, post("/echo", b"{}", cookie, "Sec-Fetch-Site: cross-site"))
+    assert status == 403
+    status, _, body = await send(server, post("/echo", b"{}", cookie, "Origin: http://x"))
+    assert status == 200
+    # A script with the token in its header is no browser page: no Origin needed.
+    status, _, _ = await send(
+        server, post("/echo", b"{}", f"Authorization: Bearer {TOKEN}", "Origin: http://o")
+    )
+    assert status == 200
+
+
+async def test_no_body_is_read_for_a_request_without_the_token(server: int) -> None:
+    # The server answers 401 from the head alone and closes: the 60-byte body is never taken for a
+    # request, even on a connection asking to be kept alive.
+    reader, writer = await asyncio.open_connection("127.0.0.1", server)
+    body = b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n".ljust(60, b" ")
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 60\r\n\r\n" + body)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert data.startswith(b"HTTP/1.1 401") and data.count(b"HTTP/1.1") == 1
 
 
 async def test_literal_segments_win_and_handlers_raise_clean_errors(server: int) -> None:

@@ -81,6 +81,9 @@ async def test_a_package_goes_up_in_chunks_and_comes_down_unpacked(
     await upload.upload(kv, uri, packaging.build_zip(entries, "test"))
     assert await upload.exists(kv, uri)
     assert json.loads(kv.kv[upload.manifest_key(uri)])["chunks"] > 1
+    written = dict(kv.kv)
+    await upload.upload(kv, uri, b"other bytes under the same name")  # a package never changes
+    assert kv.kv == written
 
     async def kv_get(key: str) -> bytes | None:
         value: bytes | None = kv.kv.get(key)

@@ -41,6 +41,10 @@ async def exists(kv: pb.InternalKvGcsServiceStub, uri: str) -> bool:
 
 
 async def upload(kv: pb.InternalKvGcsServiceStub, uri: str, data: bytes) -> None:
+    """Stores `data` under `uri` unless a complete package is there already: a package never changes
+    once written (other bytes sent under its name must not overwrite the chunks its readers check)."""
+    if await exists(kv, uri):
+        return
     meta = manifest(data)
     for i in range(json.loads(meta)["chunks"]):
         chunk = data[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES]

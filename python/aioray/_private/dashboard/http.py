@@ -121,23 +121,44 @@ class Request:
             raise HttpError(400, f"{name} must be between {lo} and {hi}, got {value}")
         return value
 
-    def presented_token(self) -> str | None:
-        """The token the client sent: ``Authorization: Bearer T``, else the login cookie."""
+    def bearer(self) -> str | None:
+        """The token of an ``Authorization: Bearer T`` header, if any."""
         auth = self.headers.get("authorization", "")
         scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-        return self.cookies.get(TOKEN_COOKIE) or None
+        return None
 
     def authorized(self) -> bool:
-        given = self.presented_token()
-        return given is not None and check_token(given, self.token)
+        """The cluster token in the header, or the login cookie, which holds a value derived from
+        the token (`session_value`), never the token itself: browsers send a cookie to every port of
+        its host, and the token also opens the cluster's gRPC services."""
+        given = self.bearer()
+        if given is not None:
+            return check_token(given, self.token)
+        cookie = self.cookies.get(TOKEN_COOKIE)
+        return cookie is not None and bool(self.token) and check_token(cookie, session_value(self.token))
+
+    def same_origin(self) -> bool:
+        """Whether a browser sent this from one of the dashboard's own pages: another site's page (or
+        another port of this host, which a cookie does not tell apart) may make the browser send the
+        login cookie with a POST, but not with our Origin."""
+        origin = self.headers.get("origin")
+        if origin is None:
+            return self.headers.get("sec-fetch-site", "same-origin") in ("same-origin", "none")
+        host = self.headers.get("host", "")
+        return origin in (f"http://{host}", f"https://{host}")
 
 
 def check_token(given: str, expected: str) -> bool:
     """In constant time: a wrong token's length or prefix tells nothing. An empty expected token
     (a cluster without one) admits nobody rather than everybody."""
     return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def session_value(token: str) -> str:
+    """What the login cookie holds: a keyed hash of the token, useless anywhere but here."""
+    return hmac.new(token.encode(), b"aioray dashboard session", "sha256").hexdigest()
 
 
 def require_token(req: Request) -> None:
@@ -419,24 +440,34 @@ class HttpServer:
         method, target, version, headers = head
         keep_alive = _keep_alive(version, headers)
         started = time.monotonic()
+        path = target.split("?", 1)[0]  # what is logged: a query may carry a login token
+        body_read = False
         try:
             path, query = parse_target(target)
             route, params = self.router.resolve(method, path)
-            body = await self._read_body(reader, headers, route.max_body)
-            req = Request(method, path, query, headers, body, params, remote, self.app, self.token)
+            req = Request(method, path, query, headers, b"", params, remote, self.app, self.token)
             if route.auth:
+                # Before the body is read: nobody without the token makes the server buffer one.
                 require_token(req)
+                if method not in ("GET", "HEAD") and req.bearer() is None and not req.same_origin():
+                    raise HttpError(
+                        403,
+                        "a request authenticated by the login cookie must come from the dashboard's pages",
+                    )
+            req.body = await self._read_body(reader, headers, route.max_body)
+            body_read = True
             response = await asyncio.wait_for(route.handler(req), route.timeout)
         except HttpError as e:
             response = error_response(e)
-            if e.status in (400, 408, 411, 413):  # the rest of the body may still be unread
+            if not body_read:  # the body, if any, is still unread: it must not pass for a request
                 keep_alive = False
         except TimeoutError:
             response = error_response(HttpError(504, "the request took too long; try again"))
         except Exception as e:
-            log.exception("dashboard handler for %s %s failed", method, target)
+            log.exception("dashboard handler for %s %s failed", method, path)
             response = error_response(HttpError(500, f"internal error: {type(e).__name__}: {e}"))
-        log.debug("%s %s %s in %.3f s", method, target, response.status, time.monotonic() - started)
+        # The path, not the target: a query may carry a login token.
+        log.debug("%s %s %s in %.3f s", method, path, response.status, time.monotonic() - started)
         return await self._send(writer, method, response, keep_alive)
 
     async def _read_body(self, reader: asyncio.StreamReader, headers: dict[str, str], limit: int) -> bytes:

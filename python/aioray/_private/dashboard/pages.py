@@ -13,7 +13,15 @@ import mimetypes
 import os
 from urllib.parse import parse_qsl
 
-from aioray._private.dashboard.http import TOKEN_COOKIE, HttpError, Request, Response, Router, check_token
+from aioray._private.dashboard.http import (
+    TOKEN_COOKIE,
+    HttpError,
+    Request,
+    Response,
+    Router,
+    check_token,
+    session_value,
+)
 from aioray._private.dashboard.server import DashboardContext, static_dir
 
 COOKIE_MAX_AGE_S = 7 * 24 * 3600
@@ -50,7 +58,7 @@ def _logged_in(req: Request, token: str, next_url: str) -> Response:
     if not check_token(token, req.token):
         return _login_form("That is not the token of this cluster.", next_url, 401)
     resp = Response.redirect(next_url)
-    resp.set_cookie(TOKEN_COOKIE, token, max_age=COOKIE_MAX_AGE_S)
+    resp.set_cookie(TOKEN_COOKIE, session_value(req.token), max_age=COOKIE_MAX_AGE_S)
     return resp
 
 
