@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -32,6 +33,7 @@ DEADLINE_S = 60.0
 
 TASKS_SCRIPT = """
 import os
+import signal
 import aioray
 
 @aioray.remote
@@ -284,3 +286,25 @@ def test_entrypoint_resources_are_reserved_on_the_head(head: Head) -> None:
     assert client.stop_job(waiting) is True
     assert wait_ended(client, waiting) == JobStatus.STOPPED
     assert client.get_job_logs(waiting) == ""
+
+
+def test_no_entrypoint_outlives_a_killed_dashboard(head: Head, tmp_path: Path) -> None:
+    # Last in this module: the dashboard is SIGKILLed (its supervisor starts another).
+    script = write(
+        tmp_path / "forever.py",
+        """
+        import os, time
+        print("pid", os.getpid(), flush=True)
+        time.sleep(600)
+        """,
+    )
+    client = head.client()
+    # `; true` keeps the shell as the entrypoint's parent: the python process is a grandchild.
+    job = client.submit_job(entrypoint=f"{sys.executable} {script}; true")
+    line = wait_for(
+        lambda: [ln for ln in client.get_job_logs(job).splitlines() if ln.startswith("pid")], "pid"
+    )
+    pid = int(line[0].split()[1])
+    (dashboard,) = [p for p, kind in process.find_daemons(head.tag).items() if kind == "dashboard"]
+    os.kill(dashboard, signal.SIGKILL)
+    wait_for(lambda: process.is_gone(pid), "the entrypoint going with its dashboard")

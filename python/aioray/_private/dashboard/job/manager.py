@@ -369,7 +369,13 @@ class JobManager:
                 env, cwd = dict(setup.env), setup.cwd or None
             run.starting = True  # from here a stop waits for the process, to signal it
             with _open_log(self.log_path(sid)) as out:
-                run.proc = await asyncio.create_subprocess_shell(
+                # Through a small parent that takes the job's process group down if this process
+                # dies (`job/entrypoint.py`): no entrypoint outlives its dashboard.
+                run.proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "aioray._private.dashboard.job.entrypoint",
+                    str(self.stop_grace_s),
                     req.entrypoint,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=out,
