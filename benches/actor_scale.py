@@ -1,7 +1,7 @@
 """Many actors on one machine: time to create them, calls per second, memory per actor, either system.
 
-    python benches/actor_scale.py --system aioray --steps 100,500,1000,2000
-    python benches/actor_scale.py --system ray --steps 100,250,500
+    python benches/actor_scale.py --system aioray --steps 100,500,1000,max
+    python benches/actor_scale.py --system ray --steps 100,250,500,max
 
 Each step runs in a fresh child process with an embedded 2-CPU cluster: it creates N actors with
 `num_cpus=0` (so that they all fit, as Ray's scalability envelope does), calls each once (the call
@@ -11,7 +11,8 @@ process under the driver (the cluster and its actor processes) over the idle clu
 PSS counts a page shared by k processes as 1/k each, so it is what the actors really take.
 
 Before each step the parent predicts the step's memory from the previous step's PSS per actor and
-stops when it would leave less than 4 GiB available; the child also watches and kills the run below
+stops when it would leave less than 4 GiB available (`max`: the most that the previous step's
+PSS per actor says fit above that floor); the child also watches and kills the run below
 4 GiB. Run the Ray steps with Ray's venv interpreter or let `--system ray` re-execute under it.
 """
 
@@ -22,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Any
@@ -81,7 +83,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--system", choices=["aioray", "ray"], default="aioray")
-    parser.add_argument("--steps", default="100,500,1000,2000", help="actor counts, comma-separated")
+    parser.add_argument(
+        "--steps", default="100,500,1000,max", help="actor counts, comma-separated; max: as many as fit"
+    )
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -91,7 +95,16 @@ def main() -> None:
         load_system("ray")  # re-executes under Ray's interpreter when this one has no Ray
     results = []
     per_actor = 0.0
-    for n in (int(s) for s in args.steps.split(",")):
+    for step in args.steps.split(","):
+        if step == "max":  # as many as the last step's PSS per actor says fit, 100s, keeping the floor
+            if not per_actor:
+                break
+            n = int((available_mib() - FLOOR_MIB - 1024) / (per_actor * 1.2)) // 100 * 100
+            if n <= results[-1]["actors"]:
+                print(f"no room for more than {results[-1]['actors']} actors")
+                break
+        else:
+            n = int(step)
         need = per_actor * n * 1.2 + 1024  # the cluster itself and a margin
         if per_actor and available_mib() - need < FLOOR_MIB:
             print(
@@ -108,7 +121,10 @@ def main() -> None:
                            capture_output=True)  # fmt: skip
         lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
         if not lines:
-            print(f"{n} actors failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+            log = os.path.join(tempfile.gettempdir(), f"actor_scale-{args.system}-{n}.log")
+            with open(log, "w") as f:
+                f.write(done.stdout + "\n" + done.stderr)
+            print(f"{n} actors failed (whole output in {log}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
             break
         result = json.loads(lines[-1][len("RESULT ") :])
         results.append(result)

@@ -90,8 +90,10 @@ def start_nodes(system: str, nodes: int, store: int, env: dict[str, str]) -> Non
         if system == "aioray":
             exe = f"{sys.executable} -m aioray start"
         else:
-            exe = f"{RAY_VENV / 'bin' / 'ray'} start --include-dashboard=false --disable-usage-stats"
+            exe = f"{RAY_VENV / 'bin' / 'ray'} start --disable-usage-stats"
         where = f"--head --port {HEAD_PORT}" if i == 0 else f"--address {ip(0)}:{HEAD_PORT}"
+        if system == "ray" and i == 0:
+            where += " --include-dashboard=false"
         cmd = [
             "ip",
             "netns",
@@ -204,6 +206,8 @@ def main() -> None:
         "AIORAY_SESSION_TAG": tag,
         "RAY_DISABLE_USAGE_STATS": "1",
         "RAY_USAGE_STATS_ENABLED": "0",
+        # Ray 2.60's head turns token auth on and its worker nodes did not find the token: off, for all.
+        "RAY_AUTH_MODE": "disabled",
         "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "python"), os.environ.get("PYTHONPATH")) if p),
     }
     shm_before = set(os.listdir("/dev/shm"))
