@@ -204,3 +204,32 @@ async def test_a_call_whose_argument_failed_leaves_the_queue_wherever_it_is(clie
     assert [p for p, _ in client.owner.completed] == [doomed]
     assert sent(q) == [retried]
     assert not q.pending
+
+
+class SlowToSettleClient(FakeClient):
+    """The GCS's wait ends before the actor is up (None), then the question times out waiting for a
+    stream on a busy connection, then the actor is alive (500 actors created at once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answers: list[str] = ["pending", "timeout"]
+
+    async def wait_settled(self, actor_id: bytes, min_restarts: int = 0) -> pb.ActorInfo | None:  # type: ignore[override]
+        if self.answers:
+            if self.answers.pop(0) == "timeout":
+                raise TimeoutError("Deadline exceeded")
+            return None
+        return await super().wait_settled(actor_id, min_restarts)
+
+
+async def test_calls_wait_for_an_actor_that_is_slow_to_settle() -> None:
+    client = SlowToSettleClient()
+    q = queue(client)
+    q.push(call())
+    try:
+        await until(lambda: q.stream is not None or q.dead is not None)
+        assert q.dead is None and q.stream is not None and q.stream.address == "actor:0"
+        assert not client.answers
+    finally:
+        for t in client.runtime.tasks:
+            t.cancel()

@@ -378,6 +378,12 @@ class FakeRaylets:
     def drop(self, address: str) -> None:
         pass
 
+    def separate(self) -> FakeRaylets:
+        return self
+
+    def close(self) -> None:
+        pass
+
 
 def _node_table(
     raylets: FakeRaylets, tables: Tables, deaths: list[bytes], published: list[bytes]

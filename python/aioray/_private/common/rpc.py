@@ -145,6 +145,11 @@ class ChannelPool:
     def stub(self, address: str, stub_cls: Callable[[Channel], StubT]) -> StubT:
         return stub_cls(self.channel(address))
 
+    def separate(self) -> ChannelPool:
+        """Another pool with the same token and connections of its own: its calls never wait for a
+        stream behind this pool's (a peer serves at most 100 calls at once on one connection)."""
+        return ChannelPool(self._token)
+
     def gcs_stub(
         self, address: str, stub_cls: Callable[[Channel], StubT], reconnect_timeout_s: float
     ) -> StubT:

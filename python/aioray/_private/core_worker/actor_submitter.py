@@ -175,14 +175,18 @@ class ActorQueue:
         broken, self.broken = self.broken, None
         self.oom = await self.client.oom_cause(*broken) if broken is not None else None
         try:
-            info = await self.client.wait_settled(self.actor_id, min_restarts)
+            info = None
+            while info is None:
+                # Not settled within the GCS's wait: still pending (e.g. queued behind other actors'
+                # worker starts) or restarting. As in Ray, calls wait for it until it is alive or dead.
+                try:
+                    info = await self.client.wait_settled(self.actor_id, min_restarts)
+                except TimeoutError:
+                    # The question itself waited past its deadline for a stream: a connection serves
+                    # 100 calls at once, and 500 actors created at once ask 500 of them. Ask again.
+                    continue
         except Exception as e:
             self.dead = RayActorError(f"the actor {self.actor_id.hex()[:12]} cannot be reached: {e}")
-            return
-        if info is None:
-            self.dead = RayActorError(
-                f"the actor {self.actor_id.hex()[:12]} did not come back within {SETTLE_TIMEOUT_S:.0f}s"
-            )
             return
         if info.state == State.DEAD:
             self.dead = (

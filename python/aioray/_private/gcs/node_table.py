@@ -46,6 +46,10 @@ class NodeTable(pb.NodeInfoGcsServiceBase):
         self._tables = tables if tables is not None else Tables()
         self._failures: dict[bytes, int] = {}  # failed health checks in a row, by node
         self._channels = channels
+        # Health checks on connections of their own: on the shared one they waited for a free stream
+        # behind 100 long-polling lease requests (500 actors created at once) until the node was
+        # declared dead.
+        self._health_channels = channels.separate()
         self._publish = publish
         self._has_subscribers = has_subscribers
         self._record_event = record_event
@@ -73,6 +77,7 @@ class NodeTable(pb.NodeInfoGcsServiceBase):
             node_info.start_time = known.start_time or node_info.start_time
             if known.address != node_info.address:
                 self._channels.drop(known.address)
+                self._health_channels.drop(known.address)
             what = "registered again" if known.alive else "registered again after it was declared dead"
         else:
             what = "joined"
@@ -144,7 +149,7 @@ class NodeTable(pb.NodeInfoGcsServiceBase):
             for node in list(self.nodes.values()):
                 if not node.alive:
                     continue
-                stub = self._channels.stub(node.address, pb.NodeManagerStub)
+                stub = self._health_channels.stub(node.address, pb.NodeManagerStub)
                 try:
                     await stub.get_node_info(pb.Empty(), timeout=HEALTH_CHECK_TIMEOUT_S)
                     failures.pop(node.node_id, None)
@@ -157,6 +162,7 @@ class NodeTable(pb.NodeInfoGcsServiceBase):
                         node.alive = False
                         self._tables.put(TABLE, node.node_id, bytes(node))
                         self._channels.drop(node.address)
+                        self._health_channels.drop(node.address)
                         self._on_node_death(node.node_id)
                         self._record_event(
                             "gcs", "ERROR", f"node {node.node_id.hex()[:12]} is dead (no answer)"
@@ -166,3 +172,4 @@ class NodeTable(pb.NodeInfoGcsServiceBase):
     def close(self) -> None:
         if self._health_task is not None:
             self._health_task.cancel()
+        self._health_channels.close()

@@ -41,6 +41,15 @@ log = logging.getLogger("aioray.raylet")
 WORKER_START_TIMEOUT_S = 60.0
 WORKER_MODULE = "aioray._private.core_worker"
 ENV_START_FAILURES = 3  # workers of one environment that exit before registering, in a row, before it fails
+# A worker takes a few hundred ms of CPU to start and register. Started all at once (100 actors created in
+# one go), they starved the raylet and the GCS of a 2-core machine until the GCS declared the node dead.
+# As Ray (`maximum_startup_concurrency`, the node's CPUs): at most this many start at a time, the rest wait.
+STARTUP_CONCURRENCY_ENV = "AIORAY_WORKER_STARTUP_CONCURRENCY"
+
+
+def startup_concurrency() -> int:
+    value = os.environ.get(STARTUP_CONCURRENCY_ENV)
+    return max(1, int(value)) if value else max(2, os.cpu_count() or 1)
 
 
 class WorkerLogs(Protocol):
@@ -88,6 +97,7 @@ class WorkerPool:
         self.on_start_failed: Callable[[], None] | None = None  # a worker of an environment failed to start
         self.logs: WorkerLogs | None = None  # None: workers inherit the raylet's stdout and stderr
         self.stopping = False
+        self._startup = asyncio.Semaphore(startup_concurrency())  # held from spawn until registered
 
     def start(self, count: int, runtime_env: WorkerEnv | None = None) -> None:
         """Starts `count` workers (of `runtime_env`, if given) in the background; counted as starting
@@ -115,8 +125,22 @@ class WorkerPool:
             self.kill(worker)
 
     async def _start_one(self, runtime_env: WorkerEnv | None = None) -> None:
-        worker_id = random_id(16)
         env_hash = runtime_env.hash if runtime_env is not None else ""
+        try:
+            await self._startup.acquire()
+        except asyncio.CancelledError:
+            self._done_starting(env_hash)
+            raise
+        try:
+            if self.stopping:
+                self._done_starting(env_hash)
+                return
+            await self._start_now(runtime_env, env_hash)
+        finally:
+            self._startup.release()
+
+    async def _start_now(self, runtime_env: WorkerEnv | None, env_hash: str) -> None:
+        worker_id = random_id(16)
         env = dict(os.environ)
         if runtime_env is not None:
             env = runtime_env.environ(env)
