@@ -20,7 +20,9 @@ from grpclib.config import Configuration
 from grpclib.const import Status
 from grpclib.events import RecvRequest, SendRequest, SendTrailingMetadata, listen
 from grpclib.exceptions import GRPCError, StreamTerminatedError
+from grpclib.protocol import H2Protocol
 from grpclib.server import Server
+from h2.settings import SettingCodes
 
 from aioray._private.common import metrics
 
@@ -81,12 +83,35 @@ async def _refuse(stream: Any) -> None:
     raise GRPCError(Status.UNAUTHENTICATED, "missing or wrong aioray auth token")
 
 
+# Calls one client may have open on one connection. h2 allows 100, after which a client's further calls
+# wait for one to end: a driver long-polling 100 pending actors (or a raylet, lease requests) on its one
+# GCS connection would hold up every other call it makes, past their deadlines.
+MAX_CONCURRENT_STREAMS = 1 << 16
+
+
+class _Protocol(H2Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.connection._connection.update_settings(
+            {SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS}
+        )
+        self.connection.flush()
+
+
+class _Server(Server):
+    """grpclib's server, announcing `MAX_CONCURRENT_STREAMS` on each connection."""
+
+    def _protocol_factory(self) -> H2Protocol:
+        base = super()._protocol_factory()
+        return _Protocol(base.handler, base.config, base.h2_config)
+
+
 async def start_server(
     handlers: Collection[Any], host: str, port: int, token: str, component: str = ""
 ) -> tuple[Server, int]:
     """Starts a grpclib server that checks the token; returns it and its bound port. Each call's
     latency goes into `RPC_LATENCY` under `component` (gcs, raylet, worker, driver)."""
-    server = Server(list(handlers), config=CONFIG)
+    server = _Server(list(handlers), config=CONFIG)
     expected = token.encode()
     by_method: dict[str, metrics.HistogramChild] = {}
 
