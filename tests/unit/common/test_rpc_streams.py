@@ -14,12 +14,15 @@ TOKEN = "t"
 class LongPolls(pb.PlacementGroupGcsServiceBase):
     def __init__(self) -> None:
         self.release = asyncio.Event()
+        self.all_open = asyncio.Event()
         self.waiting = 0
 
     async def wait_placement_group_ready(
         self, wait_placement_group_request: pb.WaitPlacementGroupRequest
     ) -> pb.PlacementGroupStateReply:
         self.waiting += 1
+        if self.waiting == 150:
+            self.all_open.set()
         await self.release.wait()
         return pb.PlacementGroupStateReply()
 
@@ -39,8 +42,7 @@ async def test_a_call_goes_through_beside_150_long_polls_on_one_connection() -> 
             asyncio.ensure_future(stub.wait_placement_group_ready(pb.WaitPlacementGroupRequest(), timeout=60))
             for _ in range(150)
         ]
-        while service.waiting < 150:  # every poll is open on the server (h2 allowed only 100)
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(service.all_open.wait(), 30)  # every poll is open (h2 allowed only 100)
         quick = await stub.get_placement_group(pb.GetPlacementGroupRequest(), timeout=30)
         assert quick.name == "quick"
         service.release.set()
