@@ -42,13 +42,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from aioray._private.common import packages
 from aioray._proto.aioray import v1 as pb
 
 log = logging.getLogger("aioray.raylet")
 
 # Shared with the driver's side (aioray._private.runtime_env), which this component may not import.
 ENV_VAR = "AIORAY_RUNTIME_ENV"
-PACKAGE_KEY_PREFIX = "runtime_env:pkg:"
+PACKAGE_KEY_PREFIX = packages.KEY_PREFIX
 DEFAULT_SETUP_TIMEOUT_S = 600.0
 MARKER = "aioray-env.json"  # written last into a finished virtual environment
 OUTPUT_TAIL_CHARS = 3000

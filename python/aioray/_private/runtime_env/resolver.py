@@ -15,7 +15,6 @@ packages are not looked at again), and `RemoteFunction`/`ActorClass` keep its ou
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -24,23 +23,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from aioray._private.common.runtime_env_info import canonical, info_of
 from aioray._private.runtime_env import packaging, upload
 from aioray._proto.aioray import v1 as pb
 
 ENV_VAR = "AIORAY_RUNTIME_ENV"  # the resolved environment a worker runs in (set by its raylet)
 RESOLVE_TIMEOUT_S = 600.0
-
-
-def canonical(env: Mapping[str, Any]) -> str:
-    return json.dumps(env, sort_keys=True, separators=(",", ":"))
-
-
-def info_of(env: Mapping[str, Any]) -> pb.RuntimeEnvInfo:
-    """The wire form of a resolved environment; an empty one for none."""
-    if not env:
-        return pb.RuntimeEnvInfo()
-    serialized = canonical(env)
-    return pb.RuntimeEnvInfo(hash=hashlib.sha256(serialized.encode()).hexdigest()[:32], serialized=serialized)
 
 
 def merge(parent: Mapping[str, Any], child: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -20,7 +20,6 @@ import asyncio
 import codecs
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -43,6 +42,7 @@ from aioray._private.common.jobs import (
     info_key,
     job_details,
 )
+from aioray._private.common.runtime_env_info import info_of
 from aioray._proto.aioray import v1 as pb
 
 log = logging.getLogger("aioray.dashboard.jobs")
@@ -72,13 +72,6 @@ def new_submission_id() -> str:
 
 def log_file_name(submission_id: str) -> str:
     return f"job-driver-{submission_id}.log"
-
-
-def runtime_env_info(env: dict[str, Any]) -> pb.RuntimeEnvInfo:
-    """The wire form workers of the same environment get (runtime_env.resolver.info_of), so the
-    raylet's cache serves both."""
-    serialized = json.dumps(env, sort_keys=True, separators=(",", ":"))
-    return pb.RuntimeEnvInfo(hash=hashlib.sha256(serialized.encode()).hexdigest()[:32], serialized=serialized)
 
 
 @dataclasses.dataclass
@@ -356,7 +349,7 @@ class JobManager:
             cwd = None
             if req.runtime_env:
                 setup = await self._setup_runtime_env(
-                    pb.RuntimeEnvSetupRequest(runtime_env=runtime_env_info(req.runtime_env), base_env=env)
+                    pb.RuntimeEnvSetupRequest(runtime_env=info_of(req.runtime_env), base_env=env)
                 )
                 if setup.error:
                     await self._update(
