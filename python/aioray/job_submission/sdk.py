@@ -42,9 +42,16 @@ def resolve_address(address: str | None) -> str:
     return address.rstrip("/")
 
 
-def default_token() -> str:
-    """The cluster token: $AIORAY_AUTH_TOKEN, else the one of the cluster started on this machine."""
-    return os.environ.get(process.TOKEN_ENV) or (worker_api.read_cluster_file() or {}).get("token", "")
+def default_token(address: str) -> str:
+    """The cluster token: $AIORAY_AUTH_TOKEN, else that of the cluster started on this machine, if
+    `address` is its dashboard's (the local token is for the local cluster, not any server named)."""
+    token = os.environ.get(process.TOKEN_ENV)
+    if token:
+        return token
+    info = worker_api.read_cluster_file() or {}
+    if str(info.get("dashboard_url", "")).rstrip("/") == address:
+        return str(info.get("token", ""))
+    return ""
 
 
 class _HttpPackager(Packager):
@@ -71,7 +78,7 @@ class JobSubmissionClient:
 
     `address`: the dashboard, as ``http://HEAD:PORT`` (see `resolve_address`). The cluster token
     goes in ``Authorization: Bearer``: from `headers` if it has one, else $AIORAY_AUTH_TOKEN, else
-    the local cluster file. `metadata` is added to every job's. Every call waits at most `timeout`
+    the local cluster file's when `address` is that cluster's dashboard. `metadata` is added to every job's. Every call waits at most `timeout`
     seconds (each method takes its own ``timeout=`` too); an unreachable server raises
     ConnectionError, a refused request `JobServerError` (a RuntimeError, as in Ray) with its HTTP
     status and the server's reason.
@@ -96,7 +103,7 @@ class JobSubmissionClient:
         self._default_metadata = dict(metadata or {})
         self._headers = dict(headers or {})
         if not any(k.lower() == "authorization" for k in self._headers):
-            token = default_token()
+            token = default_token(self.address)
             if token:
                 self._headers["Authorization"] = f"Bearer {token}"
         if cookies:
