@@ -36,7 +36,8 @@ def node() -> Iterator[str]:
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        aioray.init(num_cpus=2, object_store_memory=64 * MiB)
+        # No dashboard: one process fewer in the budget above, and nothing here looks at it.
+        aioray.init(num_cpus=2, object_store_memory=64 * MiB, include_dashboard=False)
     finally:
         for k, v in saved.items():
             if v is None:
