@@ -233,6 +233,15 @@ async def test_worker_death_restarts_while_allowed_then_dead(gcs: ActorManager, 
     assert len(cluster.lease_requests) == 2
 
 
+async def test_the_raylets_reason_for_a_kill_is_in_the_actors_death(gcs: ActorManager) -> None:
+    info = await started(gcs, request())
+    why = "the memory monitor of node n1 killed worker w1 because ..."
+    gcs.on_worker_death(pb.WorkerDeath(worker_id=info.worker_id, exit_code=-9, cause=why))
+    cause = death_cause(info)
+    assert isinstance(cause, ActorDiedError)
+    assert "exit code -9" in str(cause) and why in str(cause)
+
+
 async def test_unlimited_restarts(gcs: ActorManager, cluster: FakeCluster) -> None:
     req = request(max_restarts=-1)
     info = await started(gcs, req)

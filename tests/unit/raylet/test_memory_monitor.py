@@ -245,14 +245,16 @@ class FakeNode:
         return exited
 
 
-def monitor(node: FakeNode, usage: list[int], limit: int = 1000, refresh_s: float = 0.01) -> MemoryMonitor:
+def monitor(
+    node: FakeNode, usage: list[int], limit: int = 1000, refresh_s: float = 0.01, own: int = 300 << 20
+) -> MemoryMonitor:
     return MemoryMonitor(
         lambda: "n1 (127.0.0.1:1)",
         lambda: list(node.candidates),
         node.kill,
         MonitorConfig(refresh_s=refresh_s, threshold=0.9),
         read=lambda: MemorySnapshot(usage[0], limit, "test"),
-        own_memory=lambda pid: 300 << 20,
+        own_memory=lambda pid: own,
     )
 
 
@@ -294,6 +296,9 @@ async def test_one_kill_at_a_time_then_usage_is_read_again() -> None:
         assert [v.pid for v, _ in node.kills] == [3]  # the next waits for this one to exit
         node.exits[0].set_result(None)
         await asyncio.sleep(0.05)
+        assert [v.pid for v, _ in node.kills] == [3]  # 990 still, not growing: settling
+        usage[0] = 995
+        await asyncio.sleep(0.05)
         assert [v.pid for v, _ in node.kills] == [3, 2]
         usage[0] = 100  # the kill freed enough
         node.exits[1].set_result(None)
@@ -301,6 +306,33 @@ async def test_one_kill_at_a_time_then_usage_is_read_again() -> None:
         assert [v.pid for v, _ in node.kills] == [3, 2]
     finally:
         await m.stop()
+
+
+async def test_after_a_kill_only_growing_usage_gets_another(monkeypatch: pytest.MonkeyPatch) -> None:
+    node = FakeNode([cand(1, "a", 1.0), cand(2, "a", 2.0), cand(3, "a", 3.0)])
+    usage = [990]
+    m = monitor(node, usage)
+    first = asyncio.ensure_future(m.check())
+    await asyncio.sleep(0)
+    usage[0] = 960  # read as the victim exits: the rest of its memory comes back slowly
+    node.exits[0].set_result(None)
+    assert (await first).pid == 3
+    for still_above in (960, 940, 955):
+        usage[0] = still_above
+        assert await m.check() is None
+    usage[0] = 961  # growing again: the next victim
+    second = asyncio.ensure_future(m.check())
+    await asyncio.sleep(0)
+    assert [v.pid for v, _ in node.kills] == [3, 2]
+    node.exits[1].set_result(None)
+    await second
+    monkeypatch.setattr(mm, "SETTLE_S", 0.0)  # settled: above the threshold is enough again
+    usage[0] = 950
+    third = asyncio.ensure_future(m.check())
+    await asyncio.sleep(0)
+    assert [v.pid for v, _ in node.kills] == [3, 2, 1]
+    node.exits[2].set_result(None)
+    await third
 
 
 async def test_a_worker_that_does_not_exit_holds_the_monitor_only_so_long(
@@ -406,13 +438,15 @@ async def test_node_manager_kill_records_the_cause_for_the_owner() -> None:
     assert "memory monitor" in cause.message
     assert await exited == -9
     assert nm.memory_candidates() == [c for c in candidates if c.pid == 11]  # killed: no candidate
-    nm.on_worker_exit(second.worker, -9)
+    death = nm.on_worker_exit(second.worker, -9)
+    assert death is not None and "memory monitor" in death.cause  # what the GCS tells of a dead actor
     assert second.lease_id not in nm.leases
     assert nm.available.get("CPU") == 1
     cause = await nm.get_worker_failure_cause(pb.WorkerFailureCauseRequest(worker_address="127.0.0.1:12"))
     assert (cause.kind, cause.exit_code) == (pb.WorkerFailureCauseKind.OUT_OF_MEMORY, -9)
     # A worker that crashed on its own is recorded as such; unknown workers are UNKNOWN.
-    nm.on_worker_exit(first.worker, 1)
+    death = nm.on_worker_exit(first.worker, 1)
+    assert death is not None and death.cause == ""
     cause = await nm.get_worker_failure_cause(pb.WorkerFailureCauseRequest(lease_id=first.lease_id))
     assert (cause.kind, cause.exit_code) == (pb.WorkerFailureCauseKind.EXITED, 1)
     unknown = await nm.get_worker_failure_cause(pb.WorkerFailureCauseRequest(lease_id=b"x" * 8))

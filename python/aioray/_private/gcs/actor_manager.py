@@ -302,7 +302,7 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
     def on_worker_death(self, death: pb.WorkerDeath) -> None:
         for actor in list(self.actors.values()):
             if actor.info.worker_id == death.worker_id and actor.info.state != State.DEAD:
-                self._on_actor_worker_died(actor, death.exit_code)
+                self._on_actor_worker_died(actor, death.exit_code, death.cause)
             elif actor.info.owner_address == death.address and not actor.info.detached:
                 self.kill(actor, "its owner died")
 
@@ -319,7 +319,7 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
                     actor.task.cancel()  # its cancellation marks nothing (see `_schedule`)
                 self._on_actor_worker_died(actor, -1)
 
-    def _on_actor_worker_died(self, actor: Actor, exit_code: int) -> None:
+    def _on_actor_worker_died(self, actor: Actor, exit_code: int, cause: str = "") -> None:
         actor.lease_id = b""
         actor.info.address = ""
         limit = actor.request.max_restarts
@@ -334,6 +334,8 @@ class ActorManager(pb.ActorInfoGcsServiceBase):
             actor.task = asyncio.get_running_loop().create_task(self._schedule(actor))
             return
         reason = "it was killed" if actor.killed else f"its worker process died (exit code {exit_code})"
+        if cause and not actor.killed:
+            reason += f": {cause}"
         if not actor.killed and limit:
             reason += (
                 f" and it was restarted {actor.info.num_restarts} time(s) already (max_restarts={limit})"

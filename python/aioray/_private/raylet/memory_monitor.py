@@ -12,7 +12,12 @@ exhausting the machine.
 
 When usage exceeds ``AIORAY_MEMORY_USAGE_THRESHOLD`` (default 0.95) of the
 limit, the monitor kills one leased worker, waits for it to exit, reads the
-usage again and only then picks another. The victim follows Ray's
+usage again and only then picks another. For ``SETTLE_S`` after a victim
+exited it kills again only once usage exceeds what it read right after that
+exit: some hosts return a dead process's pages to the free count slowly (a VM
+whose balloon reports free pages gave back ~15 MiB/s here), and the monitor
+would otherwise go on killing workers that hold nothing while the memory it
+freed trickles back; growing usage still gets its kill. The victim follows Ray's
 group-by-owner policy (`kill_order`): retriable work goes first, grouped by
 owner, the biggest group first (then the group granted last), and within a
 group the newest lease. Idle workers hold no task and the raylet itself is
@@ -40,6 +45,7 @@ LIMIT_ENV = "AIORAY_MEMORY_LIMIT_BYTES"
 DEFAULT_REFRESH_MS = 250
 DEFAULT_THRESHOLD = 0.95
 KILL_WAIT_S = 10.0  # how long a killed worker may take to exit before the monitor looks again
+SETTLE_S = 30.0  # how long after a kill only growing usage gets another (see the module's doc)
 IDLE_WARNING_S = 10.0  # how often to say that memory is high but nothing can be killed
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -344,6 +350,8 @@ class MemoryMonitor:
         self._own_memory = own_memory
         self._task: asyncio.Task[None] | None = None
         self._last_idle_warning = -math.inf
+        # When the last victim exited and the usage read then.
+        self._settling: tuple[float, int] | None = None
         self.kills = 0
 
     def start(self) -> None:
@@ -385,6 +393,11 @@ class MemoryMonitor:
         snapshot = self._read()
         if snapshot is None or snapshot.used <= snapshot.limit * self.config.threshold:
             return None
+        if self._settling is not None:
+            exited_at, used_then = self._settling
+            if time.monotonic() - exited_at < SETTLE_S and snapshot.used <= used_then:
+                return None  # the last kill's memory is still coming back
+            self._settling = None
         victim = select_victim(self._candidates())
         if victim is None:
             now = time.monotonic()
@@ -405,8 +418,13 @@ class MemoryMonitor:
         exited = self._kill(victim, message)
         self.kills += 1
         if exited is not None:
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(exited, KILL_WAIT_S)
+            except TimeoutError:
+                return victim  # still there: what it holds is not coming back
+        after = self._read()
+        if after is not None:
+            self._settling = (time.monotonic(), after.used)
         return victim
 
 

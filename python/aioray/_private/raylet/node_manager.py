@@ -367,8 +367,13 @@ class NodeManager(pb.NodeManagerBase):
         self.dispatch()
         if not worker.address:
             return None
+        known = self.deaths.get(worker.worker_id)
         return pb.WorkerDeath(
-            node_id=self.node_id, worker_id=worker.worker_id, address=worker.address, exit_code=code or 0
+            node_id=self.node_id,
+            worker_id=worker.worker_id,
+            address=worker.address,
+            exit_code=code or 0,
+            cause=known.message if known is not None and known.kind == Cause.OUT_OF_MEMORY else "",
         )
 
     # -- owners' deaths --------------------------------------------------------------------------

@@ -524,6 +524,7 @@ class WorkerDeath(betterproto.Message):
     worker_id: bytes = betterproto.bytes_field(2)
     address: str = betterproto.string_field(3)
     exit_code: int = betterproto.int32_field(4)
+    cause: str = betterproto.string_field(5)
 
 
 @dataclass(eq=False, repr=False)
