@@ -297,7 +297,7 @@ async def test_one_kill_at_a_time_then_usage_is_read_again() -> None:
         node.exits[0].set_result(None)
         await asyncio.sleep(0.05)
         assert [v.pid for v, _ in node.kills] == [3]  # 990 still, not growing: settling
-        usage[0] = 995
+        usage[0] = 995 + mm.SETTLE_MARGIN_MIN
         await asyncio.sleep(0.05)
         assert [v.pid for v, _ in node.kills] == [3, 2]
         usage[0] = 100  # the kill freed enough
@@ -309,18 +309,19 @@ async def test_one_kill_at_a_time_then_usage_is_read_again() -> None:
 
 
 async def test_after_a_kill_only_growing_usage_gets_another(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mm, "SETTLE_MARGIN_MIN", 10)
     node = FakeNode([cand(1, "a", 1.0), cand(2, "a", 2.0), cand(3, "a", 3.0)])
     usage = [990]
     m = monitor(node, usage)
     first = asyncio.ensure_future(m.check())
     await asyncio.sleep(0)
-    usage[0] = 960  # read as the victim exits: the rest of its memory comes back slowly
+    usage[0] = 950  # read as the victim exits: the rest of its memory comes back slowly
     node.exits[0].set_result(None)
     assert (await first).pid == 3
-    for still_above in (960, 940, 955):
+    for still_above in (950, 940, 960):  # 960: a worker started, within the margin
         usage[0] = still_above
         assert await m.check() is None
-    usage[0] = 961  # growing again: the next victim
+    usage[0] = 961  # grew past the margin: the next victim
     second = asyncio.ensure_future(m.check())
     await asyncio.sleep(0)
     assert [v.pid for v, _ in node.kills] == [3, 2]

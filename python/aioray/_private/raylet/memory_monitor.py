@@ -13,11 +13,12 @@ exhausting the machine.
 When usage exceeds ``AIORAY_MEMORY_USAGE_THRESHOLD`` (default 0.95) of the
 limit, the monitor kills one leased worker, waits for it to exit, reads the
 usage again and only then picks another. For ``SETTLE_S`` after a victim
-exited it kills again only once usage exceeds what it read right after that
-exit: some hosts return a dead process's pages to the free count slowly (a VM
-whose balloon reports free pages gave back ~15 MiB/s here), and the monitor
-would otherwise go on killing workers that hold nothing while the memory it
-freed trickles back; growing usage still gets its kill. The victim follows Ray's
+exited it kills again only once usage grew past what it read right after that
+exit by ``SETTLE_MARGIN`` (1% of the limit, at least 64 MiB: a worker starting
+takes ~30 MiB): some hosts return a dead process's pages to the free count
+slowly (a VM whose balloon reports free pages gave back ~15 MiB/s here), and
+the monitor would otherwise go on killing workers that hold nothing while the
+memory it freed trickles back; growing usage still gets its kill. The victim follows Ray's
 group-by-owner policy (`kill_order`): retriable work goes first, grouped by
 owner, the biggest group first (then the group granted last), and within a
 group the newest lease. Idle workers hold no task and the raylet itself is
@@ -46,6 +47,8 @@ DEFAULT_REFRESH_MS = 250
 DEFAULT_THRESHOLD = 0.95
 KILL_WAIT_S = 10.0  # how long a killed worker may take to exit before the monitor looks again
 SETTLE_S = 30.0  # how long after a kill only growing usage gets another (see the module's doc)
+SETTLE_MARGIN_FRACTION = 0.01  # of the limit: growth that counts as growing, while settling
+SETTLE_MARGIN_MIN = 64 << 20
 IDLE_WARNING_S = 10.0  # how often to say that memory is high but nothing can be killed
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -395,7 +398,8 @@ class MemoryMonitor:
             return None
         if self._settling is not None:
             exited_at, used_then = self._settling
-            if time.monotonic() - exited_at < SETTLE_S and snapshot.used <= used_then:
+            margin = max(SETTLE_MARGIN_MIN, SETTLE_MARGIN_FRACTION * snapshot.limit)
+            if time.monotonic() - exited_at < SETTLE_S and snapshot.used <= used_then + margin:
                 return None  # the last kill's memory is still coming back
             self._settling = None
         victim = select_victim(self._candidates())
