@@ -2,14 +2,18 @@
 
 Every RPC carries the cluster's auth token in the ``x-aioray-token`` metadata;
 a server refuses a call with a wrong or missing token (UNAUTHENTICATED) before
-the handler runs.
+the handler runs. Unary calls of the pool's stubs travel as plain frames on the
+same port (`framed_rpc`: the same routes, messages, handlers and errors, without
+HTTP/2 in Python); ``AIORAY_RPC_TRANSPORT=grpc`` sends them over gRPC instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import hmac
+import os
 import socket
 import time
 from collections.abc import Callable, Collection
@@ -24,11 +28,12 @@ from grpclib.protocol import H2Protocol
 from grpclib.server import Server
 from h2.settings import SettingCodes
 
-from aioray._private.common import metrics
+from aioray._private.common import framed_rpc, metrics
 
 __all__ = ["CONNECTION_ERRORS", "ChannelPool", "GRPCError", "GcsUnreachableError", "Status", "start_server"]
 
 TOKEN_HEADER = "x-aioray-token"
+TRANSPORT_ENV = "AIORAY_RPC_TRANSPORT"  # "framed" (the default) or "grpc": how unary calls travel
 # Large HTTP/2 windows: object transfers stream 4 MiB chunks, and a small window would stall
 # every chunk on WINDOW_UPDATE round trips.
 WINDOW = 64 << 20
@@ -99,11 +104,24 @@ class _Protocol(H2Protocol):
 
 
 class _Server(Server):
-    """grpclib's server, announcing `MAX_CONCURRENT_STREAMS` on each connection."""
+    """grpclib's server, announcing `MAX_CONCURRENT_STREAMS` on each connection, that also serves
+    framed unary calls (`framed_rpc`) on its port."""
 
-    def _protocol_factory(self) -> H2Protocol:
+    token = ""
+    observe: framed_rpc.Observe | None = None
+
+    def _h2_protocol(self) -> H2Protocol:
         base = super()._protocol_factory()
         return _Protocol(base.handler, base.config, base.h2_config)
+
+    def _framed_protocol(self) -> framed_rpc.ServerConnection:
+        self.__gc_step__()
+        connection = framed_rpc.ServerConnection(self._mapping, self.token, self.observe)
+        self._handlers.add(connection)  # type: ignore[arg-type]  # closed with the server's
+        return connection
+
+    def _protocol_factory(self) -> H2Protocol:
+        return cast(H2Protocol, framed_rpc.Sniffer(self._h2_protocol, self._framed_protocol))
 
 
 async def start_server(
@@ -114,6 +132,15 @@ async def start_server(
     server = _Server(list(handlers), config=CONFIG)
     expected = token.encode()
     by_method: dict[str, metrics.HistogramChild] = {}
+
+    def observe_framed(route: str, seconds: float) -> None:
+        child = by_method.get(route)
+        if child is None:
+            child = by_method[route] = RPC_LATENCY.labels(component, route)
+        child.observe(seconds)
+
+    server.token = token
+    server.observe = observe_framed
 
     async def check_token(event: RecvRequest) -> None:
         _call_started.set((time.perf_counter(), event.method_name))
@@ -148,6 +175,8 @@ class ChannelPool:
     def __init__(self, token: str) -> None:
         self._token = token
         self._channels: dict[str, Channel] = {}
+        self._framed: dict[str, asyncio.Future[framed_rpc.ClientConnection]] = {}
+        self._use_framed = os.environ.get(TRANSPORT_ENV, "framed") != "grpc"
         self._closed = False
 
     def channel(self, address: str) -> Channel:
@@ -168,7 +197,53 @@ class ChannelPool:
         return ch
 
     def stub(self, address: str, stub_cls: Callable[[Channel], StubT]) -> StubT:
-        return stub_cls(self.channel(address))
+        stub = stub_cls(self.channel(address))
+        if self._use_framed:
+            # betterproto's stubs make every unary call through `_unary_unary`.
+            stub._unary_unary = functools.partial(self._framed_unary, address, stub)  # type: ignore[attr-defined]
+        return stub
+
+    async def _framed_unary(
+        self,
+        address: str,
+        stub: Any,
+        route: str,
+        request: Any,
+        response_type: type[Any],
+        *,
+        timeout: float | None = None,
+        deadline: Any = None,
+        metadata: Any = None,
+    ) -> Any:
+        if deadline is not None or metadata is not None:  # what only gRPC carries
+            return await type(stub)._unary_unary(
+                stub, route, request, response_type, timeout=timeout, deadline=deadline, metadata=metadata
+            )
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        connection = await asyncio.wait_for(self._framed_connection(address), timeout)
+        if timeout is not None:
+            timeout = max(0.001, timeout - (loop.time() - started))
+        return response_type().parse(await connection.call(route, bytes(request), timeout))
+
+    async def _framed_connection(self, address: str) -> framed_rpc.ClientConnection:
+        pending = self._framed.get(address)
+        if (
+            pending is not None
+            and pending.done()
+            and (pending.exception() is not None or pending.result().lost)
+        ):
+            if self._framed.get(address) is pending:
+                del self._framed[address]
+            pending = None
+        if pending is None:
+            if self._closed:
+                raise ConnectionAbortedError(f"not connecting to {address}: shutting down")
+            host, port = split_address(address)
+            pending = asyncio.ensure_future(framed_rpc.connect(host, port, self._token))
+            self._framed[address] = pending
+        # A caller that gives up must not cancel the connection others wait for.
+        return await asyncio.shield(pending)
 
     def separate(self) -> ChannelPool:
         """Another pool with the same token and connections of its own: its calls never wait for a
@@ -186,12 +261,25 @@ class ChannelPool:
         ch = self._channels.pop(address, None)
         if ch is not None:
             ch.close()
+        _close_framed(self._framed.pop(address, None))
 
     def close(self) -> None:
         self._closed = True
         for ch in self._channels.values():
             ch.close()
         self._channels.clear()
+        for pending in self._framed.values():
+            _close_framed(pending)
+        self._framed.clear()
+
+
+def _close_framed(pending: asyncio.Future[framed_rpc.ClientConnection] | None) -> None:
+    if pending is None:
+        return
+    if not pending.done():
+        pending.cancel()
+    elif not pending.cancelled() and pending.exception() is None:
+        pending.result().close()
 
 
 def _retryable(err: BaseException) -> bool:
