@@ -165,3 +165,19 @@ async def test_a_corrupt_stream_closes_the_connection(served: tuple[Groups, str,
     writer.write(framed_rpc.MAGIC + len(token).to_bytes(2, "big") + token + b"\xff" * 9)
     assert await asyncio.wait_for(reader.read(), 10) == b""  # closed without an answer
     writer.close()
+
+
+async def test_dropping_a_peer_while_connecting_fails_the_waiting_calls_as_a_lost_connection(
+    served: tuple[Groups, str, rpc.ChannelPool],
+) -> None:
+    _, address, pool = served
+    stub = pool.stub(address, pb.PlacementGroupGcsServiceStub)
+    call = asyncio.ensure_future(stub.get_placement_group(request(b"g"), timeout=10))
+    await asyncio.sleep(0)  # the call waits for the connection being made
+    pool.drop(address)
+    try:
+        assert (await call).name == "found"  # it made it before the connection closed
+    except ConnectionError:
+        pass  # or it saw the connection go: an error its caller handles, not a cancellation
+    assert not call.cancelled()
+    assert (await stub.get_placement_group(request(b"again"), timeout=10)).name == "found"

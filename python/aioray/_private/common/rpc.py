@@ -274,12 +274,18 @@ class ChannelPool:
 
 
 def _close_framed(pending: asyncio.Future[framed_rpc.ClientConnection] | None) -> None:
-    if pending is None:
-        return
-    if not pending.done():
-        pending.cancel()
-    elif not pending.cancelled() and pending.exception() is None:
-        pending.result().close()
+    """Closes a framed connection, or the one being made once it is made: cancelling the attempt
+    would raise CancelledError in the calls waiting for it, which nobody cancelled."""
+
+    def close(done: asyncio.Future[framed_rpc.ClientConnection]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            done.result().close()
+
+    if pending is not None:
+        if pending.done():
+            close(pending)
+        else:
+            pending.add_done_callback(close)
 
 
 def _retryable(err: BaseException) -> bool:
