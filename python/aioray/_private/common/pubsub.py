@@ -1,6 +1,9 @@
 """The GCS's publish/subscribe channels: names and what each message carries."""
 
 NODE_CHANNEL = "nodes"  # a NodeInfo whenever a node joins or dies
+# A NodeInfo whenever a live node's totals change (placement-group bundles committed or cancelled):
+# for the raylets' views only, apart from NODE_CHANNEL, which every core worker follows.
+NODE_TOTALS_CHANNEL = "node_totals"
 RESOURCE_CHANNEL = "resources"  # every ResourceReport, as raylets send them
 VIEW_CHANNEL = "cluster_view"  # a ClusterView: the first message of a subscription that asks for it
 # A WorkerDeath whenever a process that may own leases dies: a worker or a driver (reported by its

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 
 from aioray._private.common import rpc
-from aioray._private.common.pubsub import NODE_CHANNEL, RESOURCE_CHANNEL
+from aioray._private.common.pubsub import NODE_CHANNEL, NODE_TOTALS_CHANNEL, RESOURCE_CHANNEL
 from aioray._private.gcs.storage import Tables
 from aioray._proto.aioray import v1 as pb
 
@@ -136,7 +136,7 @@ class NodeTable(pb.NodeInfoGcsServiceBase):
             if node is not None and node.alive:
                 data = bytes(node)
                 self._tables.put(TABLE, node_id, data)
-                self._publish(NODE_CHANNEL, data)
+                self._publish(NODE_TOTALS_CHANNEL, data)
 
     async def get_cluster_view(self, empty: pb.Empty) -> pb.ClusterView:
         return self.view()

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from aioray._private.common import rpc
 from aioray._private.common.pubsub import (
     NODE_CHANNEL,
+    NODE_TOTALS_CHANNEL,
     RESOURCE_CHANNEL,
     VIEW_CHANNEL,
     WORKER_DEATH_CHANNEL,
@@ -72,7 +73,8 @@ class ClusterView:
         """
         stub = self._channels.stub(self._gcs_address, pb.PubSubGcsServiceStub)
         request = pb.SubscribeRequest(
-            channels=[NODE_CHANNEL, RESOURCE_CHANNEL, WORKER_DEATH_CHANNEL], with_cluster_view=True
+            channels=[NODE_CHANNEL, NODE_TOTALS_CHANNEL, RESOURCE_CHANNEL, WORKER_DEATH_CHANNEL],
+            with_cluster_view=True,
         )
         while not self.stopping:
             with contextlib.suppress(*rpc.CONNECTION_ERRORS, rpc.GRPCError):
@@ -117,7 +119,7 @@ class ClusterView:
             return
         if msg.channel == VIEW_CHANNEL:
             self._set_nodes(list(pb.ClusterView().parse(msg.data).nodes))
-        elif msg.channel == NODE_CHANNEL:
+        elif msg.channel in (NODE_CHANNEL, NODE_TOTALS_CHANNEL):
             node = pb.NodeInfo().parse(msg.data)
             others = [n for n in self.nodes if n.node_id != node.node_id]
             self.nodes = [*others, node]
