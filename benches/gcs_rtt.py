@@ -1,7 +1,7 @@
 """The round trip of one synchronous GCS call from a driver's thread, through the core loop and back.
 
-    python benches/gcs_rtt.py                             # unary calls as frames (the default)
-    AIORAY_RPC_TRANSPORT=grpc python benches/gcs_rtt.py   # the same calls over gRPC
+python benches/gcs_rtt.py                             # unary calls as frames (the default)
+AIORAY_RPC_TRANSPORT=grpc python benches/gcs_rtt.py   # the same calls over gRPC
 """
 
 from __future__ import annotations

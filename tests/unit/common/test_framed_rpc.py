@@ -126,7 +126,9 @@ async def test_a_lost_server_fails_calls_in_flight_and_a_new_one_is_reached() ->
     pool = rpc.ChannelPool(TOKEN)
     try:
         stub = pool.stub(address, pb.PlacementGroupGcsServiceStub)
-        call = asyncio.ensure_future(stub.wait_placement_group_ready(pb.WaitPlacementGroupRequest(), timeout=60))
+        call = asyncio.ensure_future(
+            stub.wait_placement_group_ready(pb.WaitPlacementGroupRequest(), timeout=60)
+        )
         await asyncio.wait_for(service.waiting.wait(), 10)
         server.close()
         await server.wait_closed()
