@@ -30,6 +30,8 @@ class Groups(pb.PlacementGroupGcsServiceBase):
             raise rpc.GRPCError(rpc.Status.NOT_FOUND, "no placement group with id missing")
         if request_id == b"bug":
             raise RuntimeError("a bug in the handler")
+        if request_id == b"own-timeout":
+            raise TimeoutError("the handler's own wait ran out")
         return pb.PlacementGroupInfo(placement_group_id=request_id, name="found")
 
     async def wait_placement_group_ready(
@@ -72,11 +74,14 @@ async def test_a_call_and_its_errors_are_as_over_grpc(served: tuple[Groups, str,
     with pytest.raises(rpc.GRPCError) as err:
         await stub.get_placement_group(request(b"bug"), timeout=10)
     assert err.value.status == rpc.Status.UNKNOWN
+    with pytest.raises(rpc.GRPCError) as err:  # not a deadline of the call: UNKNOWN, as grpclib says
+        await stub.get_placement_group(request(b"own-timeout"), timeout=10)
+    assert err.value.status == rpc.Status.UNKNOWN
     assert pool._framed, "the calls went as frames"
     # The same port still speaks gRPC to a client that asks for it.
     grpc_stub = pb.PlacementGroupGcsServiceStub(pool.channel(address), metadata={rpc.TOKEN_HEADER: TOKEN})
     assert (await grpc_stub.get_placement_group(request(b"g2"), timeout=10)).name == "found"
-    assert service.calls == 4
+    assert service.calls == 5
 
 
 async def test_many_calls_at_once_share_one_connection(served: tuple[Groups, str, rpc.ChannelPool]) -> None:
@@ -183,3 +188,40 @@ async def test_dropping_a_peer_while_connecting_fails_the_waiting_calls_as_a_los
         pass  # or it saw the connection go: an error its caller handles, not a cancellation
     assert not call.cancelled()
     assert (await stub.get_placement_group(request(b"again"), timeout=10)).name == "found"
+
+
+async def test_a_request_too_big_for_a_frame_is_refused_before_it_is_sent(
+    served: tuple[Groups, str, rpc.ChannelPool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service, address, pool = served
+    stub = pool.stub(address, pb.PlacementGroupGcsServiceStub)
+    monkeypatch.setattr(framed_rpc, "MAX_FRAME", 200)
+    with pytest.raises(rpc.GRPCError) as err:
+        await stub.get_placement_group(request(b"x" * 300), timeout=10)
+    assert err.value.status == rpc.Status.RESOURCE_EXHAUSTED
+    assert service.calls == 0
+    assert (await stub.get_placement_group(request(b"small"), timeout=10)).name == "found"
+
+
+async def test_a_malformed_call_is_answered_invalid_argument(
+    served: tuple[Groups, str, rpc.ChannelPool],
+) -> None:
+    _, address, _ = served
+    host, port = rpc.split_address(address)
+    reader, writer = await asyncio.open_connection(host, port)
+    token = TOKEN.encode()
+    writer.write(framed_rpc.MAGIC + len(token).to_bytes(2, "big") + token)
+    writer.write(framed_rpc._frame(framed_rpc.CALL, 7, b"\x00"))  # not even a route's length
+    header = await asyncio.wait_for(reader.readexactly(framed_rpc._HEADER.size), 10)
+    length, kind, call_id = framed_rpc._HEADER.unpack(header)
+    payload = await reader.readexactly(length)
+    assert (kind, call_id, payload[0]) == (framed_rpc.ERROR, 7, rpc.Status.INVALID_ARGUMENT.value)
+    writer.close()
+
+
+async def test_calls_through_a_closed_pool_fail_at_once_without_retries() -> None:
+    pool = rpc.ChannelPool(TOKEN)
+    stub = pool.gcs_stub("127.0.0.1:1", pb.PlacementGroupGcsServiceStub, reconnect_timeout_s=30)
+    pool.close()  # its process shuts down while a part of it still holds the stub
+    with pytest.raises(rpc.PoolClosedError):
+        await asyncio.wait_for(stub.get_placement_group(request(b"g"), timeout=10), 5)

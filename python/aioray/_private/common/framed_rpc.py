@@ -13,7 +13,10 @@ Each frame is its payload's length (4 bytes), a kind (1 byte) and the call's id 
 
 - client -> server ``CALL``: the route's length (2 bytes), the route, the timeout in ms (4 bytes,
   0 for none), the request; ``CANCEL`` (empty): the caller gave up, the handler is cancelled (as
-  a reset gRPC stream cancels it).
+  a reset gRPC stream cancels it). A caller's timeout raises TimeoutError on its side, as
+  grpclib's does; the server ends the handler only ``DEADLINE_SLACK_S`` later (DEADLINE_EXCEEDED),
+  a backstop should the CANCEL not come. A request too big for a frame is refused before it is
+  sent (RESOURCE_EXHAUSTED), a malformed call answered INVALID_ARGUMENT.
 - server -> client ``REPLY``: the reply; ``ERROR``: the status (1 byte), then its message.
 
 A connection that ends fails its calls in flight with ConnectionResetError, which the GCS stubs'
@@ -42,6 +45,7 @@ _ROUTE = struct.Struct(">H")
 _TIMEOUT = struct.Struct(">I")
 _TOKEN_LENGTH = struct.Struct(">H")
 MAX_FRAME = 1 << 31
+DEADLINE_SLACK_S = 1.0  # how much longer than its caller the server lets a call with a timeout run
 CALL, CANCEL = 0, 1  # client -> server
 REPLY, ERROR = 0, 1  # server -> client
 
@@ -50,6 +54,10 @@ Observe = Callable[[str, float], None]  # (route, seconds): a served call's late
 
 def _frame(kind: int, call_id: int, payload: bytes) -> bytes:
     return _HEADER.pack(len(payload), kind, call_id) + payload
+
+
+def _error(call_id: int, error: GRPCError) -> bytes:
+    return _frame(ERROR, call_id, bytes([int(error.status.value)]) + (error.message or "").encode())
 
 
 def _nodelay(transport: asyncio.BaseTransport) -> None:
@@ -162,25 +170,29 @@ class ServerConnection(asyncio.Protocol):
 
     async def _serve(self, call_id: int, payload: bytes) -> None:
         started = time.perf_counter()
-        (route_length,) = _ROUTE.unpack_from(payload)
-        route = payload[_ROUTE.size : _ROUTE.size + route_length].decode()
-        (timeout_ms,) = _TIMEOUT.unpack_from(payload, _ROUTE.size + route_length)
-        body = payload[_ROUTE.size + route_length + _TIMEOUT.size :]
+        route = "?"
         try:
-            reply = await self._run(route, timeout_ms, body)
-            out = _frame(REPLY, call_id, reply)
-        except GRPCError as e:
-            out = _frame(ERROR, call_id, bytes([int(e.status.value)]) + (e.message or "").encode())
-        except asyncio.CancelledError:
-            return  # the caller gave up (CANCEL), or the server is closing: no answer
-        except Exception:
-            log.exception("RPC %s failed", route)
-            out = _frame(ERROR, call_id, bytes([int(Status.UNKNOWN.value)]) + b"Internal Server Error")
+            (route_length,) = _ROUTE.unpack_from(payload)
+            route = payload[_ROUTE.size : _ROUTE.size + route_length].decode()
+            (timeout_ms,) = _TIMEOUT.unpack_from(payload, _ROUTE.size + route_length)
+        except (struct.error, UnicodeDecodeError):
+            reply_frame = _error(call_id, GRPCError(Status.INVALID_ARGUMENT, "a malformed call frame"))
+        else:
+            body = payload[_ROUTE.size + route_length + _TIMEOUT.size :]
+            try:
+                reply_frame = _frame(REPLY, call_id, await self._run(route, timeout_ms, body))
+            except GRPCError as e:
+                reply_frame = _error(call_id, e)
+            except asyncio.CancelledError:
+                return  # the caller gave up (CANCEL), or the server is closing: no answer
+            except Exception:
+                log.exception("RPC %s failed", route)
+                reply_frame = _error(call_id, GRPCError(Status.UNKNOWN, "Internal Server Error"))
         finally:
             if self._calls.get(call_id) is asyncio.current_task():
                 del self._calls[call_id]
         if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(out)
+            self._transport.write(reply_frame)
         if self._observe is not None:
             self._observe(route, time.perf_counter() - started)
 
@@ -192,10 +204,15 @@ class ServerConnection(asyncio.Protocol):
             raise GRPCError(Status.UNIMPLEMENTED, f"no unary method {route}")
         stream = _Stream(handler.request_type().parse(body))
         if timeout_ms:
-            try:
-                await asyncio.wait_for(handler.func(stream), timeout_ms / 1000)
-            except TimeoutError:
-                raise GRPCError(Status.DEADLINE_EXCEEDED, "deadline exceeded") from None
+            # A backstop for a caller whose CANCEL never came: the caller's own timeout fires first
+            # (it raises TimeoutError there, as grpclib's client does), so this one has slack.
+            async with asyncio.timeout(timeout_ms / 1000 + DEADLINE_SLACK_S) as deadline:
+                try:
+                    await handler.func(stream)
+                except TimeoutError:
+                    if deadline.expired():
+                        raise GRPCError(Status.DEADLINE_EXCEEDED, "deadline exceeded") from None
+                    raise  # the handler's own: UNKNOWN, as grpclib answers it
         else:
             await handler.func(stream)
         if stream.reply is None:
@@ -308,18 +325,18 @@ class ClientConnection(asyncio.Protocol):
         transport = self._transport
         if transport is None or self.lost:
             raise ConnectionResetError("the RPC connection was lost")
+        raw_route = route.encode()
+        timeout_ms = 0 if timeout is None else max(1, min(int(timeout * 1000), 0xFFFFFFFF))
+        payload = _ROUTE.pack(len(raw_route)) + raw_route + _TIMEOUT.pack(timeout_ms) + request
+        if len(payload) >= MAX_FRAME:
+            raise GRPCError(
+                Status.RESOURCE_EXHAUSTED,
+                f"a {len(request)}-byte request to {route}: above {MAX_FRAME} bytes",
+            )
         self._next_id = call_id = (self._next_id + 1) & 0xFFFFFFFF
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = fut
-        raw_route = route.encode()
-        timeout_ms = 0 if timeout is None else max(1, min(int(timeout * 1000), 0xFFFFFFFF))
-        transport.write(
-            _frame(
-                CALL,
-                call_id,
-                _ROUTE.pack(len(raw_route)) + raw_route + _TIMEOUT.pack(timeout_ms) + request,
-            )
-        )
+        transport.write(_frame(CALL, call_id, payload))
         try:
             if timeout is None:
                 return await fut

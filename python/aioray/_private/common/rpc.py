@@ -53,6 +53,10 @@ class GcsUnreachableError(ConnectionError):
     """The GCS did not answer for longer than the reconnect timeout: the head is gone, or still restarting."""
 
 
+class PoolClosedError(ConnectionAbortedError):
+    """A call through a `ChannelPool` that was closed (its process shuts down): not worth retrying."""
+
+
 class AuthError(ConnectionRefusedError):
     """The peer refused our auth token: the address belongs to another cluster, or the token is wrong."""
 
@@ -183,7 +187,7 @@ class ChannelPool:
         ch = self._channels.get(address)
         if ch is None:
             if self._closed:  # a late call while its process shuts down: no channel nobody would close
-                raise ConnectionAbortedError(f"not connecting to {address}: shutting down")
+                raise PoolClosedError(f"not connecting to {address}: shutting down")
             host, port = split_address(address)
             ch = Channel(host, port, config=CONFIG)
             token = self._token
@@ -238,7 +242,7 @@ class ChannelPool:
             pending = None
         if pending is None:
             if self._closed:
-                raise ConnectionAbortedError(f"not connecting to {address}: shutting down")
+                raise PoolClosedError(f"not connecting to {address}: shutting down")
             host, port = split_address(address)
             pending = asyncio.ensure_future(framed_rpc.connect(host, port, self._token))
             self._framed[address] = pending
@@ -293,7 +297,7 @@ def _retryable(err: BaseException) -> bool:
     own time (TimeoutError, an OSError in 3.11): that is the caller's deadline, and is kept."""
     if isinstance(err, GRPCError):
         return err.status == Status.UNAVAILABLE
-    return isinstance(err, CONNECTION_ERRORS) and not isinstance(err, TimeoutError)
+    return isinstance(err, CONNECTION_ERRORS) and not isinstance(err, TimeoutError | PoolClosedError)
 
 
 class _GcsRetrying:
