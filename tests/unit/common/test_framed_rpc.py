@@ -225,3 +225,24 @@ async def test_calls_through_a_closed_pool_fail_at_once_without_retries() -> Non
     pool.close()  # its process shuts down while a part of it still holds the stub
     with pytest.raises(rpc.PoolClosedError):
         await asyncio.wait_for(stub.get_placement_group(request(b"g"), timeout=10), 5)
+
+
+async def test_latency_is_recorded_for_the_services_routes_only(
+    served: tuple[Groups, str, rpc.ChannelPool],
+) -> None:
+    _, address, pool = served
+    stub = pool.stub(address, pb.PlacementGroupGcsServiceStub)
+    await stub.get_placement_group(request(b"g"), timeout=10)
+    host, port = rpc.split_address(address)
+    reader, writer = await asyncio.open_connection(host, port)
+    token = TOKEN.encode()
+    writer.write(framed_rpc.MAGIC + len(token).to_bytes(2, "big") + token)
+    route = b"/made.up/Route"
+    call = len(route).to_bytes(2, "big") + route + (0).to_bytes(4, "big")
+    writer.write(framed_rpc._frame(framed_rpc.CALL, 1, call))
+    length, kind, _ = framed_rpc._HEADER.unpack(await reader.readexactly(framed_rpc._HEADER.size))
+    assert kind == framed_rpc.ERROR and (await reader.readexactly(length))[0] == rpc.Status.UNIMPLEMENTED.value
+    writer.close()
+    routes = {labels[1] for labels, _ in rpc.RPC_LATENCY.samples()}
+    assert "/aioray.v1.PlacementGroupGcsService/GetPlacementGroup" in routes
+    assert "/made.up/Route" not in routes

@@ -90,6 +90,16 @@ class _Frames:
         return frames
 
 
+def _feed(frames: _Frames, data: bytes, close: Callable[[], None]) -> list[tuple[int, int, bytes]]:
+    """The frames complete so far; none, and the connection closed, if the stream is corrupt."""
+    try:
+        return frames.feed(data)
+    except ValueError as e:
+        log.warning("closing an RPC connection: %s", e)
+        close()
+        return []
+
+
 # -- the server's end ----------------------------------------------------------------------------
 
 
@@ -137,13 +147,7 @@ class ServerConnection(asyncio.Protocol):
             data = self._read_hello(data)
             if self._authenticated is None:
                 return
-        try:
-            frames = self._frames.feed(data)
-        except ValueError as e:
-            log.warning("closing an RPC connection: %s", e)
-            self._close_transport()
-            return
-        for kind, call_id, payload in frames:
+        for kind, call_id, payload in _feed(self._frames, data, self._close_transport):
             if kind == CALL:
                 task = asyncio.get_running_loop().create_task(self._serve(call_id, payload))
                 self._calls[call_id] = task
@@ -193,7 +197,7 @@ class ServerConnection(asyncio.Protocol):
                 del self._calls[call_id]
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(reply_frame)
-        if self._observe is not None:
+        if self._observe is not None and route in self._mapping:  # no label per made-up route
             self._observe(route, time.perf_counter() - started)
 
     async def _run(self, route: str, timeout_ms: int, body: bytes) -> bytes:
@@ -293,13 +297,7 @@ class ClientConnection(asyncio.Protocol):
         self._transport.write(self._hello)
 
     def data_received(self, data: bytes) -> None:
-        try:
-            frames = self._frames.feed(data)
-        except ValueError as e:
-            log.warning("closing an RPC connection: %s", e)
-            self.close()
-            return
-        for kind, call_id, payload in frames:
+        for kind, call_id, payload in _feed(self._frames, data, self.close):
             fut = self._pending.pop(call_id, None)
             if fut is None or fut.done():
                 continue
