@@ -241,7 +241,9 @@ async def test_latency_is_recorded_for_the_services_routes_only(
     call = len(route).to_bytes(2, "big") + route + (0).to_bytes(4, "big")
     writer.write(framed_rpc._frame(framed_rpc.CALL, 1, call))
     length, kind, _ = framed_rpc._HEADER.unpack(await reader.readexactly(framed_rpc._HEADER.size))
-    assert kind == framed_rpc.ERROR and (await reader.readexactly(length))[0] == rpc.Status.UNIMPLEMENTED.value
+    assert (
+        kind == framed_rpc.ERROR and (await reader.readexactly(length))[0] == rpc.Status.UNIMPLEMENTED.value
+    )
     writer.close()
     routes = {labels[1] for labels, _ in rpc.RPC_LATENCY.samples()}
     assert "/aioray.v1.PlacementGroupGcsService/GetPlacementGroup" in routes
