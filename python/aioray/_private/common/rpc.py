@@ -235,7 +235,7 @@ class ChannelPool:
         if (
             pending is not None
             and pending.done()
-            and (pending.exception() is not None or pending.result().lost)
+            and (pending.cancelled() or pending.exception() is not None or pending.result().lost)
         ):
             if self._framed.get(address) is pending:
                 del self._framed[address]

@@ -50,17 +50,10 @@ class ServiceDiscoveryFile:
     def __init__(self, path: str) -> None:
         self.path = path
         self._written: str | None = None
-        self._key: tuple[tuple[bytes, bool, str, int, bool], ...] = ()
 
     def update(self, nodes: Iterable[pb.NodeInfo]) -> None:
-        nodes = list(nodes)
-        # Most node updates change resources only (placement-group bundles): nothing the file says.
-        key = tuple((n.node_id, n.alive, n.address, n.metrics_export_port, n.is_head) for n in nodes)
-        if key == self._key and self._written is not None:
-            return
         text = json.dumps(target_groups(nodes), indent=1)
         if text == self._written:
-            self._key = key
             return
         tmp = f"{self.path}.{os.getpid()}.tmp"
         try:
@@ -68,7 +61,7 @@ class ServiceDiscoveryFile:
             with open(tmp, "w") as f:
                 f.write(text)
             os.replace(tmp, self.path)
-            self._written, self._key = text, key
+            self._written = text
         except OSError as e:
             log.warning("cannot write the Prometheus service discovery file %s: %s", self.path, e)
             with contextlib.suppress(OSError):
@@ -78,7 +71,6 @@ class ServiceDiscoveryFile:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
         self._written = None
-        self._key = ()
 
 
 __all__ = ["ServiceDiscoveryFile", "target_groups"]
