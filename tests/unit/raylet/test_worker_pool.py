@@ -95,3 +95,30 @@ async def test_a_start_cancelled_while_it_waits_is_no_longer_counted(monkeypatch
         proc.kill()
     await asyncio.gather(*tasks, return_exceptions=True)
     assert pool.starting == 0
+
+
+async def test_a_worker_is_no_longer_starting_once_it_registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dispatch that follows a registration gives the new worker away: still counted as starting
+    there, it stood for demand it no longer met, no worker was started for that demand, and nothing
+    dispatched again (a task waited for ever with the node's CPUs free)."""
+    spawned: list[FakeProc] = []
+
+    async def fake_exec(*args: Any, **kwargs: Any) -> FakeProc:
+        spawned.append(FakeProc())
+        return spawned[-1]
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", fake_exec)
+    tasks: list[asyncio.Future[None]] = []
+    pool = worker_pool.WorkerPool(
+        lambda: {}, lambda c: tasks.append(asyncio.ensure_future(c)), lambda w, c: None
+    )
+    pool.start(1)
+    await settle()
+    (worker,) = pool.workers.values()
+    assert pool.register(worker.worker_id, "127.0.0.1:10000") is worker
+    assert (pool.starting, pool.starting_for("")) == (0, 0)  # at once, before the starter resumes
+    await settle()
+    assert (pool.starting, pool.starting_for("")) == (0, 0)  # and not counted down twice
+    for proc in spawned:
+        proc.kill()
+    await asyncio.gather(*tasks)

@@ -74,6 +74,7 @@ class WorkerProc:
     killed: bool = False  # we killed it on purpose: its exit is no news
     env_hash: str = ""  # its runtime environment ("": the node's own)
     started: float = field(default_factory=time.time)
+    starting: bool = True  # counted in the pool's `starting` (until it registers or its start fails)
 
 
 class WorkerPool:
@@ -200,9 +201,14 @@ class WorkerPool:
                 log.warning("%s", e)
                 failure = str(e)
         finally:
-            self._done_starting(env_hash)
+            self._worker_done_starting(worker)
         if failure is not None and env_hash and not self.stopping:
             self._start_failed(env_hash, failure)
+
+    def _worker_done_starting(self, worker: WorkerProc) -> None:
+        if worker.starting:
+            worker.starting = False
+            self._done_starting(worker.env_hash)
 
     def _done_starting(self, env_hash: str) -> None:
         self.starting -= 1
@@ -247,6 +253,10 @@ class WorkerPool:
             return None
         worker.address = address
         worker.registered.set_result(None)
+        # Not starting from now on, before the dispatch that follows a registration looks: counted
+        # as starting there, it would stand for demand it no longer meets once taken, and the
+        # dispatch would start no worker for that demand (nothing would dispatch again).
+        self._worker_done_starting(worker)
         self.idle.append(worker)
         return worker
 
