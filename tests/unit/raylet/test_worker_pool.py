@@ -33,13 +33,10 @@ class FakeProc:
     terminate = kill
 
 
-async def settle() -> None:
-    for _ in range(50):
-        await asyncio.sleep(0)
-
-
-async def test_workers_start_a_few_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(worker_pool.STARTUP_CONCURRENCY_ENV, "2")
+def fake_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[worker_pool.WorkerPool, list[FakeProc], list[asyncio.Future[None]]]:
+    """A pool whose workers are `FakeProc`s; the processes it spawned and its background tasks."""
     spawned: list[FakeProc] = []
 
     async def fake_exec(*args: Any, **kwargs: Any) -> FakeProc:
@@ -51,6 +48,17 @@ async def test_workers_start_a_few_at_a_time(monkeypatch: pytest.MonkeyPatch) ->
     pool = worker_pool.WorkerPool(
         lambda: {}, lambda c: tasks.append(asyncio.ensure_future(c)), lambda w, c: None
     )
+    return pool, spawned, tasks
+
+
+async def settle() -> None:
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+async def test_workers_start_a_few_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(worker_pool.STARTUP_CONCURRENCY_ENV, "2")
+    pool, spawned, tasks = fake_pool(monkeypatch)
     pool.start(5)
     assert pool.starting == 5  # all counted as starting at once: the dispatcher starts no more for them
     await settle()
@@ -73,17 +81,7 @@ async def test_workers_start_a_few_at_a_time(monkeypatch: pytest.MonkeyPatch) ->
 
 async def test_a_start_cancelled_while_it_waits_is_no_longer_counted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(worker_pool.STARTUP_CONCURRENCY_ENV, "1")
-    spawned: list[FakeProc] = []
-
-    async def fake_exec(*args: Any, **kwargs: Any) -> FakeProc:
-        spawned.append(FakeProc())
-        return spawned[-1]
-
-    monkeypatch.setattr(asyncio, "create_subprocess_exec", fake_exec)
-    tasks: list[asyncio.Future[None]] = []
-    pool = worker_pool.WorkerPool(
-        lambda: {}, lambda c: tasks.append(asyncio.ensure_future(c)), lambda w, c: None
-    )
+    pool, spawned, tasks = fake_pool(monkeypatch)
     pool.start(3)
     await settle()
     assert len(spawned) == 1
@@ -101,17 +99,7 @@ async def test_a_worker_is_no_longer_starting_once_it_registered(monkeypatch: py
     """The dispatch that follows a registration gives the new worker away: still counted as starting
     there, it stood for demand it no longer met, no worker was started for that demand, and nothing
     dispatched again (a task waited for ever with the node's CPUs free)."""
-    spawned: list[FakeProc] = []
-
-    async def fake_exec(*args: Any, **kwargs: Any) -> FakeProc:
-        spawned.append(FakeProc())
-        return spawned[-1]
-
-    monkeypatch.setattr(asyncio, "create_subprocess_exec", fake_exec)
-    tasks: list[asyncio.Future[None]] = []
-    pool = worker_pool.WorkerPool(
-        lambda: {}, lambda c: tasks.append(asyncio.ensure_future(c)), lambda w, c: None
-    )
+    pool, spawned, tasks = fake_pool(monkeypatch)
     pool.start(1)
     await settle()
     (worker,) = pool.workers.values()
