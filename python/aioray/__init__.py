@@ -25,6 +25,7 @@ from aioray._private.api import (
     wait,
 )
 from aioray._private.cluster import Cluster, connect
+from aioray._private.common import message_access
 from aioray._private.core_worker.generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from aioray._private.core_worker.object_ref import ObjectRef, shield
 from aioray._private.remote_function import RemoteFunction
@@ -43,6 +44,9 @@ from aioray.exceptions import (
     TaskCancelledError,
     WorkerCrashedError,
 )
+
+# Every aioray process imports this package first; messages built before this behave the same.
+message_access.install()
 
 try:
     __version__ = version("aioray")
