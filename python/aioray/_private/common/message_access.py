@@ -39,7 +39,7 @@ class _ClassFacts:
     __slots__ = ("default_gen", "fieldless", "fields", "oneof_field_names", "oneof_group_by_field")
 
     def __init__(self, cls: type[Message]) -> None:
-        meta = cls._betterproto
+        meta = cls._betterproto  # type: ignore[arg-type]  # a class property of the message class
         self.oneof_group_by_field: dict[str, str] = meta.oneof_group_by_field
         self.oneof_field_names: dict[str, tuple[str, ...]] = {
             group: tuple(f.name for f in fields) for group, fields in meta.oneof_field_by_group.items()
@@ -124,12 +124,12 @@ def _get_field_default(self: Message, field_name: str) -> Any:
 
 
 def installed() -> bool:
-    return Message.__getattribute__ is _get_attribute  # type: ignore[comparison-overlap]
+    return Message.__getattribute__ is _get_attribute
 
 
 def install() -> None:
     """Replaces the methods (once per process; a no-op for another betterproto version)."""
-    if installed() or betterproto.__version__ != PINNED_VERSION:
+    if installed() or getattr(betterproto, "__version__", None) != PINNED_VERSION:
         return
     for name, method in REPLACEMENTS.items():
         setattr(Message, name, method)
