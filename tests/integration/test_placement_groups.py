@@ -299,3 +299,46 @@ def test_sync_calls_have_timeouts(ray) -> None:
     with pytest.raises(GetTimeoutError):
         aioray.get(pg.ready(), timeout=0.5)
     remove_placement_group(pg)
+
+
+def test_creation_and_removal_do_not_wait_yet_later_calls_see_them_in_order(ray) -> None:
+    groups = [placement_group([{"slot": 0.01}]) for _ in range(20)]
+    # The table is read after the creations this process sent: every group is there.
+    table = placement_group_table()
+    assert all(table[pg.id.hex()]["state"] in ("PENDING", "CREATED") for pg in groups)
+    assert all(pg.wait(30) for pg in groups)
+    for pg in groups:
+        remove_placement_group(pg)
+    assert placement_group_table(groups[0])["state"] == "REMOVED"  # right after: no wait needed
+    table = placement_group_table()
+    assert all(table[pg.id.hex()]["state"] == "REMOVED" for pg in groups)
+    assert not groups[-1].wait(1)
+    named = placement_group([{"slot": 0.01}], name="gone-at-once")
+    remove_placement_group(named)
+    with pytest.raises(ValueError, match="gone-at-once"):
+        get_placement_group("gone-at-once")
+    # Work for a group created a moment ago waits for its creation, not fails for want of it.
+    fresh = placement_group([{"CPU": 1}])
+    assert aioray.get(where_am_i.options(scheduling_strategy=in_group(fresh, 0)).remote(), timeout=60)[0] == (
+        fresh.id.hex()
+    )
+    remove_placement_group(fresh)
+    eventually(lambda: not group_names_left(fresh), 15, "the group's resources going")
+
+
+def test_a_removal_sent_just_before_the_script_ends_is_not_lost(ray) -> None:
+    from aioray._private import worker_api
+
+    script = """
+import aioray
+from aioray.util import get_placement_group, remove_placement_group
+aioray.init(address=ADDRESS)
+remove_placement_group(get_placement_group("kept-by-another"))
+"""  # no shutdown(): the interpreter's exit does it
+    script = script.replace("ADDRESS", repr(worker_api.require().gcs_address))
+    kept = placement_group([{"slot": 0.01}], name="kept-by-another", lifetime="detached")
+    assert kept.wait(30)
+    env = {**os.environ, "AIORAY_AUTH_TOKEN": worker_api.require().core.token}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert placement_group_table(kept)["state"] == "REMOVED"

@@ -105,16 +105,34 @@ class PlacementGroupID:
         return PlacementGroupID, (self._id,)
 
 
-def _gcs_call(
-    call: Callable[[pb.PlacementGroupGcsServiceStub], Coroutine[Any, Any, _T]], timeout: float
-) -> _T:
-    """Runs one call of the GCS's placement group service from a blocking API call."""
+GcsCall = Callable[[pb.PlacementGroupGcsServiceStub], Coroutine[Any, Any, _T]]
+
+
+def _gcs_call(call: GcsCall[_T], timeout: float, group: bytes | None = None) -> _T:
+    """Runs one call of the GCS's placement group service from a blocking API call; a call about
+    `group` after the calls about it this process made before (see `core_worker.ordered_calls`)."""
     core = global_worker()
 
     async def run() -> _T:
         return await call(core.gcs(pb.PlacementGroupGcsServiceStub, reconnect_timeout_s=timeout))
 
-    return core.run_sync(run(), timeout=timeout + 5)
+    async def after_all() -> _T:
+        await core.group_calls.wait_for_all()
+        return await run()
+
+    if group is None:  # about every group, or one found by name: after all the calls made before
+        return core.run_sync(after_all(), timeout=timeout + 5)
+    return core.run_sync(core.group_calls.run(group, run), timeout=timeout + 5)
+
+
+def _send_gcs_call(call: GcsCall[Any], timeout: float, group: bytes, what: str) -> None:
+    """Makes a call about `group` in order after the others, without waiting for it."""
+    core = global_worker()
+
+    async def run() -> None:
+        await call(core.gcs(pb.PlacementGroupGcsServiceStub, reconnect_timeout_s=timeout))
+
+    core.group_calls.send(group, run, what)
 
 
 def _bundle_reservation_check(placement_group: PlacementGroup) -> PlacementGroup:
@@ -159,8 +177,17 @@ class PlacementGroup:
         info = _gcs_call(
             lambda gcs: gcs.wait_placement_group_ready(request, timeout=timeout_seconds + CALL_TIMEOUT_S),
             timeout_seconds + CALL_TIMEOUT_S,
+            self.id.binary(),
         )
         return info.state == proto_enums.PG_CREATED
+
+    def _wait_for_own_calls(self) -> None:
+        """Before this group is used to place work: the creation this process sent has been
+        answered (or its failure is raised here)."""
+        core = global_worker()
+        group = self.id.binary()
+        if core.group_calls.pending(group) and not core.runtime.in_loop_thread():
+            core.run_sync(core.group_calls.wait_for(group), timeout=CALL_TIMEOUT_S + 5)
 
     @property
     def bundle_specs(self) -> list[dict[str, float]]:
@@ -200,7 +227,11 @@ class PlacementGroup:
 def _get_info(pg_id: PlacementGroupID) -> pb.PlacementGroupInfo | None:
     request = pb.GetPlacementGroupRequest(placement_group_id=pg_id.binary())
     try:
-        return _gcs_call(lambda gcs: gcs.get_placement_group(request, timeout=CALL_TIMEOUT_S), CALL_TIMEOUT_S)
+        return _gcs_call(
+            lambda gcs: gcs.get_placement_group(request, timeout=CALL_TIMEOUT_S),
+            CALL_TIMEOUT_S,
+            pg_id.binary(),
+        )
     except rpc.GRPCError as e:
         if e.status == rpc.Status.NOT_FOUND:
             return None
@@ -303,8 +334,16 @@ def placement_group(
         creator_address=core.address,
         bundle_label_selector=selectors,
     )
+
+    def create(gcs: pb.PlacementGroupGcsServiceStub) -> Coroutine[Any, Any, pb.Empty]:
+        return gcs.create_placement_group(request, timeout=CALL_TIMEOUT_S)
+
+    if not name:
+        # Nothing the GCS checks can fail (the bundles were checked here): not waited for.
+        _send_gcs_call(create, CALL_TIMEOUT_S, pg_id.binary(), f"creating placement group {pg_id.hex()}")
+        return PlacementGroup(pg_id, bundle_cache=specs)
     try:
-        _gcs_call(lambda gcs: gcs.create_placement_group(request, timeout=CALL_TIMEOUT_S), CALL_TIMEOUT_S)
+        _gcs_call(create, CALL_TIMEOUT_S, pg_id.binary())
     except rpc.GRPCError as e:
         if e.status in (rpc.Status.ALREADY_EXISTS, rpc.Status.INVALID_ARGUMENT):
             raise ValueError(e.message) from None
@@ -313,12 +352,25 @@ def placement_group(
 
 
 def remove_placement_group(placement_group: PlacementGroup) -> None:
-    """Releases the group's bundles; the tasks and actors running in it are killed. Removing a
-    group twice, or one that is still pending, is fine."""
+    """Asks the GCS to release the group's bundles (the tasks and actors running in it are
+    killed) and returns at once, as Ray says; this process's later calls about the group come
+    after it (``pg.wait()`` is then False, the table says REMOVED). Removing a group twice, or one
+    that is still pending, is fine."""
     if not isinstance(placement_group, PlacementGroup):
         raise TypeError(f"remove_placement_group takes a PlacementGroup, got {placement_group!r}")
     request = pb.PlacementGroupId(placement_group_id=placement_group.id.binary())
-    _gcs_call(lambda gcs: gcs.remove_placement_group(request, timeout=REMOVE_TIMEOUT_S), REMOVE_TIMEOUT_S)
+    core = global_worker()
+
+    async def remove(gcs: pb.PlacementGroupGcsServiceStub) -> None:
+        await gcs.remove_placement_group(request, timeout=REMOVE_TIMEOUT_S)
+        core.submitter.release_group_leases(request.placement_group_id)
+
+    _send_gcs_call(
+        remove,
+        REMOVE_TIMEOUT_S,
+        placement_group.id.binary(),
+        f"removing placement group {placement_group.id.hex()}",
+    )
 
 
 def get_placement_group(placement_group_name: str) -> PlacementGroup:

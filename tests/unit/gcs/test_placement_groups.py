@@ -29,20 +29,35 @@ class FakeRaylet:
         self.prepared: dict[tuple[bytes, int], float] = {}
         self.committed: dict[tuple[bytes, int], float] = {}
         self.fail_prepare = False
+        self.unreachable = False  # calls raise, as to a raylet that does not answer
         self.calls: list[str] = []
 
     async def prepare_bundle_resources(self, request: pb.BundleRequest, timeout: float) -> pb.BundleReply:
         self.calls.append("prepare")
+        return self._prepare(request)
+
+    def _prepare(self, request: pb.BundleRequest) -> pb.BundleReply:
         need = sum(b.resources.amounts.get("CPU", 0) for b in request.bundles)
         if self.fail_prepare or need > self.free:
             return pb.BundleReply(success=False, message="no room")
         self.free -= need
         for b in request.bundles:
             self.prepared[(b.placement_group_id, b.bundle_index)] = b.resources.amounts.get("CPU", 0)
-        if request.commit:
-            self.calls.append("commit")
-            self._commit(request)
         return self._totals(pb.BundleReply(success=True))
+
+    async def reserve_bundle_groups(self, request: pb.BundleGroups, timeout: float) -> pb.BundleGroupsReply:
+        self.calls.append("reserve")
+        if self.unreachable:
+            raise ConnectionResetError("the raylet went away")
+        outcomes = []
+        for group in request.groups:
+            outcome = self._prepare(group)
+            if outcome.success:
+                self._commit(group)
+            outcomes.append(pb.BundleReply(success=outcome.success, message=outcome.message))
+        reply = pb.BundleGroupsReply(groups=outcomes)
+        reply.total = self._totals(pb.BundleReply()).total
+        return reply
 
     async def commit_bundle_resources(self, request: pb.BundleRequest, timeout: float) -> pb.BundleReply:
         self.calls.append("commit")
@@ -188,6 +203,25 @@ def test_a_failed_prepare_is_rolled_back_everywhere_and_retried() -> None:
     run(body())
 
 
+def test_groups_whose_reserve_call_failed_are_tried_again() -> None:
+    async def body() -> None:
+        c = Cluster({"a": 4})
+        c.raylets["a"].unreachable = True
+        groups = await asyncio.gather(*(c.create([1]) for _ in range(3)))
+        await asyncio.sleep(0.05)
+        for pg in groups:
+            info = c.manager.groups[pg].info
+            assert info.state == State.PENDING and "did not answer reserve" in info.message
+            assert info.stats.scheduling_state == "FAILED_TO_COMMIT_RESOURCES"
+        c.raylets["a"].unreachable = False
+        for pg in groups:
+            assert (await c.wait(pg)).state == State.CREATED
+        assert len(c.raylets["a"].committed) == 3 and c.raylets["a"].free == 1
+        c.manager.close()
+
+    run(body())
+
+
 def test_a_group_that_does_not_fit_waits_for_a_node() -> None:
     async def body() -> None:
         c = Cluster({"a": 1})
@@ -233,8 +267,10 @@ def test_groups_created_together_are_placed_together_and_removals_share_cancels(
         for pg in groups:
             assert (await c.wait(pg)).state == State.CREATED
         raylet = c.raylets["a"]
-        # One call per group placed on one node: a prepare that commits.
-        assert raylet.calls.count("prepare") == 6 and raylet.free == 2
+        # Groups placed on one node are prepared and committed in one phase, those placed
+        # together in one call.
+        assert 1 <= raylet.calls.count("reserve") < 6 and raylet.free == 2 and len(raylet.committed) == 6
+        assert "prepare" not in raylet.calls and "commit" not in raylet.calls
         raylet.calls.clear()
         await asyncio.gather(
             *(c.manager.remove_placement_group(pb.PlacementGroupId(placement_group_id=g)) for g in groups)

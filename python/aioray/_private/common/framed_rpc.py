@@ -66,6 +66,31 @@ def _nodelay(transport: asyncio.BaseTransport) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+class _Writer:
+    """Writes a connection's frames: the first of a loop step at once, the others of that step
+    together at its end. Calls or replies that go out in a burst cost one system call (~40 us each
+    on a small VM), a lone one waits for nothing."""
+
+    __slots__ = ("_held", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._held: list[bytes] | None = None  # None: nothing written in this loop step yet
+
+    def write(self, frame: bytes) -> None:
+        if self._held is not None:
+            self._held.append(frame)
+            return
+        self._transport.write(frame)
+        self._held = []
+        asyncio.get_running_loop().call_soon(self._release)
+
+    def _release(self) -> None:
+        held, self._held = self._held, None
+        if held and not self._transport.is_closing():
+            self._transport.write(b"".join(held))
+
+
 class _Frames:
     """Cuts a byte stream into (kind, call id, payload) frames."""
 
@@ -140,6 +165,7 @@ class ServerConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        self._writer = _Writer(self._transport)
         _nodelay(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -196,7 +222,7 @@ class ServerConnection(asyncio.Protocol):
             if self._calls.get(call_id) is asyncio.current_task():
                 del self._calls[call_id]
         if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(reply_frame)
+            self._writer.write(reply_frame)
         if self._observe is not None and route in self._mapping:  # no label per made-up route
             self._observe(route, time.perf_counter() - started)
 
@@ -293,8 +319,9 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        self._writer = _Writer(self._transport)
         _nodelay(transport)
-        self._transport.write(self._hello)
+        self._writer.write(self._hello)
 
     def data_received(self, data: bytes) -> None:
         for kind, call_id, payload in _feed(self._frames, data, self.close):
@@ -334,14 +361,14 @@ class ClientConnection(asyncio.Protocol):
         self._next_id = call_id = (self._next_id + 1) & 0xFFFFFFFF
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = fut
-        transport.write(_frame(CALL, call_id, payload))
+        self._writer.write(_frame(CALL, call_id, payload))
         try:
             if timeout is None:
                 return await fut
             return await asyncio.wait_for(fut, timeout)
         except BaseException:
             if self._pending.pop(call_id, None) is not None and self._transport is not None:
-                self._transport.write(_frame(CANCEL, call_id, b""))
+                self._writer.write(_frame(CANCEL, call_id, b""))
             raise
 
 

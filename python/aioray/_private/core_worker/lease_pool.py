@@ -372,6 +372,15 @@ class LeasePool:
         lw.outbox.put_nowait(None)
         self.raylets.return_lease(lw.raylet_address, lw.lease_id)
 
+    def release_idle(self) -> None:
+        """Hands back the leases running nothing now (while no task waits for one)."""
+        for lw in list(self.leases):
+            if lw.in_flight or lw.dead or self.queue:
+                continue
+            if lw.idle_timer is not None:
+                lw.idle_timer.cancel()
+            self._return(lw)
+
     def _drop(self, lw: LeasedWorker) -> None:
         with contextlib.suppress(ValueError):
             self.leases.remove(lw)

@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from aioray._private.common import serialization, task_spec
+from aioray._private.common import bundles, serialization, task_spec
 from aioray._private.common import task_events as te
 from aioray._private.common.lease_shape import LeaseShape
 from aioray._private.core_worker.dependencies import DependencyResolver
@@ -424,6 +424,13 @@ class TaskSubmitter:
         ]
         if calls:
             await asyncio.gather(*calls, return_exceptions=True)
+
+    def release_group_leases(self, pg_id: bytes) -> None:
+        """A placement group this process removed: its idle leases go back now, so that no task
+        sent after the removal runs on a worker of the group that its raylet is about to kill."""
+        for (shape, _, _), pool in self.pools.items():
+            if bundles.group_of(shape.resources.to_dict()) == pg_id:
+                pool.release_idle()
 
     def close(self) -> None:
         for pool in self.pools.values():

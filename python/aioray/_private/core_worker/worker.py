@@ -43,6 +43,7 @@ from aioray._private.core_worker.log_printer import LogPrinter
 from aioray._private.core_worker.metrics_reporter import MetricsReporter
 from aioray._private.core_worker.nodes import NodeDirectory
 from aioray._private.core_worker.object_ref import ObjectRef
+from aioray._private.core_worker.ordered_calls import OrderedCalls
 from aioray._private.core_worker.ownership import ObjectValue, OwnershipTable, Released
 from aioray._private.core_worker.reader import ObjectReader, is_error, report_unhandled_error
 from aioray._private.core_worker.runtime import Runtime, quietly
@@ -54,6 +55,7 @@ from aioray._store import ObjectStore
 
 T = TypeVar("T")
 StubT = TypeVar("StubT")
+GROUP_CALLS_FLUSH_S = 3.0
 
 
 class CoreWorker:
@@ -82,6 +84,8 @@ class CoreWorker:
         self.channels = runtime.channels
         self.store = ObjectStore.attach(node.store_name)
         self.nodes = NodeDirectory(runtime, node.node_id, node.address)
+        # Placement group calls, in order, creations and removals not waited for.
+        self.group_calls = OrderedCalls(runtime)
         # Task events (common.task_events): recorded here, sent to the GCS by `event_flusher`.
         self.task_events = te.TaskEventBuffer()
         self.event_flusher = te.EventFlusher(self.task_events, self._event_source, self._send_events)
@@ -241,6 +245,8 @@ class CoreWorker:
             self.log_printer = None
 
     async def close(self) -> None:
+        # Removals not waited for go out first: a detached group would otherwise outlive its remover.
+        await self.group_calls.flush(GROUP_CALLS_FLUSH_S)
         if self.metrics.enabled and self.is_driver:
             # Its last counts (a script that ends right after its tasks did) reach its node.
             with contextlib.suppress(Exception):

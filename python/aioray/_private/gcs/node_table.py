@@ -30,6 +30,7 @@ HEALTH_CHECK_FAILURES = 3
 Publish = Callable[[str, bytes], None]
 RecordEvent = Callable[[str, str, str], None]
 TABLE = "nodes"
+TOTALS_DELAY_S = 0.01
 
 
 class NodeTable(pb.NodeInfoGcsServiceBase):
@@ -123,10 +124,11 @@ class NodeTable(pb.NodeInfoGcsServiceBase):
             return
         node.total = fresh.total
         node.available = fresh.available
-        # Stored and published once per loop step: placing ten groups at once changes a node ten
-        # times, and each NodeInfo costs its writer and every subscriber a parse.
+        # Stored and published at most once per TOTALS_DELAY_S: placing or removing groups one
+        # after another changes a node each time, and each NodeInfo costs its writer and every
+        # subscriber a parse (Ray sends its nodes' resources every 100 ms).
         if not self._totals_changed:
-            asyncio.get_running_loop().call_soon(self._publish_totals)
+            asyncio.get_running_loop().call_later(TOTALS_DELAY_S, self._publish_totals)
         self._totals_changed.add(node.node_id)
 
     def _publish_totals(self) -> None:

@@ -45,6 +45,12 @@ RETRY_MAX_S = 2.0
 IDLE_ROUND_S = 1.0  # a pending group is looked at again at least this often
 MAX_REMOVED_KEPT = 1000  # removed groups stay listed (as in Ray), the oldest forgotten first
 WAITING = (State.PENDING, State.RESCHEDULING)
+_BUNDLE_METHODS = {
+    "prepare": "prepare_bundle_resources",
+    "commit": "commit_bundle_resources",
+    "cancel": "cancel_resource_reserve",
+    "reserve": "reserve_bundle_groups",
+}
 
 
 @dataclass(eq=False)
@@ -108,6 +114,8 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
         self._reconciled: asyncio.Event | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._to_cancel: dict[bytes, list[pb.Bundle]] = {}  # by node: bundles the next cancel takes
+        # By node: the groups (bundles, and the future their round awaits) the next reserve takes.
+        self._to_reserve: dict[bytes, list[tuple[list[pb.Bundle], asyncio.Future[pb.BundleReply]]]] = {}
         # Bumped whenever room may have been made; a group that did not fit is planned again
         # only after that, so creating a group does not re-plan every pending one.
         self._view_version = 0
@@ -265,15 +273,20 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
         async with group.lock:  # waits out a round in flight, so its bundles are known
             if group.info.state == State.REMOVED:
                 return
-            # Copies: the group's own bundles lose their node just below.
-            held = [pb.Bundle().parse(bytes(b)) for b in group.info.bundles if b.node_id]
+            held = [b for b in group.info.bundles if b.node_id]  # the group gets bundles of no node
+            group.info.bundles = [
+                pb.Bundle(
+                    placement_group_id=b.placement_group_id,
+                    bundle_index=b.bundle_index,
+                    resources=b.resources,
+                )
+                for b in group.info.bundles
+            ]
             group.info.state = proto_enums.PG_REMOVED
             self._waiting.pop(group.pg_id, None)
             self._removed[group.pg_id] = None
             group.info.message = ""
             group.info.stats.scheduling_state = "REMOVED"
-            for b in group.info.bundles:
-                b.node_id = b""
             if self.named.get((group.info.namespace, group.info.name)) == group.pg_id:
                 del self.named[(group.info.namespace, group.info.name)]
             self._save(group)
@@ -426,7 +439,7 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
         if len(by_node) == 1:
             # One raylet reserves all of them or none: the two phases are one call.
             [(node_id, bundle_list)] = by_node.items()
-            reply = await self._bundle_call(nodes[node_id], "prepare", bundle_list, commit=True)
+            reply = await self._reserve_group(nodes[node_id], bundle_list)
             problems = [] if reply.success else [reply.message]
         else:
             prepared = await asyncio.gather(
@@ -454,32 +467,69 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
                 out.setdefault(b.node_id, []).append(b)
         return [(nodes[n], bs) for n, bs in out.items()]
 
+    async def _reserve_group(self, node: pb.NodeInfo, bundle_list: list[pb.Bundle]) -> pb.BundleReply:
+        """Prepares and commits one group's bundles on the one node it is placed on. The rounds
+        that start while the node's call is under way join its next one: placing many groups
+        costs a few calls, not one each."""
+        reserved = asyncio.get_running_loop().create_future()
+        queued = self._to_reserve.get(node.node_id)
+        if queued is not None:
+            queued.append((bundle_list, reserved))
+        else:
+            self._to_reserve[node.node_id] = [(bundle_list, reserved)]
+            self._track(self._drain_reserves(node))
+        reply: pb.BundleReply = await reserved
+        return reply
+
+    async def _drain_reserves(self, node: pb.NodeInfo) -> None:
+        batch: list[tuple[list[pb.Bundle], asyncio.Future[pb.BundleReply]]] = []
+        try:
+            while self._to_reserve.get(node.node_id):
+                batch, self._to_reserve[node.node_id] = self._to_reserve[node.node_id], []
+                request = pb.BundleGroups(groups=[pb.BundleRequest(bundles=b) for b, _ in batch])
+                reply = await self._node_call(node, "reserve", request)
+                for (_, reserved), outcome in zip(batch, reply.groups, strict=True):
+                    if not reserved.done():
+                        reserved.set_result(outcome)
+                batch = []
+        except Exception as e:  # the node is gone or stuck: its health check will tell
+            problem = pb.BundleReply(
+                success=False, message=f"the raylet at {node.address} did not answer reserve: {e!r}"
+            )
+            for _, reserved in batch + self._to_reserve.get(node.node_id, []):
+                if not reserved.done():
+                    reserved.set_result(problem)
+        finally:
+            for _, reserved in batch + self._to_reserve.pop(node.node_id, []):
+                reserved.cancel()  # only when this drain itself was cancelled (the GCS closing)
+
     async def _bundle_call(
-        self, node: pb.NodeInfo, call: str, bundle_list: list[pb.Bundle], commit: bool = False
+        self, node: pb.NodeInfo, call: str, bundle_list: list[pb.Bundle]
     ) -> pb.BundleReply:
-        """One bundle RPC to a raylet; the node's totals in its reply go into the node table (one
-        call per node at a time, so the last totals stored are the newest)."""
-        request = pb.BundleRequest(bundles=bundle_list, commit=commit)
+        """One bundle RPC (prepare, commit or cancel) to a raylet; a failure is an unsuccessful reply."""
+        try:
+            reply: pb.BundleReply = await self._node_call(node, call, pb.BundleRequest(bundles=bundle_list))
+        except Exception as e:  # the node is gone or stuck: its health check will tell
+            return pb.BundleReply(
+                success=False, message=f"the raylet at {node.address} did not answer {call}: {e!r}"
+            )
+        return reply
+
+    async def _node_call(self, node: pb.NodeInfo, call: str, request: Any) -> Any:
+        """One RPC to a raylet; the node's totals in its reply go into the node table (one call
+        per node at a time, so the last totals stored are the newest)."""
         lock = self._node_locks.setdefault(node.node_id, asyncio.Lock())
         async with lock:
             stub = self.channels.stub(node.address, pb.NodeManagerStub)
-            try:
-                if call == "prepare":
-                    reply = await stub.prepare_bundle_resources(request, timeout=BUNDLE_RPC_TIMEOUT_S)
-                elif call == "commit":
-                    reply = await stub.commit_bundle_resources(request, timeout=BUNDLE_RPC_TIMEOUT_S)
-                else:
-                    reply = await stub.cancel_resource_reserve(request, timeout=BUNDLE_RPC_TIMEOUT_S)
-            except Exception as e:  # the node is gone or stuck: its health check will tell
-                return pb.BundleReply(
-                    success=False, message=f"the raylet at {node.address} did not answer {call}: {e!r}"
-                )
+            method = getattr(stub, _BUNDLE_METHODS[call])
+            reply = await method(request, timeout=BUNDLE_RPC_TIMEOUT_S)
             self._update_node(pb.NodeInfo(node_id=node.node_id, total=reply.total, available=reply.available))
             return reply
 
     # -- storage ---------------------------------------------------------------------------------
     def _save(self, group: Group) -> None:
-        self._tables.put(TABLE, group.pg_id, bytes(group.info))
+        info = group.info
+        self._tables.put(TABLE, group.pg_id, info.__bytes__)  # serialized as it is when written
 
     async def recover(self) -> int:
         """Loads the stored groups; placing waits until the raylets' bundles are reconciled."""

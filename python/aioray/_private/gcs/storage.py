@@ -41,6 +41,9 @@ log = logging.getLogger("aioray.gcs")
 
 # (table, key) -> the new value, or None to delete the key.
 Batch = dict[tuple[str, bytes], bytes | None]
+# A value serialized when the writer takes it: a row changed several times before the writer's
+# next batch is serialized once, as it is then.
+Value = bytes | Callable[[], bytes]
 
 WRITE_RETRY_S = 30.0
 CONNECT_TIMEOUT_S = 5.0
@@ -293,7 +296,7 @@ class Tables:
     ) -> None:
         self.storage: GcsStorage = storage if storage is not None else MemoryStorage()
         self._on_fatal = on_fatal
-        self._pending: Batch = {}
+        self._pending: dict[tuple[str, bytes], Value | None] = {}
         self._waiters: list[asyncio.Future[None]] = []  # for the batch after the one in flight
         self._inflight_waiters: list[asyncio.Future[None]] = []
         self._inflight = False
@@ -303,7 +306,7 @@ class Tables:
         self.batches_written = 0
 
     # -- the tables' calls (synchronous: they only queue) ----------------------------------------
-    def put(self, table: str, key: bytes, value: bytes) -> None:
+    def put(self, table: str, key: bytes, value: Value) -> None:
         self._pending[(table, key)] = value
         self._kick()
 
@@ -346,7 +349,8 @@ class Tables:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
-                batch, self._pending = self._pending, {}
+                queued, self._pending = self._pending, {}
+                batch: Batch = {k: v() if callable(v) else v for k, v in queued.items()}
                 waiters = self._inflight_waiters = self._waiters
                 self._waiters = []
                 self._inflight = True

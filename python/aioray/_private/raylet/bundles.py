@@ -197,7 +197,11 @@ class BundleTable:
         nm = self._nm
         if shape.fits_in(nm.total):
             return True
-        return any(n.alive and shape.fits_in(ResourceSet.from_wire(n.total.amounts)) for n in nm.view.nodes)
+        # This node's own entry in the view may lag behind its totals (a removal just cancelled here).
+        return any(
+            n.alive and n.node_id != nm.node_id and shape.fits_in(ResourceSet.from_wire(n.total.amounts))
+            for n in nm.view.nodes
+        )
 
 
 __all__ = ["BundleTable"]

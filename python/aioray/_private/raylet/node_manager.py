@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from aioray._private.common import metrics, proto_enums, rpc
 from aioray._private.common import task_events as te
@@ -37,6 +38,7 @@ from aioray._private.raylet.worker_pool import WorkerPool, WorkerProc
 from aioray._proto.aioray import v1 as pb
 
 log = logging.getLogger("aioray.raylet")
+_WithTotals = TypeVar("_WithTotals", pb.BundleReply, pb.BundleGroupsReply)
 
 REPLAN_SETTLE_S = 0.2
 
@@ -486,10 +488,16 @@ class NodeManager(pb.NodeManagerBase):
 
     # -- placement group bundles -----------------------------------------------------------------
     async def prepare_bundle_resources(self, bundle_request: pb.BundleRequest) -> pb.BundleReply:
-        reply = self.bundles.prepare(bundle_request.bundles)
-        if reply.success and bundle_request.commit:
-            reply = self.bundles.commit(bundle_request.bundles)
-        return self._with_totals(reply)
+        return self._with_totals(self.bundles.prepare(bundle_request.bundles))
+
+    async def reserve_bundle_groups(self, bundle_groups: pb.BundleGroups) -> pb.BundleGroupsReply:
+        outcomes = []
+        for group in bundle_groups.groups:
+            outcome = self.bundles.prepare(group.bundles)
+            if outcome.success:
+                outcome = self.bundles.commit(group.bundles)
+            outcomes.append(outcome)
+        return self._with_totals(pb.BundleGroupsReply(groups=outcomes))
 
     async def commit_bundle_resources(self, bundle_request: pb.BundleRequest) -> pb.BundleReply:
         return self._with_totals(self.bundles.commit(bundle_request.bundles))
@@ -498,7 +506,7 @@ class NodeManager(pb.NodeManagerBase):
         self.bundles.cancel(bundle_request.bundles)
         return self._with_totals(pb.BundleReply(success=True))
 
-    def _with_totals(self, reply: pb.BundleReply) -> pb.BundleReply:
+    def _with_totals(self, reply: _WithTotals) -> _WithTotals:
         reply.total = pb.ResourceMap(amounts=self.total.to_dict())
         reply.available = pb.ResourceMap(amounts=self.available.to_dict())
         return reply

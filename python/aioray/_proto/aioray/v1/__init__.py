@@ -683,7 +683,18 @@ class LeaseReply(betterproto.Message):
 @dataclass(eq=False, repr=False)
 class BundleRequest(betterproto.Message):
     bundles: List["Bundle"] = betterproto.message_field(1)
-    commit: bool = betterproto.bool_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class BundleGroups(betterproto.Message):
+    groups: List["BundleRequest"] = betterproto.message_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class BundleGroupsReply(betterproto.Message):
+    groups: List["BundleReply"] = betterproto.message_field(1)
+    total: "ResourceMap" = betterproto.message_field(2)
+    available: "ResourceMap" = betterproto.message_field(3)
 
 
 @dataclass(eq=False, repr=False)
@@ -1723,6 +1734,23 @@ class NodeManagerStub(betterproto.ServiceStub):
             "/aioray.v1.NodeManager/CancelResourceReserve",
             bundle_request,
             BundleReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def reserve_bundle_groups(
+        self,
+        bundle_groups: "BundleGroups",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "BundleGroupsReply":
+        return await self._unary_unary(
+            "/aioray.v1.NodeManager/ReserveBundleGroups",
+            bundle_groups,
+            BundleGroupsReply,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -2776,6 +2804,11 @@ class NodeManagerBase(ServiceBase):
     ) -> "BundleReply":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def reserve_bundle_groups(
+        self, bundle_groups: "BundleGroups"
+    ) -> "BundleGroupsReply":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def get_bundles(self, empty: "Empty") -> "BundleRequest":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -2866,6 +2899,13 @@ class NodeManagerBase(ServiceBase):
         response = await self.cancel_resource_reserve(request)
         await stream.send_message(response)
 
+    async def __rpc_reserve_bundle_groups(
+        self, stream: "grpclib.server.Stream[BundleGroups, BundleGroupsReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.reserve_bundle_groups(request)
+        await stream.send_message(response)
+
     async def __rpc_get_bundles(
         self, stream: "grpclib.server.Stream[Empty, BundleRequest]"
     ) -> None:
@@ -2954,6 +2994,12 @@ class NodeManagerBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 BundleRequest,
                 BundleReply,
+            ),
+            "/aioray.v1.NodeManager/ReserveBundleGroups": grpclib.const.Handler(
+                self.__rpc_reserve_bundle_groups,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                BundleGroups,
+                BundleGroupsReply,
             ),
             "/aioray.v1.NodeManager/GetBundles": grpclib.const.Handler(
                 self.__rpc_get_bundles,
