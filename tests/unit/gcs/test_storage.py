@@ -178,6 +178,35 @@ async def test_flush_waits_for_the_write_and_repeated_writes_coalesce() -> None:
     await tables.close()
 
 
+async def test_a_value_given_as_a_callable_is_serialized_once_when_written() -> None:
+    s = FlakyStorage(failures=0)
+    tables = Tables(s)
+    calls: list[int] = []
+    state = {"v": 0}
+
+    def serialize() -> bytes:
+        calls.append(state["v"])
+        return str(state["v"]).encode()
+
+    for i in range(5):
+        state["v"] = i
+        tables.put("t", b"k", serialize)
+    await tables.flush()
+    assert await s.load_all("t") == {b"k": b"4"} and calls == [4]
+    await tables.close()
+
+
+async def test_a_gcs_servers_memory_storage_is_not_written() -> None:
+    # No one reads it after the process (a restarted GCS is a new process): writing it is waste.
+    s = MemoryStorage()
+    tables = Tables(s, unread=True)
+    tables.put("t", b"k", b"v")
+    tables.put("t", b"lazy", lambda: pytest.fail("serialized for nothing"))
+    await tables.flush()  # returns at once
+    assert await s.load_all("t") == {}
+    await tables.close()
+
+
 async def test_a_failing_write_is_retried() -> None:
     s = FlakyStorage(failures=2)
     tables = Tables(s)

@@ -362,14 +362,22 @@ class ClientConnection(asyncio.Protocol):
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = fut
         self._writer.write(_frame(CALL, call_id, payload))
+        # A timer on the reply itself: asyncio.wait_for would add a future and callbacks per call.
+        timer = None if timeout is None else fut.get_loop().call_later(timeout, _expire, fut)
         try:
-            if timeout is None:
-                return await fut
-            return await asyncio.wait_for(fut, timeout)
+            return await fut
         except BaseException:
             if self._pending.pop(call_id, None) is not None and self._transport is not None:
                 self._writer.write(_frame(CANCEL, call_id, b""))
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+
+def _expire(reply: asyncio.Future[bytes]) -> None:
+    if not reply.done():
+        reply.set_exception(TimeoutError())
 
 
 async def connect(host: str, port: int, token: str) -> ClientConnection:

@@ -26,7 +26,13 @@ PINNED_VERSION = "2.0.0b7"
 # betterproto's own, for the test that compares the two.
 ORIGINAL_METHODS = {
     name: Message.__dict__[name]
-    for name in ("__post_init__", "__getattribute__", "__setattr__", "_get_field_default")
+    for name in (
+        "_Message__raw_get",
+        "__post_init__",
+        "__getattribute__",
+        "__setattr__",
+        "_get_field_default",
+    )
 }
 
 _getattribute = object.__getattribute__
@@ -98,9 +104,20 @@ def _get_attribute(self: Message, name: str) -> Any:
     return value
 
 
+_FIELDLESS: dict[type, bool] = {}  # by the type of a value set: is it a message class with no field
+
+
+def _fieldless(cls: type) -> bool:
+    # issubclass on an ABC costs microseconds: once per type.
+    fieldless = _FIELDLESS[cls] = issubclass(cls, Message) and _facts(cls).fieldless
+    return fieldless
+
+
 def _set_attribute(self: Message, name: str, value: Any) -> None:
-    if isinstance(value, Message) and (_FACTS.get(type(value)) or _facts(type(value))).fieldless:
-        # An empty message set as a field is sent (betterproto's rule).
+    fieldless = _FIELDLESS.get(type(value))
+    if fieldless is None:
+        fieldless = _fieldless(type(value))
+    if fieldless:  # an empty message set as a field is sent (betterproto's rule)
         _getattribute(value, "__dict__")["_serialized_on_wire"] = True
     state = _getattribute(self, "__dict__")
     if name != "_serialized_on_wire":
@@ -136,6 +153,9 @@ def install() -> None:
 
 
 REPLACEMENTS = {
+    # betterproto's own, `super().__getattribute__(name)` in Python, called by the Rust codec for
+    # every field it writes: object's is the same, in C.
+    "_Message__raw_get": _getattribute,
     "__post_init__": _post_init,
     "__getattribute__": _get_attribute,
     "__setattr__": _set_attribute,

@@ -223,6 +223,11 @@ class ChannelPool:
             return await type(stub)._unary_unary(
                 stub, route, request, response_type, timeout=timeout, deadline=deadline, metadata=metadata
             )
+        ready = self._framed.get(address)
+        if ready is not None and ready.done() and not ready.cancelled() and ready.exception() is None:
+            connection = ready.result()  # the usual case: connected (no task, no timer for that)
+            if not connection.lost:
+                return response_type().parse(await connection.call(route, bytes(request), timeout))
         loop = asyncio.get_running_loop()
         started = loop.time()
         connection = await asyncio.wait_for(self._framed_connection(address), timeout)

@@ -101,12 +101,13 @@ def _assign(
         return None, "no node is alive"
     free = {n.node_id: capacity(n) for n in nodes}
     order = {n.node_id: k for k, n in enumerate(nodes)}
-    scale: dict[str, float] = {}
-    for n in nodes:
-        for k, v in n.total.to_dict().items():
-            scale[k] = max(scale.get(k, 0.0), v)
-    # Large bundles first: first-fit-decreasing packs far better than the given order.
-    pending.sort(key=lambda i: -_size(shapes[i], scale))
+    if len(pending) > 1:
+        scale: dict[str, float] = {}
+        for n in nodes:
+            for k, v in n.total.to_dict().items():
+                scale[k] = max(scale.get(k, 0.0), v)
+        # Large bundles first: first-fit-decreasing packs far better than the given order.
+        pending.sort(key=lambda i: -_size(shapes[i], scale))
     used = list(dict.fromkeys(placed.values()))
 
     if strategy == Strategy.STRICT_SPREAD:
@@ -138,7 +139,7 @@ def _assign(
             and all(allowed(i, n) for i in pending)
             and (strategy == Strategy.PACK or not used or n.node_id == used[0])
         ]
-        if fit:
+        if len(fit) > 1:
             # The node already holding bundles, then the tightest fit (leaves big holes elsewhere).
             fit.sort(
                 key=lambda n: (
@@ -147,6 +148,7 @@ def _assign(
                     order[n.node_id],
                 )
             )
+        if fit:
             return dict.fromkeys(pending, fit[0].node_id), ""
         if strategy == Strategy.STRICT_PACK:
             return None, f"STRICT_PACK needs one node with {together.to_dict()} free"

@@ -38,7 +38,7 @@ from aioray._private.gcs.object_directory import ObjectDirectory
 from aioray._private.gcs.placement_groups import PlacementGroupManager
 from aioray._private.gcs.pubsub import Publisher
 from aioray._private.gcs.service_discovery import ServiceDiscoveryFile
-from aioray._private.gcs.storage import StorageError, Tables, open_storage
+from aioray._private.gcs.storage import MemoryStorage, StorageError, Tables, open_storage
 from aioray._private.gcs.task_table import TaskTable
 from aioray._proto.aioray import v1 as pb
 
@@ -195,7 +195,7 @@ async def serve(
         if gcs is not None:
             gcs.stopped.set()
 
-    tables = Tables(storage, on_fatal=on_storage_failure)
+    tables = Tables(storage, on_fatal=on_storage_failure, unread=isinstance(storage, MemoryStorage))
     gcs = Gcs(token, tables, sd_file)
     try:
         try:

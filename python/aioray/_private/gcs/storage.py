@@ -292,9 +292,15 @@ class Tables:
     """The tables' side of the storage: queued writes, one background writer, and `flush`."""
 
     def __init__(
-        self, storage: GcsStorage | None = None, on_fatal: Callable[[BaseException], None] | None = None
+        self,
+        storage: GcsStorage | None = None,
+        on_fatal: Callable[[BaseException], None] | None = None,
+        unread: bool = False,
     ) -> None:
         self.storage: GcsStorage = storage if storage is not None else MemoryStorage()
+        # A GCS server process's memory:// storage is read by no one: the GCS that replaces a dead
+        # one is a new process and starts empty. Writing it only cost (serializing every change).
+        self._unread = unread
         self._on_fatal = on_fatal
         self._pending: dict[tuple[str, bytes], Value | None] = {}
         self._waiters: list[asyncio.Future[None]] = []  # for the batch after the one in flight
@@ -307,10 +313,14 @@ class Tables:
 
     # -- the tables' calls (synchronous: they only queue) ----------------------------------------
     def put(self, table: str, key: bytes, value: Value) -> None:
+        if self._unread:
+            return
         self._pending[(table, key)] = value
         self._kick()
 
     def delete(self, table: str, key: bytes) -> None:
+        if self._unread:
+            return
         self._pending[(table, key)] = None
         self._kick()
 
