@@ -23,6 +23,7 @@ from aioray._private.runtime_env.resolver import merge as merge_runtime_env
 from aioray._proto.aioray import v1 as pb
 
 CONNECT_RETRY_S = 30.0
+GROUP_CHANGES_FLUSH_S = 10.0  # only as long as placement group changes are under way at exit
 _UNREACHABLE: tuple[type[BaseException], ...] = (*rpc.CONNECTION_ERRORS, TimeoutError)
 CLUSTER_FILE = "cluster.json"
 AUTO_CONNECT_ENV = "AIORAY_ENABLE_AUTO_CONNECT"
@@ -325,6 +326,12 @@ def shutdown() -> None:
         # First, while the cluster is there: what the job's workers printed last is printed.
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(core.drain_worker_logs(), conn.loop).result(5)
+
+        # Placement group changes not waited for (a removal just before the end) go out first.
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(core.group_calls.flush(GROUP_CHANGES_FLUSH_S), conn.loop).result(
+                GROUP_CHANGES_FLUSH_S + 1
+            )
 
         async def finish_job() -> None:
             # Idle leases first: once the job is finished, raylets kill what it still leases.

@@ -13,6 +13,7 @@ is not ``lifetime="detached"`` is removed when its job ends.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -20,7 +21,8 @@ from typing import Any, TypeVar
 from aioray._private import api
 from aioray._private.actor import DEFAULT_NAMESPACE
 from aioray._private.common import proto_enums, rpc
-from aioray._private.core_worker.object_ref import ObjectRef, global_worker
+from aioray._private.common.resources import ResourceSet
+from aioray._private.core_worker.object_ref import ObjectRef, current_worker, global_worker
 from aioray._private.placement import parse_label_selector
 from aioray._private.strategies import PlacementGroupSchedulingStrategy
 from aioray._proto.aioray import v1 as pb
@@ -109,20 +111,19 @@ GcsCall = Callable[[pb.PlacementGroupGcsServiceStub], Coroutine[Any, Any, _T]]
 
 
 def _gcs_call(call: GcsCall[_T], timeout: float, group: bytes | None = None) -> _T:
-    """Runs one call of the GCS's placement group service from a blocking API call; a call about
-    `group` after the calls about it this process made before (see `core_worker.ordered_calls`)."""
+    """Runs one call of the GCS's placement group service from a blocking API call, once the
+    changes this process sent about `group` (or, without one, about any group) ended; see
+    `core_worker.ordered_calls`."""
     core = global_worker()
 
     async def run() -> _T:
+        if group is None:
+            await core.group_calls.all_settled()
+        else:
+            await core.group_calls.settled(group)
         return await call(core.gcs(pb.PlacementGroupGcsServiceStub, reconnect_timeout_s=timeout))
 
-    async def after_all() -> _T:
-        await core.group_calls.wait_for_all()
-        return await run()
-
-    if group is None:  # about every group, or one found by name: after all the calls made before
-        return core.run_sync(after_all(), timeout=timeout + 5)
-    return core.run_sync(core.group_calls.run(group, run), timeout=timeout + 5)
+    return core.run_sync(run(), timeout=timeout + 5)
 
 
 def _send_gcs_call(call: GcsCall[Any], timeout: float, group: bytes, what: str) -> None:
@@ -173,21 +174,34 @@ class PlacementGroup:
         """Whether the group is placed within `timeout_seconds` (False if not, or if it was removed)."""
         if not isinstance(timeout_seconds, int | float) or timeout_seconds < 0:
             raise ValueError(f"timeout_seconds must be a non-negative number, got {timeout_seconds!r}")
-        request = pb.WaitPlacementGroupRequest(placement_group_id=self.id.binary(), timeout_s=timeout_seconds)
-        info = _gcs_call(
-            lambda gcs: gcs.wait_placement_group_ready(request, timeout=timeout_seconds + CALL_TIMEOUT_S),
-            timeout_seconds + CALL_TIMEOUT_S,
-            self.id.binary(),
-        )
-        return info.state == proto_enums.PG_CREATED
-
-    def _wait_for_own_calls(self) -> None:
-        """Before this group is used to place work: the creation this process sent has been
-        answered (or its failure is raised here)."""
         core = global_worker()
         group = self.id.binary()
-        if core.group_calls.pending(group) and not core.runtime.in_loop_thread():
-            core.run_sync(core.group_calls.wait_for(group), timeout=CALL_TIMEOUT_S + 5)
+
+        async def wait() -> bool:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout_seconds
+            if core.group_calls.pending(group):
+                try:  # the creation this process sent, within the same timeout
+                    await asyncio.wait_for(core.group_calls.settled(group), timeout_seconds)
+                except TimeoutError:
+                    return False
+            else:
+                await core.group_calls.settled(group)  # raises a failed creation's error
+            remaining = max(0.0, deadline - loop.time())
+            request = pb.WaitPlacementGroupRequest(placement_group_id=group, timeout_s=remaining)
+            gcs = core.gcs(pb.PlacementGroupGcsServiceStub, reconnect_timeout_s=remaining + CALL_TIMEOUT_S)
+            info = await gcs.wait_placement_group_ready(request, timeout=remaining + CALL_TIMEOUT_S)
+            return info.state == proto_enums.PG_CREATED
+
+        return core.run_sync(wait(), timeout=timeout_seconds + CALL_TIMEOUT_S + 5)
+
+    def _wait_for_own_calls(self) -> None:
+        """Before this group is used to place work or handed to another process: the changes
+        this process sent about it ended (a failed creation's error is raised here)."""
+        core = current_worker()
+        group = self.id.binary()
+        if core is not None and core.group_calls.pending(group) and not core.runtime.in_loop_thread():
+            core.run_sync(core.group_calls.settled(group), timeout=CALL_TIMEOUT_S + 5)
 
     @property
     def bundle_specs(self) -> list[dict[str, float]]:
@@ -217,6 +231,8 @@ class PlacementGroup:
         return f"PlacementGroup(id={self.id.hex()}, bundles={self.bundle_cache})"
 
     def __getstate__(self) -> dict[str, Any]:
+        # Another process given the handle may ask the GCS about it at once: it exists by then.
+        self._wait_for_own_calls()
         return {"id": self.id, "bundle_cache": self.bundle_cache}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -256,14 +272,15 @@ def _validate_bundles(bundles: Any) -> list[dict[str, float]]:
             raise ValueError(
                 'Bundles must be a non-empty list of resource dictionaries. For example: `[{"CPU": 1.0}, {"GPU": 1.0}]`.'
             )
-        if not bundle or all(v == 0 for v in bundle.values()):
-            raise ValueError(
-                f"Bundles cannot be an empty dictionary or resources with only 0 values. Bundles: {bundles}"
-            )
         negative = [k for k, v in bundle.items() if v < 0]
         if negative:
             raise ValueError(
                 f"Bundle resources must not be negative, got {negative[0]!r}: {bundle[negative[0]]}"
+            )
+        # ResourceSet keeps 1/10000 of a unit: what rounds to nothing is nothing, as the GCS sees it.
+        if not bundle or not ResourceSet(bundle).to_dict():
+            raise ValueError(
+                f"Bundles cannot be an empty dictionary or resources with only 0 values. Bundles: {bundles}"
             )
         if "object_store_memory" in bundle:
             # Ray only warns (it reserves nothing); no resource is silently ignored here.
@@ -339,11 +356,11 @@ def placement_group(
         return gcs.create_placement_group(request, timeout=CALL_TIMEOUT_S)
 
     if not name:
-        # Nothing the GCS checks can fail (the bundles were checked here): not waited for.
+        # What the GCS checks of it was checked here: not waited for.
         _send_gcs_call(create, CALL_TIMEOUT_S, pg_id.binary(), f"creating placement group {pg_id.hex()}")
         return PlacementGroup(pg_id, bundle_cache=specs)
-    try:
-        _gcs_call(create, CALL_TIMEOUT_S, pg_id.binary())
+    try:  # after every change under way: a group of this name being removed frees the name first
+        _gcs_call(create, CALL_TIMEOUT_S)
     except rpc.GRPCError as e:
         if e.status in (rpc.Status.ALREADY_EXISTS, rpc.Status.INVALID_ARGUMENT):
             raise ValueError(e.message) from None

@@ -1,4 +1,4 @@
-"""Calls about one placement group stay in order when some are not waited for
+"""Placement group changes sent without waiting, and the reads that must see them
 (core_worker/ordered_calls.py)."""
 
 from __future__ import annotations
@@ -15,97 +15,122 @@ from aioray._private.core_worker.ordered_calls import OrderedCalls
 from aioray._private.core_worker.runtime import Runtime
 
 GROUP = b"g" * 18
+OTHER = b"h" * 18
 
 
-def _calls() -> tuple[OrderedCalls, Runtime]:
+def _calls() -> OrderedCalls:
     runtime = Runtime(asyncio.get_running_loop(), "token", "gcs:1", "raylet:1")
     runtime.loop_thread_id = threading.get_ident()
-    return OrderedCalls(runtime), runtime
+    return OrderedCalls(runtime)
 
 
-def _recording(
+def _change(
     log: list[str], name: str, delay: float = 0.0, error: Exception | None = None
-) -> Callable[[], Coroutine[Any, Any, str]]:
-    async def call() -> str:
+) -> Callable[[], Coroutine[Any, Any, None]]:
+    async def call() -> None:
         log.append(f"{name} started")
         await asyncio.sleep(delay)
         if error is not None:
             raise error
         log.append(f"{name} done")
-        return name
 
     return call
 
 
-async def test_a_call_waits_for_the_ones_sent_before_it_about_the_same_group() -> None:
-    calls, _ = _calls()
+async def test_changes_about_a_group_go_in_order_and_reads_wait_for_them() -> None:
+    calls = _calls()
     log: list[str] = []
-    calls.send(GROUP, _recording(log, "create", delay=0.05), "creating")
-    calls.send(b"other" * 4, _recording(log, "unrelated"), "unrelated")
+    calls.send(GROUP, _change(log, "create", delay=0.05), "creating")
+    calls.send(OTHER, _change(log, "unrelated"), "unrelated")
+    calls.send(GROUP, _change(log, "remove"), "removing")
     assert calls.pending(GROUP)
-    assert await calls.run(GROUP, _recording(log, "wait")) == "wait"
-    assert log.index("create done") < log.index("wait started")
+    await calls.settled(GROUP)
+    assert log.index("create done") < log.index("remove started")
     assert log.index("unrelated done") < log.index("create done")  # another group does not wait
-    await calls.flush(1.0)
     assert not calls.pending(GROUP)
 
 
-async def test_a_failed_call_fails_the_calls_after_it_and_is_logged_when_not_waited_for(
+async def test_a_failed_change_is_logged_raised_by_later_reads_and_does_not_stop_the_next_change(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    calls, _ = _calls()
+    calls = _calls()
     log: list[str] = []
     with caplog.at_level(logging.ERROR, logger="aioray.core_worker"):
-        calls.send(GROUP, _recording(log, "create", error=ConnectionError("the GCS is gone")), "creating g")
+        calls.send(GROUP, _change(log, "create", error=ConnectionError("the GCS is gone")), "creating g")
         with pytest.raises(ConnectionError, match="the GCS is gone"):
-            await calls.run(GROUP, _recording(log, "wait"))
-        await calls.flush(1.0)
-    assert "wait started" not in log
+            await calls.settled(GROUP)
+        with pytest.raises(ConnectionError):  # again: the group was never created
+            await calls.settled(GROUP)
     assert "creating g failed: the GCS is gone" in caplog.text
-    # Once it ended, a new call about the group goes ahead.
-    assert await calls.run(GROUP, _recording(log, "again")) == "again"
+    calls.send(GROUP, _change(log, "remove"), "removing")  # sent all the same
+    await calls.settled(GROUP)  # and it went well: nothing to raise now
+    assert "remove done" in log
 
 
-async def test_waiting_for_all_and_for_one_group() -> None:
-    calls, _ = _calls()
+async def test_a_read_does_not_hold_up_the_changes_after_it() -> None:
+    calls = _calls()
     log: list[str] = []
-    calls.send(GROUP, _recording(log, "remove", delay=0.05), "removing")
-    calls.send(b"h" * 18, _recording(log, "create", delay=0.02), "creating")
-    await asyncio.sleep(0)  # the sends start on the loop
-    await calls.wait_for_all()
-    assert {"remove done", "create done"} <= set(log)
-    calls.send(GROUP, _recording(log, "second", error=ValueError("no")), "second")
+    reader_may_finish = asyncio.Event()
+
+    async def long_read() -> None:
+        await calls.settled(GROUP)
+        await reader_may_finish.wait()  # as pg.wait() on a group that does not fit
+
+    reader = asyncio.create_task(long_read())
     await asyncio.sleep(0)
-    with pytest.raises(ValueError, match="no"):
-        await calls.wait_for(GROUP)
+    calls.send(GROUP, _change(log, "remove"), "removing")
+    await asyncio.wait_for(calls.settled(GROUP), 1)
+    assert "remove done" in log and not reader.done()
+    reader_may_finish.set()
+    await reader
 
 
-async def test_closing_waits_for_what_is_under_way_and_gives_up_on_the_rest(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    calls, _ = _calls()
+async def test_all_settled_waits_for_every_group() -> None:
+    calls = _calls()
     log: list[str] = []
-    calls.send(GROUP, _recording(log, "quick", delay=0.01), "quick")
-    calls.send(b"h" * 18, _recording(log, "stuck", delay=60), "stuck")
+    calls.send(GROUP, _change(log, "remove", delay=0.05), "removing")
+    calls.send(OTHER, _change(log, "create", delay=0.02, error=ValueError("no")), "creating")
+    await calls.all_settled()  # the failure belongs to the reads of its own group
+    assert "remove done" in log and "create started" in log
+
+
+async def test_a_change_cancelled_early_still_keeps_the_ones_after_it_behind_the_ones_before() -> None:
+    calls = _calls()
+    log: list[str] = []
+    calls.send(GROUP, _change(log, "first", delay=0.1), "first")
+    calls.send(GROUP, _change(log, "second"), "second")
+    calls.send(GROUP, _change(log, "third"), "third")
+    await asyncio.sleep(0.01)
+    [second] = [t for t in calls._background if t.get_coro().cr_frame.f_locals["what"] == "second"]  # type: ignore[union-attr]
+    second.cancel()  # as at close, while it waits for the first
+    await calls.settled(GROUP)
+    assert log.index("first done") < log.index("third started") and "second started" not in log
+    assert not calls.pending(GROUP)
+
+
+async def test_closing_waits_for_what_is_under_way(caplog: pytest.LogCaptureFixture) -> None:
+    calls = _calls()
+    log: list[str] = []
+    calls.send(GROUP, _change(log, "quick", delay=0.01), "quick")
+    calls.send(OTHER, _change(log, "stuck", delay=60), "stuck")
     with caplog.at_level(logging.ERROR, logger="aioray.core_worker"):
         await calls.flush(0.2)
     assert "quick done" in log and "stuck done" not in log
-    assert "1 placement group call(s) did not end" in caplog.text
+    assert "1 placement group change(s) did not end" in caplog.text
+    for task in list(calls._background):
+        task.cancel()
 
 
-async def test_a_send_from_another_thread_is_ordered_before_a_call_made_after_it() -> None:
-    calls, runtime = _calls()
+async def test_a_change_sent_from_another_thread_is_seen_by_a_read_made_after_it() -> None:
+    calls = _calls()
     log: list[str] = []
     loop = asyncio.get_running_loop()
 
-    def from_a_thread() -> str:
-        calls.send(GROUP, _recording(log, "create", delay=0.02), "creating")
+    def from_a_thread() -> None:
+        calls.send(GROUP, _change(log, "create", delay=0.02), "creating")
         assert calls.pending(GROUP)  # already, before the loop took it
-        result: str = asyncio.run_coroutine_threadsafe(
-            calls.run(GROUP, _recording(log, "wait")), loop
-        ).result(5)
-        return result
+        asyncio.run_coroutine_threadsafe(calls.settled(GROUP), loop).result(5)
+        log.append("read")
 
-    runtime.loop_thread_id = threading.get_ident()
-    assert await asyncio.to_thread(from_a_thread) == "wait"
-    assert log == ["create started", "create done", "wait started", "wait done"]
+    await asyncio.to_thread(from_a_thread)
+    assert log == ["create started", "create done", "read"]

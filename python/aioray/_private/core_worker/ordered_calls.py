@@ -1,14 +1,20 @@
-"""Calls about one thing (a placement group) kept in the order they were made, some not waited for.
+"""Changes to one thing (a placement group) sent without waiting, and the calls that must see them.
 
-``placement_group()`` and ``remove_placement_group()`` return without waiting for the GCS's
-answer (Ray's return once the GCS answered): a driver creating and removing groups one after
+``placement_group()`` (unnamed) and ``remove_placement_group()`` return without waiting for the
+GCS's answer (Ray's return once the GCS answered): a driver creating and removing groups one after
 another then costs the GCS's work, not a round trip each, and the GCS places the groups that
-arrive together in one call to the raylet. What a program can see stays the same because every
-call this process makes about a group goes through here and waits for the one made before it:
-``pg.wait()`` right after ``placement_group()`` asks once the GCS has the group, the table read
-after a removal shows REMOVED. A call that failed fails the ones after it with its error; a
-background call's failure that nothing waited for is logged. At close, the background calls
-still under way are given time to finish (a removal is not lost at a script's end).
+arrive together in one call to the raylet. What a program can see stays the same because:
+
+- the changes about one group are sent in the order they were made, each once the one before it
+  ended (however that went: a removal is sent even if the creation before it failed);
+- a call that reads a group (``pg.wait()``, its table row, placing work in it) first waits for the
+  changes this process made to it before; one that reads every group, or finds one by name, for
+  all the changes under way. Reads take no place in line: a removal made while another thread
+  waits for the group is not held behind that wait;
+- a change that failed is logged, and the reads of its group after it raise its error (the
+  group was perhaps never created);
+- at close, the changes under way are given time to finish (a removal is not lost at a script's
+  end).
 """
 
 from __future__ import annotations
@@ -18,113 +24,87 @@ import collections
 import logging
 import threading
 from collections.abc import Callable, Coroutine, Hashable
-from typing import Any, TypeVar
+from typing import Any
 
 from aioray._private.core_worker.runtime import Runtime
 
 log = logging.getLogger("aioray.core_worker")
-T = TypeVar("T")
+MAX_FAILURES_KEPT = 1000  # the failed changes remembered for later reads, the oldest dropped first
 
 
 class OrderedCalls:
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
-        self._last: dict[Hashable, asyncio.Future[None]] = {}  # on the loop only
+        # On the loop only: by key, the newest change's end (resolved, never failed, once it and
+        # every change before it about the key ended), and the failure of the newest change.
+        self._last: dict[Hashable, asyncio.Future[None]] = {}
+        self._failed: collections.OrderedDict[Hashable, BaseException] = collections.OrderedDict()
         self._background: set[asyncio.Task[None]] = set()
         self._sent: collections.Counter[Hashable] = collections.Counter()  # any thread: under _lock
         self._lock = threading.Lock()
 
-    async def run(self, key: Hashable, call: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        """On the loop: `call()` once the call about `key` made before it ended; its result."""
-        return await self._after(key, *self._enter(key), call)
-
-    def _enter(self, key: Hashable) -> tuple[asyncio.Future[None] | None, asyncio.Future[None]]:
-        """Takes the call's place in line (synchronously: the order of this, not of the tasks'
-        first steps, is the order of the calls)."""
-        previous = self._last.get(key)
-        mine: asyncio.Future[None] = self._runtime.loop.create_future()
-        self._last[key] = mine
-        return previous, mine
-
-    async def _after(
-        self,
-        key: Hashable,
-        previous: asyncio.Future[None] | None,
-        mine: asyncio.Future[None],
-        call: Callable[[], Coroutine[Any, Any, T]],
-    ) -> T:
-        try:
-            if previous is not None:
-                await asyncio.shield(previous)  # raises what the previous call raised
-            result = await call()
-        except asyncio.CancelledError:
-            mine.cancel()
-            raise
-        except BaseException as e:
-            mine.set_exception(e)
-            mine.exception()  # the next call, if any, raises it; no "never retrieved" warning
-            raise
-        else:
-            mine.set_result(None)
-            return result
-        finally:
-            if self._last.get(key) is mine:
-                del self._last[key]
-
-    async def wait_for(self, key: Hashable) -> None:
-        """On the loop: returns once the calls about `key` made so far ended (raises a failure)."""
-        previous = self._last.get(key)
-        if previous is not None:
-            await asyncio.shield(previous)
-
-    async def wait_for_all(self) -> None:
-        """On the loop: returns once every call made so far ended (failures are not raised: they
-        belong to the calls about their own key)."""
-        if self._last:
-            await asyncio.wait(list(self._last.values()))  # waiting cancels none of them
-
-    def pending(self, key: Hashable) -> bool:
-        """From any thread: whether a call about `key` sent without waiting has not ended yet."""
-        with self._lock:
-            return key in self._sent
-
+    # -- changes ---------------------------------------------------------------------------------
     def send(self, key: Hashable, call: Callable[[], Coroutine[Any, Any, Any]], what: str) -> None:
-        """From the caller's thread: makes the call in order on the loop without waiting for it."""
+        """From any thread: makes the change `call()` about `key`, in order, without waiting."""
         with self._lock:
             self._sent[key] += 1
+        if self._runtime.in_loop_thread():
+            self._start(key, call, what)
+            return
+        try:
+            self._runtime.call_soon(self._start, key, call, what)
+        except RuntimeError:  # the loop is closed: this process is disconnecting
+            self._ended(key)
+            raise
 
-        async def background(previous: asyncio.Future[None] | None, mine: asyncio.Future[None]) -> None:
+    def _start(self, key: Hashable, call: Callable[[], Coroutine[Any, Any, Any]], what: str) -> None:
+        # Synchronous on the loop: the order of these, not of the tasks' first steps, is the order
+        # of the changes.
+        previous = self._last.get(key)
+        end: asyncio.Future[None] = self._runtime.loop.create_future()
+        self._last[key] = end
+        started = False
+
+        async def change() -> None:
+            nonlocal started
+            started = True
             try:
-                await self._after(key, previous, mine, call)
+                if previous is not None:
+                    await asyncio.shield(previous)
+                await call()
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 log.error("%s failed: %s", what, e)
+                self._failed[key] = e
+                self._failed.move_to_end(key)
+                while len(self._failed) > MAX_FAILURES_KEPT:
+                    self._failed.popitem(last=False)
+            else:
+                self._failed.pop(key, None)
             finally:
                 self._ended(key)
 
-        def start() -> None:
-            previous, mine = self._enter(key)
-            task = self._runtime.loop.create_task(background(previous, mine))
+        def ended(task: asyncio.Task[None]) -> None:
+            if not started:  # cancelled (at close) before its first step
+                self._ended(key)
+            # Ended only once the changes before it did, even if it was cancelled early: the
+            # calls after it must not overtake those.
+            if previous is None or previous.done():
+                self._resolve(key, end)
+            else:
+                previous.add_done_callback(lambda _: self._resolve(key, end))
 
-            def cancelled_before_it_started(_: asyncio.Task[None]) -> None:
-                if not mine.done():  # at close: the calls after it must not wait for it for ever
-                    mine.cancel()
-                    if self._last.get(key) is mine:
-                        del self._last[key]
+        task = self._runtime.loop.create_task(change())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(ended)
 
-            task.add_done_callback(cancelled_before_it_started)
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-
-        if self._runtime.in_loop_thread():
-            start()
-            return
-        try:
-            self._runtime.call_soon(start)
-        except RuntimeError:  # the loop is closed: this process is disconnecting
-            self._ended(key)
-            raise
+    def _resolve(self, key: Hashable, end: asyncio.Future[None]) -> None:
+        if not end.done():
+            end.set_result(None)
+        if self._last.get(key) is end:
+            del self._last[key]
 
     def _ended(self, key: Hashable) -> None:
         with self._lock:
@@ -132,21 +112,40 @@ class OrderedCalls:
             if not self._sent[key]:
                 del self._sent[key]
 
+    # -- reads -----------------------------------------------------------------------------------
+    def pending(self, key: Hashable) -> bool:
+        """From any thread: whether a change about `key` has not ended yet."""
+        with self._lock:
+            return key in self._sent
+
+    def any_pending(self) -> bool:
+        """From any thread: whether any change has not ended yet."""
+        with self._lock:
+            return bool(self._sent)
+
+    async def settled(self, key: Hashable) -> None:
+        """On the loop: returns once the changes about `key` made so far ended; raises the
+        failure of the newest one, if it failed."""
+        last = self._last.get(key)
+        if last is not None:
+            await asyncio.shield(last)
+        failure = self._failed.get(key)
+        if failure is not None:
+            raise failure.with_traceback(None)
+
+    async def all_settled(self) -> None:
+        """On the loop: returns once every change made so far ended (failures are not raised:
+        they belong to the reads of their own key)."""
+        if self._last:
+            await asyncio.wait(list(self._last.values()))  # waiting cancels none of them
+
     async def flush(self, timeout: float) -> None:
-        """On the loop: waits (at most `timeout`) for the background calls under way, then
-        cancels those still waiting for their answer."""
+        """On the loop: waits (at most `timeout`) for the changes under way."""
         if not self._background:
             return
         _, late = await asyncio.wait(list(self._background), timeout=timeout)
         if late:
-            log.error(
-                "%d placement group call(s) did not end within %.0f s of closing: given up",
-                len(late),
-                timeout,
-            )
-            for task in late:
-                task.cancel()
-            await asyncio.wait(late, timeout=1.0)
+            log.error("%d placement group change(s) did not end within %.0f s of closing", len(late), timeout)
 
 
 __all__ = ["OrderedCalls"]

@@ -55,7 +55,7 @@ from aioray._store import ObjectStore
 
 T = TypeVar("T")
 StubT = TypeVar("StubT")
-GROUP_CALLS_FLUSH_S = 3.0
+GROUP_CALLS_FLUSH_S = 2.0
 
 
 class CoreWorker:
@@ -245,7 +245,8 @@ class CoreWorker:
             self.log_printer = None
 
     async def close(self) -> None:
-        # Removals not waited for go out first: a detached group would otherwise outlive its remover.
+        # Placement group changes not waited for go out first (`shutdown` gave them longer already):
+        # a detached group would otherwise outlive the script that removed it.
         await self.group_calls.flush(GROUP_CALLS_FLUSH_S)
         if self.metrics.enabled and self.is_driver:
             # Its last counts (a script that ends right after its tasks did) reach its node.

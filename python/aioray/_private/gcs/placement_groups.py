@@ -166,7 +166,9 @@ class PlacementGroupManager(pb.PlacementGroupGcsServiceBase):
     async def remove_placement_group(self, placement_group_id: pb.PlacementGroupId) -> pb.Empty:
         group = self.groups.get(placement_group_id.placement_group_id)
         if group is not None:
-            await self.remove(group)
+            # Carried through even if the caller stops waiting (its timeout, its process ending):
+            # it asked for the removal, which would otherwise stop halfway.
+            await asyncio.shield(self.remove(group))
         return pb.Empty()
 
     async def get_placement_group(

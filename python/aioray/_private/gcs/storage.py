@@ -360,12 +360,11 @@ class Tables:
             self._wake.clear()
             while self._pending:
                 queued, self._pending = self._pending, {}
-                batch: Batch = {k: v() if callable(v) else v for k, v in queued.items()}
                 waiters = self._inflight_waiters = self._waiters
                 self._waiters = []
                 self._inflight = True
                 try:
-                    await self._apply(batch)
+                    await self._apply({k: v() if callable(v) else v for k, v in queued.items()})
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:
