@@ -93,7 +93,10 @@ def round_trip_only(n: int) -> tuple[float, float]:
         f"r = [statistics.median(e - b for _, b, e in s.timed(c, {n})) * 1e6 for c in (a.call.remote, s.task.remote)];"
         "print(*r); aioray.shutdown()"
     )
-    env = {**os.environ, "AIORAY_TASK_EVENTS": "0", "PYTHONPATH": os.path.dirname(os.path.abspath(__file__))}
+    path = os.pathsep.join(
+        p for p in (os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH")) if p
+    )
+    env = {**os.environ, "AIORAY_TASK_EVENTS": "0", "PYTHONPATH": path}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     actor_us, task_us = out.stdout.split()[-2:]
     return float(actor_us), float(task_us)
