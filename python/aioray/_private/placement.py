@@ -109,7 +109,7 @@ def _check_group(group: Any, index: Any) -> bytes:
         raise ValueError(f"placement_group must be a PlacementGroup, got {group!r}")
     if not isinstance(index, int) or isinstance(index, bool) or index < -1:
         raise ValueError(f"placement_group_bundle_index must be an integer >= -1, got {index!r}")
-    group._wait_for_own_calls()
+    group._wait_for_own_changes()
     if index >= group.bundle_count:
         raise ValueError(
             f"placement_group_bundle_index {index} is out of range: the group has {group.bundle_count} bundles"

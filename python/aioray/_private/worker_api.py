@@ -329,9 +329,9 @@ def shutdown() -> None:
 
         # Placement group changes not waited for (a removal just before the end) go out first.
         with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(core.group_calls.flush(GROUP_CHANGES_FLUSH_S), conn.loop).result(
-                GROUP_CHANGES_FLUSH_S + 1
-            )
+            asyncio.run_coroutine_threadsafe(
+                core.group_changes.flush(GROUP_CHANGES_FLUSH_S), conn.loop
+            ).result(GROUP_CHANGES_FLUSH_S + 1)
 
         async def finish_job() -> None:
             # Idle leases first: once the job is finished, raylets kill what it still leases.

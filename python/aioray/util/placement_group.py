@@ -118,22 +118,23 @@ def _gcs_call(call: GcsCall[_T], timeout: float, group: bytes | None = None) -> 
 
     async def run() -> _T:
         if group is None:
-            await core.group_calls.all_settled()
+            await core.group_changes.all_settled()
         else:
-            await core.group_calls.settled(group)
+            await core.group_changes.settled(group)
         return await call(core.gcs(pb.PlacementGroupGcsServiceStub, reconnect_timeout_s=timeout))
 
     return core.run_sync(run(), timeout=timeout + 5)
 
 
 def _send_gcs_call(call: GcsCall[Any], timeout: float, group: bytes, what: str) -> None:
-    """Makes a call about `group` in order after the others, without waiting for it."""
+    """Sends a change of `group` (its creation, its removal) after the ones before it, without
+    waiting for it."""
     core = global_worker()
 
     async def run() -> None:
         await call(core.gcs(pb.PlacementGroupGcsServiceStub, reconnect_timeout_s=timeout))
 
-    core.group_calls.send(group, run, what)
+    core.group_changes.send(group, run, what)
 
 
 def _bundle_reservation_check(placement_group: PlacementGroup) -> PlacementGroup:
@@ -180,13 +181,13 @@ class PlacementGroup:
         async def wait() -> bool:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout_seconds
-            if core.group_calls.pending(group):
+            if core.group_changes.pending(group):
                 try:  # the creation this process sent, within the same timeout
-                    await asyncio.wait_for(core.group_calls.settled(group), timeout_seconds)
+                    await asyncio.wait_for(core.group_changes.settled(group), timeout_seconds)
                 except TimeoutError:
                     return False
             else:
-                await core.group_calls.settled(group)  # raises a failed creation's error
+                await core.group_changes.settled(group)  # raises a failed creation's error
             remaining = max(0.0, deadline - loop.time())
             request = pb.WaitPlacementGroupRequest(placement_group_id=group, timeout_s=remaining)
             gcs = core.gcs(pb.PlacementGroupGcsServiceStub, reconnect_timeout_s=remaining + CALL_TIMEOUT_S)
@@ -195,13 +196,13 @@ class PlacementGroup:
 
         return core.run_sync(wait(), timeout=timeout_seconds + CALL_TIMEOUT_S + 5)
 
-    def _wait_for_own_calls(self) -> None:
+    def _wait_for_own_changes(self) -> None:
         """Before this group is used to place work or handed to another process: the changes
         this process sent about it ended (a failed creation's error is raised here)."""
         core = current_worker()
         group = self.id.binary()
-        if core is not None and core.group_calls.pending(group) and not core.runtime.in_loop_thread():
-            core.run_sync(core.group_calls.settled(group), timeout=CALL_TIMEOUT_S + 5)
+        if core is not None and core.group_changes.pending(group) and not core.runtime.in_loop_thread():
+            core.run_sync(core.group_changes.settled(group), timeout=CALL_TIMEOUT_S + 5)
 
     @property
     def bundle_specs(self) -> list[dict[str, float]]:
@@ -232,7 +233,7 @@ class PlacementGroup:
 
     def __getstate__(self) -> dict[str, Any]:
         # Another process given the handle may ask the GCS about it at once: it exists by then.
-        self._wait_for_own_calls()
+        self._wait_for_own_changes()
         return {"id": self.id, "bundle_cache": self.bundle_cache}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -370,9 +371,9 @@ def placement_group(
 
 def remove_placement_group(placement_group: PlacementGroup) -> None:
     """Asks the GCS to release the group's bundles (the tasks and actors running in it are
-    killed) and returns at once, as Ray says; this process's later calls about the group come
-    after it (``pg.wait()`` is then False, the table says REMOVED). Removing a group twice, or one
-    that is still pending, is fine."""
+    killed) and returns without waiting for its answer; this process's later calls about the
+    group see the removal (``pg.wait()`` is then False, the table says REMOVED). Removing a group
+    twice, or one that is still pending, is fine."""
     if not isinstance(placement_group, PlacementGroup):
         raise TypeError(f"remove_placement_group takes a PlacementGroup, got {placement_group!r}")
     request = pb.PlacementGroupId(placement_group_id=placement_group.id.binary())

@@ -55,7 +55,7 @@ from aioray._store import ObjectStore
 
 T = TypeVar("T")
 StubT = TypeVar("StubT")
-GROUP_CALLS_FLUSH_S = 2.0
+GROUP_CHANGES_FLUSH_S = 2.0
 
 
 class CoreWorker:
@@ -84,8 +84,8 @@ class CoreWorker:
         self.channels = runtime.channels
         self.store = ObjectStore.attach(node.store_name)
         self.nodes = NodeDirectory(runtime, node.node_id, node.address)
-        # Placement group calls, in order, creations and removals not waited for.
-        self.group_calls = OrderedCalls(runtime)
+        # Placement group creations and removals not waited for, and the reads that wait for them.
+        self.group_changes = OrderedCalls(runtime)
         # Task events (common.task_events): recorded here, sent to the GCS by `event_flusher`.
         self.task_events = te.TaskEventBuffer()
         self.event_flusher = te.EventFlusher(self.task_events, self._event_source, self._send_events)
@@ -247,7 +247,7 @@ class CoreWorker:
     async def close(self) -> None:
         # Placement group changes not waited for go out first (`shutdown` gave them longer already):
         # a detached group would otherwise outlive the script that removed it.
-        await self.group_calls.flush(GROUP_CALLS_FLUSH_S)
+        await self.group_changes.flush(GROUP_CHANGES_FLUSH_S)
         if self.metrics.enabled and self.is_driver:
             # Its last counts (a script that ends right after its tasks did) reach its node.
             with contextlib.suppress(Exception):

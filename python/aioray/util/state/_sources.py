@@ -168,9 +168,9 @@ def run(
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     gcs_address, token = resolve_address(address)
     core = object_ref.current_worker()
-    if core is not None and core.group_calls.any_pending() and not core.runtime.in_loop_thread():
+    if core is not None and core.group_changes.any_pending() and not core.runtime.in_loop_thread():
         # This process's placement group changes not waited for show in what it reads next.
-        core.run_sync(core.group_calls.all_settled(), timeout)
+        core.run_sync(core.group_changes.all_settled(), timeout)
 
     async def main() -> tuple[T, list[str]]:
         channels = rpc.ChannelPool(token)
